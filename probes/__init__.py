@@ -1,0 +1,15 @@
+"""Probes: one module per probe type behind the :class:`~probes.base.Prober` seam."""
+
+from .base import ErrorKind, PhaseTrace, ProbeFailure, ProbeResult, Prober, run_probe
+from .registry import PROBERS, build_prober
+
+__all__ = [
+    "PROBERS",
+    "ErrorKind",
+    "PhaseTrace",
+    "ProbeFailure",
+    "ProbeResult",
+    "Prober",
+    "build_prober",
+    "run_probe",
+]

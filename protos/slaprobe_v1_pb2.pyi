@@ -1,0 +1,200 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("agent_id", "site", "version", "epoch", "agent_time_ns", "hostname")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    AGENT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    site: str
+    version: str
+    epoch: int
+    agent_time_ns: int
+    hostname: str
+    def __init__(self, agent_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., epoch: _Optional[int] = ..., agent_time_ns: _Optional[int] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class RegisterResponse(_message.Message):
+    __slots__ = ("collector_receive_ns", "collector_transmit_ns", "acked_seq", "collector_version")
+    COLLECTOR_RECEIVE_NS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTOR_TRANSMIT_NS_FIELD_NUMBER: _ClassVar[int]
+    ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    COLLECTOR_VERSION_FIELD_NUMBER: _ClassVar[int]
+    collector_receive_ns: int
+    collector_transmit_ns: int
+    acked_seq: int
+    collector_version: str
+    def __init__(self, collector_receive_ns: _Optional[int] = ..., collector_transmit_ns: _Optional[int] = ..., acked_seq: _Optional[int] = ..., collector_version: _Optional[str] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("agent_id", "epoch", "agent_time_ns", "spool_depth", "oldest_unsent_ns", "version")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    AGENT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_UNSENT_NS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    epoch: int
+    agent_time_ns: int
+    spool_depth: int
+    oldest_unsent_ns: int
+    version: str
+    def __init__(self, agent_id: _Optional[str] = ..., epoch: _Optional[int] = ..., agent_time_ns: _Optional[int] = ..., spool_depth: _Optional[int] = ..., oldest_unsent_ns: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("collector_receive_ns", "collector_transmit_ns")
+    COLLECTOR_RECEIVE_NS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTOR_TRANSMIT_NS_FIELD_NUMBER: _ClassVar[int]
+    collector_receive_ns: int
+    collector_transmit_ns: int
+    def __init__(self, collector_receive_ns: _Optional[int] = ..., collector_transmit_ns: _Optional[int] = ...) -> None: ...
+
+class Check(_message.Message):
+    __slots__ = ("id", "site", "name", "type", "target", "interval_ms", "timeout_ms", "settings_json", "revision", "degraded_after_ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    site: str
+    name: str
+    type: str
+    target: str
+    interval_ms: int
+    timeout_ms: int
+    settings_json: str
+    revision: str
+    degraded_after_ms: int
+    def __init__(self, id: _Optional[str] = ..., site: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., target: _Optional[str] = ..., interval_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., settings_json: _Optional[str] = ..., revision: _Optional[str] = ..., degraded_after_ms: _Optional[int] = ...) -> None: ...
+
+class KnownCheck(_message.Message):
+    __slots__ = ("id", "revision")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    revision: str
+    def __init__(self, id: _Optional[str] = ..., revision: _Optional[str] = ...) -> None: ...
+
+class WatchChecksRequest(_message.Message):
+    __slots__ = ("agent_id", "known")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    known: _containers.RepeatedCompositeFieldContainer[KnownCheck]
+    def __init__(self, agent_id: _Optional[str] = ..., known: _Optional[_Iterable[_Union[KnownCheck, _Mapping]]] = ...) -> None: ...
+
+class CheckChanges(_message.Message):
+    __slots__ = ("snapshot", "upserts", "deletes")
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    UPSERTS_FIELD_NUMBER: _ClassVar[int]
+    DELETES_FIELD_NUMBER: _ClassVar[int]
+    snapshot: bool
+    upserts: _containers.RepeatedCompositeFieldContainer[Check]
+    deletes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, snapshot: _Optional[bool] = ..., upserts: _Optional[_Iterable[_Union[Check, _Mapping]]] = ..., deletes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Phase(_message.Message):
+    __slots__ = ("name", "duration_ns")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DURATION_NS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    duration_ns: int
+    def __init__(self, name: _Optional[str] = ..., duration_ns: _Optional[int] = ...) -> None: ...
+
+class FieldValue(_message.Message):
+    __slots__ = ("number", "text", "flag")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FLAG_FIELD_NUMBER: _ClassVar[int]
+    number: float
+    text: str
+    flag: bool
+    def __init__(self, number: _Optional[float] = ..., text: _Optional[str] = ..., flag: _Optional[bool] = ...) -> None: ...
+
+class Result(_message.Message):
+    __slots__ = ("check_id", "check_revision", "scheduled_ns", "started_ns", "duration_ns", "success", "degraded", "error_kind", "detail", "phases", "fields")
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FieldValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FieldValue, _Mapping]] = ...) -> None: ...
+    CHECK_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECK_REVISION_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_NS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_NS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_NS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    PHASES_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    check_id: str
+    check_revision: str
+    scheduled_ns: int
+    started_ns: int
+    duration_ns: int
+    success: bool
+    degraded: bool
+    error_kind: str
+    detail: str
+    phases: _containers.RepeatedCompositeFieldContainer[Phase]
+    fields: _containers.MessageMap[str, FieldValue]
+    def __init__(self, check_id: _Optional[str] = ..., check_revision: _Optional[str] = ..., scheduled_ns: _Optional[int] = ..., started_ns: _Optional[int] = ..., duration_ns: _Optional[int] = ..., success: _Optional[bool] = ..., degraded: _Optional[bool] = ..., error_kind: _Optional[str] = ..., detail: _Optional[str] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., fields: _Optional[_Mapping[str, FieldValue]] = ...) -> None: ...
+
+class Record(_message.Message):
+    __slots__ = ("seq", "result")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    result: Result
+    def __init__(self, seq: _Optional[int] = ..., result: _Optional[_Union[Result, _Mapping]] = ...) -> None: ...
+
+class RecordBatch(_message.Message):
+    __slots__ = ("agent_id", "epoch", "first_seq", "last_seq", "records")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    epoch: int
+    first_seq: int
+    last_seq: int
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    def __init__(self, agent_id: _Optional[str] = ..., epoch: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("seq", "reason")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    reason: str
+    def __init__(self, seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class BatchAck(_message.Message):
+    __slots__ = ("epoch", "acked_seq", "rejected")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    acked_seq: int
+    rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
+    def __init__(self, epoch: _Optional[int] = ..., acked_seq: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
