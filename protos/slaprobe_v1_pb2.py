@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/slaprobe_v1.proto\x12\x0bslaprobe.v1\"z\n\x0fRegisterRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x15\n\ragent_time_ns\x18\x05 \x01(\x03\x12\x10\n\x08hostname\x18\x06 \x01(\t\"}\n\x10RegisterResponse\x12\x1c\n\x14\x63ollector_receive_ns\x18\x01 \x01(\x03\x12\x1d\n\x15\x63ollector_transmit_ns\x18\x02 \x01(\x03\x12\x11\n\tacked_seq\x18\x03 \x01(\x04\x12\x19\n\x11\x63ollector_version\x18\x04 \x01(\t\"\x8a\x01\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x15\n\ragent_time_ns\x18\x03 \x01(\x03\x12\x13\n\x0bspool_depth\x18\x04 \x01(\x04\x12\x18\n\x10oldest_unsent_ns\x18\x05 \x01(\x03\x12\x0f\n\x07version\x18\x06 \x01(\t\"P\n\x11HeartbeatResponse\x12\x1c\n\x14\x63ollector_receive_ns\x18\x01 \x01(\x03\x12\x1d\n\x15\x63ollector_transmit_ns\x18\x02 \x01(\x03\"\xba\x01\n\x05\x43heck\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x13\n\x0binterval_ms\x18\x06 \x01(\x03\x12\x12\n\ntimeout_ms\x18\x07 \x01(\x03\x12\x15\n\rsettings_json\x18\x08 \x01(\t\x12\x10\n\x08revision\x18\t \x01(\t\x12\x19\n\x11\x64\x65graded_after_ms\x18\n \x01(\x03\"*\n\nKnownCheck\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\"N\n\x12WatchChecksRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12&\n\x05known\x18\x02 \x03(\x0b\x32\x17.slaprobe.v1.KnownCheck\"V\n\x0c\x43heckChanges\x12\x10\n\x08snapshot\x18\x01 \x01(\x08\x12#\n\x07upserts\x18\x02 \x03(\x0b\x32\x12.slaprobe.v1.Check\x12\x0f\n\x07\x64\x65letes\x18\x03 \x03(\t\"*\n\x05Phase\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64uration_ns\x18\x02 \x01(\x03\"G\n\nFieldValue\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x0e\n\x04\x66lag\x18\x03 \x01(\x08H\x00\x42\x07\n\x05value\"\xd5\x02\n\x06Result\x12\x10\n\x08\x63heck_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63heck_revision\x18\x02 \x01(\t\x12\x14\n\x0cscheduled_ns\x18\x03 \x01(\x03\x12\x12\n\nstarted_ns\x18\x04 \x01(\x03\x12\x13\n\x0b\x64uration_ns\x18\x05 \x01(\x03\x12\x0f\n\x07success\x18\x06 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\x12\x12\n\nerror_kind\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\x12\"\n\x06phases\x18\n \x03(\x0b\x32\x12.slaprobe.v1.Phase\x12/\n\x06\x66ields\x18\x0b \x03(\x0b\x32\x1f.slaprobe.v1.Result.FieldsEntry\x1a\x46\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.slaprobe.v1.FieldValue:\x02\x38\x01\"D\n\x06Record\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12%\n\x06result\x18\x02 \x01(\x0b\x32\x13.slaprobe.v1.ResultH\x00\x42\x06\n\x04kind\"y\n\x0bRecordBatch\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x11\n\tfirst_seq\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12$\n\x07records\x18\x05 \x03(\x0b\x32\x13.slaprobe.v1.Record\"(\n\tRejection\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"V\n\x08\x42\x61tchAck\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x11\n\tacked_seq\x18\x02 \x01(\x04\x12(\n\x08rejected\x18\x03 \x03(\x0b\x32\x16.slaprobe.v1.Rejection2\xb1\x02\n\tCollector\x12G\n\x08Register\x12\x1c.slaprobe.v1.RegisterRequest\x1a\x1d.slaprobe.v1.RegisterResponse\x12K\n\x0bWatchChecks\x12\x1f.slaprobe.v1.WatchChecksRequest\x1a\x19.slaprobe.v1.CheckChanges0\x01\x12\x42\n\x0bPushRecords\x12\x18.slaprobe.v1.RecordBatch\x1a\x15.slaprobe.v1.BatchAck(\x01\x30\x01\x12J\n\tHeartbeat\x12\x1d.slaprobe.v1.HeartbeatRequest\x1a\x1e.slaprobe.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/slaprobe_v1.proto\x12\x0bslaprobe.v1\"z\n\x0fRegisterRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x15\n\ragent_time_ns\x18\x05 \x01(\x03\x12\x10\n\x08hostname\x18\x06 \x01(\t\"}\n\x10RegisterResponse\x12\x1c\n\x14\x63ollector_receive_ns\x18\x01 \x01(\x03\x12\x1d\n\x15\x63ollector_transmit_ns\x18\x02 \x01(\x03\x12\x11\n\tacked_seq\x18\x03 \x01(\x04\x12\x19\n\x11\x63ollector_version\x18\x04 \x01(\t\"\xb9\x01\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x15\n\ragent_time_ns\x18\x03 \x01(\x03\x12\x13\n\x0bspool_depth\x18\x04 \x01(\x04\x12\x18\n\x10oldest_unsent_ns\x18\x05 \x01(\x03\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x17\n\x0f\x63lock_offset_ns\x18\x07 \x01(\x03\x12\x14\n\x0c\x63lock_rtt_ns\x18\x08 \x01(\x03\"P\n\x11HeartbeatResponse\x12\x1c\n\x14\x63ollector_receive_ns\x18\x01 \x01(\x03\x12\x1d\n\x15\x63ollector_transmit_ns\x18\x02 \x01(\x03\"\xba\x01\n\x05\x43heck\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x13\n\x0binterval_ms\x18\x06 \x01(\x03\x12\x12\n\ntimeout_ms\x18\x07 \x01(\x03\x12\x15\n\rsettings_json\x18\x08 \x01(\t\x12\x10\n\x08revision\x18\t \x01(\t\x12\x19\n\x11\x64\x65graded_after_ms\x18\n \x01(\x03\"*\n\nKnownCheck\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\"N\n\x12WatchChecksRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12&\n\x05known\x18\x02 \x03(\x0b\x32\x17.slaprobe.v1.KnownCheck\"V\n\x0c\x43heckChanges\x12\x10\n\x08snapshot\x18\x01 \x01(\x08\x12#\n\x07upserts\x18\x02 \x03(\x0b\x32\x12.slaprobe.v1.Check\x12\x0f\n\x07\x64\x65letes\x18\x03 \x03(\t\"*\n\x05Phase\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64uration_ns\x18\x02 \x01(\x03\"G\n\nFieldValue\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x0e\n\x04\x66lag\x18\x03 \x01(\x08H\x00\x42\x07\n\x05value\"\xd5\x02\n\x06Result\x12\x10\n\x08\x63heck_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63heck_revision\x18\x02 \x01(\t\x12\x14\n\x0cscheduled_ns\x18\x03 \x01(\x03\x12\x12\n\nstarted_ns\x18\x04 \x01(\x03\x12\x13\n\x0b\x64uration_ns\x18\x05 \x01(\x03\x12\x0f\n\x07success\x18\x06 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\x12\x12\n\nerror_kind\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\x12\"\n\x06phases\x18\n \x03(\x0b\x32\x12.slaprobe.v1.Phase\x12/\n\x06\x66ields\x18\x0b \x03(\x0b\x32\x1f.slaprobe.v1.Result.FieldsEntry\x1a\x46\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.slaprobe.v1.FieldValue:\x02\x38\x01\"D\n\x06Record\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12%\n\x06result\x18\x02 \x01(\x0b\x32\x13.slaprobe.v1.ResultH\x00\x42\x06\n\x04kind\"y\n\x0bRecordBatch\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x11\n\tfirst_seq\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12$\n\x07records\x18\x05 \x03(\x0b\x32\x13.slaprobe.v1.Record\"(\n\tRejection\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"V\n\x08\x42\x61tchAck\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x11\n\tacked_seq\x18\x02 \x01(\x04\x12(\n\x08rejected\x18\x03 \x03(\x0b\x32\x16.slaprobe.v1.Rejection2\xb1\x02\n\tCollector\x12G\n\x08Register\x12\x1c.slaprobe.v1.RegisterRequest\x1a\x1d.slaprobe.v1.RegisterResponse\x12K\n\x0bWatchChecks\x12\x1f.slaprobe.v1.WatchChecksRequest\x1a\x19.slaprobe.v1.CheckChanges0\x01\x12\x42\n\x0bPushRecords\x12\x18.slaprobe.v1.RecordBatch\x1a\x15.slaprobe.v1.BatchAck(\x01\x30\x01\x12J\n\tHeartbeat\x12\x1d.slaprobe.v1.HeartbeatRequest\x1a\x1e.slaprobe.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,33 +38,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERRESPONSE']._serialized_start=165
   _globals['_REGISTERRESPONSE']._serialized_end=290
   _globals['_HEARTBEATREQUEST']._serialized_start=293
-  _globals['_HEARTBEATREQUEST']._serialized_end=431
-  _globals['_HEARTBEATRESPONSE']._serialized_start=433
-  _globals['_HEARTBEATRESPONSE']._serialized_end=513
-  _globals['_CHECK']._serialized_start=516
-  _globals['_CHECK']._serialized_end=702
-  _globals['_KNOWNCHECK']._serialized_start=704
-  _globals['_KNOWNCHECK']._serialized_end=746
-  _globals['_WATCHCHECKSREQUEST']._serialized_start=748
-  _globals['_WATCHCHECKSREQUEST']._serialized_end=826
-  _globals['_CHECKCHANGES']._serialized_start=828
-  _globals['_CHECKCHANGES']._serialized_end=914
-  _globals['_PHASE']._serialized_start=916
-  _globals['_PHASE']._serialized_end=958
-  _globals['_FIELDVALUE']._serialized_start=960
-  _globals['_FIELDVALUE']._serialized_end=1031
-  _globals['_RESULT']._serialized_start=1034
-  _globals['_RESULT']._serialized_end=1375
-  _globals['_RESULT_FIELDSENTRY']._serialized_start=1305
-  _globals['_RESULT_FIELDSENTRY']._serialized_end=1375
-  _globals['_RECORD']._serialized_start=1377
-  _globals['_RECORD']._serialized_end=1445
-  _globals['_RECORDBATCH']._serialized_start=1447
-  _globals['_RECORDBATCH']._serialized_end=1568
-  _globals['_REJECTION']._serialized_start=1570
-  _globals['_REJECTION']._serialized_end=1610
-  _globals['_BATCHACK']._serialized_start=1612
-  _globals['_BATCHACK']._serialized_end=1698
-  _globals['_COLLECTOR']._serialized_start=1701
-  _globals['_COLLECTOR']._serialized_end=2006
+  _globals['_HEARTBEATREQUEST']._serialized_end=478
+  _globals['_HEARTBEATRESPONSE']._serialized_start=480
+  _globals['_HEARTBEATRESPONSE']._serialized_end=560
+  _globals['_CHECK']._serialized_start=563
+  _globals['_CHECK']._serialized_end=749
+  _globals['_KNOWNCHECK']._serialized_start=751
+  _globals['_KNOWNCHECK']._serialized_end=793
+  _globals['_WATCHCHECKSREQUEST']._serialized_start=795
+  _globals['_WATCHCHECKSREQUEST']._serialized_end=873
+  _globals['_CHECKCHANGES']._serialized_start=875
+  _globals['_CHECKCHANGES']._serialized_end=961
+  _globals['_PHASE']._serialized_start=963
+  _globals['_PHASE']._serialized_end=1005
+  _globals['_FIELDVALUE']._serialized_start=1007
+  _globals['_FIELDVALUE']._serialized_end=1078
+  _globals['_RESULT']._serialized_start=1081
+  _globals['_RESULT']._serialized_end=1422
+  _globals['_RESULT_FIELDSENTRY']._serialized_start=1352
+  _globals['_RESULT_FIELDSENTRY']._serialized_end=1422
+  _globals['_RECORD']._serialized_start=1424
+  _globals['_RECORD']._serialized_end=1492
+  _globals['_RECORDBATCH']._serialized_start=1494
+  _globals['_RECORDBATCH']._serialized_end=1615
+  _globals['_REJECTION']._serialized_start=1617
+  _globals['_REJECTION']._serialized_end=1657
+  _globals['_BATCHACK']._serialized_start=1659
+  _globals['_BATCHACK']._serialized_end=1745
+  _globals['_COLLECTOR']._serialized_start=1748
+  _globals['_COLLECTOR']._serialized_end=2053
 # @@protoc_insertion_point(module_scope)

@@ -35,20 +35,24 @@ class RegisterResponse(_message.Message):
     def __init__(self, collector_receive_ns: _Optional[int] = ..., collector_transmit_ns: _Optional[int] = ..., acked_seq: _Optional[int] = ..., collector_version: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("agent_id", "epoch", "agent_time_ns", "spool_depth", "oldest_unsent_ns", "version")
+    __slots__ = ("agent_id", "epoch", "agent_time_ns", "spool_depth", "oldest_unsent_ns", "version", "clock_offset_ns", "clock_rtt_ns")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     AGENT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     SPOOL_DEPTH_FIELD_NUMBER: _ClassVar[int]
     OLDEST_UNSENT_NS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_RTT_NS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     epoch: int
     agent_time_ns: int
     spool_depth: int
     oldest_unsent_ns: int
     version: str
-    def __init__(self, agent_id: _Optional[str] = ..., epoch: _Optional[int] = ..., agent_time_ns: _Optional[int] = ..., spool_depth: _Optional[int] = ..., oldest_unsent_ns: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    clock_offset_ns: int
+    clock_rtt_ns: int
+    def __init__(self, agent_id: _Optional[str] = ..., epoch: _Optional[int] = ..., agent_time_ns: _Optional[int] = ..., spool_depth: _Optional[int] = ..., oldest_unsent_ns: _Optional[int] = ..., version: _Optional[str] = ..., clock_offset_ns: _Optional[int] = ..., clock_rtt_ns: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("collector_receive_ns", "collector_transmit_ns")

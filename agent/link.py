@@ -1,0 +1,268 @@
+"""The agent's connection to its collector: register, follow checks, push records, heartbeat.
+
+One session = one registration plus three concurrent calls. Any call
+failing ends the session; the link then waits (exponential backoff with
+full jitter, 1 s doubling to a 30 s cap, reset after a good session) and
+starts a new one. Probing is not involved: runners keep appending to the
+outbox whatever the link is doing, and the new session resends everything
+after the collector's acknowledgement.
+
+gRPC status codes are mapped in one place, :func:`is_fatal`: a fatal code
+(the collector does not know our site, refuses our identity) stops the agent
+with the collector's message; everything else is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from agent.outbox import Outbox
+from agent.wire import batch_to_pb, check_from_pb
+from protos import slaprobe_v1_pb2 as pb
+from protos import slaprobe_v1_pb2_grpc as pb_grpc
+from slaprobe import __version__
+from slaprobe.model import CheckSpec
+
+log = logging.getLogger(__name__)
+
+FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
+def is_fatal(code: grpc.StatusCode | None) -> bool:
+    return code in FATAL_CODES
+
+
+class FatalLinkError(Exception):
+    """The collector refused us for a reason retrying will not fix."""
+
+
+class Backoff:
+    """Exponential backoff with full jitter; ``reset()`` after a good connection."""
+
+    def __init__(
+        self,
+        initial_s: float = 1.0,
+        cap_s: float = 30.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.initial_s = initial_s
+        self.cap_s = cap_s
+        self.rng = rng
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap_s, self.initial_s * (2**self.attempt))
+        self.attempt += 1
+        # Full jitter, but never below half the ceiling: a fleet spreads out without hammering.
+        return ceiling / 2 + self.rng() * ceiling / 2
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass(frozen=True)
+class ClockSample:
+    """One NTP-style exchange: offset = agent clock minus collector clock."""
+
+    offset_ns: int
+    rtt_ns: int
+
+    @classmethod
+    def from_exchange(cls, t0: int, t1: int, t2: int, t3: int) -> ClockSample:
+        # t0 agent send, t1 collector receive, t2 collector send, t3 agent receive.
+        offset = ((t0 - t1) + (t3 - t2)) // 2
+        rtt = (t3 - t0) - (t2 - t1)
+        return cls(offset, max(0, rtt))
+
+
+ChangeHandler = Callable[[bool, list[CheckSpec], list[str]], None]
+
+
+def channel_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ("grpc.max_send_message_length", 16 * 1024 * 1024),
+        # Notice a dead path (no FIN, no RST) within a minute: ping every 20 s, give up after 10 s.
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Our own backoff decides when to reconnect.
+        ("grpc.initial_reconnect_backoff_ms", 1000),
+        ("grpc.max_reconnect_backoff_ms", 30_000),
+    ]
+
+
+class CollectorLink:
+    def __init__(
+        self,
+        *,
+        address: str,
+        agent_id: str,
+        site: str,
+        outbox: Outbox,
+        known_checks: Callable[[], dict[str, str]],
+        on_changes: ChangeHandler,
+        batch_max: int = 1000,
+        heartbeat_s: float = 15.0,
+        backoff: Backoff | None = None,
+        window_records: int = 50_000,
+    ) -> None:
+        self.address = address
+        self.agent_id = agent_id
+        self.site = site
+        self.outbox = outbox
+        self.known_checks = known_checks
+        self.on_changes = on_changes
+        self.batch_max = batch_max
+        self.heartbeat_s = heartbeat_s
+        self.backoff = backoff or Backoff()
+        self.window_records = window_records
+        self.connected = asyncio.Event()
+        self.clock: ClockSample | None = None
+        self.sessions = 0
+        self._acked_event = asyncio.Event()
+
+    async def run(self) -> None:
+        """Connect, and reconnect, until cancelled or refused for good (FatalLinkError)."""
+        while True:
+            try:
+                await self._session()
+                log.warning("collector %s ended the session", self.address)
+            except FatalLinkError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if is_fatal(exc.code()):
+                    raise FatalLinkError(
+                        f"collector {self.address} refused this agent: {exc.code().name}: {exc.details()}"
+                    ) from exc
+                log.warning(
+                    "collector %s unavailable (%s: %s)", self.address, exc.code().name, exc.details()
+                )
+            except (OSError, grpc.RpcError) as exc:
+                log.warning("collector %s unreachable: %s", self.address, exc)
+            finally:
+                self.connected.clear()
+            delay = self.backoff.next_delay()
+            log.info("reconnecting in %.1f s (%d records waiting)", delay, self.outbox.depth)
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        async with grpc.aio.insecure_channel(self.address, options=channel_options()) as channel:
+            stub = pb_grpc.CollectorStub(channel)
+            t0 = time.time_ns()
+            reply = await stub.Register(
+                pb.RegisterRequest(
+                    agent_id=self.agent_id,
+                    site=self.site,
+                    version=__version__,
+                    epoch=self.outbox.epoch,
+                    agent_time_ns=t0,
+                    hostname=socket.gethostname(),
+                ),
+                timeout=15.0,
+            )
+            t3 = time.time_ns()
+            self.clock = ClockSample.from_exchange(t0, reply.collector_receive_ns, reply.collector_transmit_ns, t3)
+            self.outbox.ack(reply.acked_seq)
+            self.sessions += 1
+            log.info(
+                "registered with collector %s (version %s); clock offset %+.1f ms, rtt %.1f ms; %d records to send",
+                self.address, reply.collector_version, self.clock.offset_ns / 1e6, self.clock.rtt_ns / 1e6,
+                self.outbox.depth,
+            )
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._watch(stub))
+                tg.create_task(self._push(stub))
+                tg.create_task(self._heartbeat(stub))
+
+    async def _watch(self, stub: pb_grpc.CollectorStub) -> None:
+        known = self.known_checks()
+        call = stub.WatchChecks(
+            pb.WatchChecksRequest(
+                agent_id=self.agent_id,
+                known=[pb.KnownCheck(id=k, revision=r) for k, r in sorted(known.items())],
+            )
+        )
+        async for changes in call:
+            upserts = []
+            for c in changes.upserts:
+                try:
+                    upserts.append(check_from_pb(c))
+                except ValueError as exc:
+                    log.error("ignoring malformed check from collector: %s", exc)
+            self.on_changes(changes.snapshot, upserts, list(changes.deletes))
+            if changes.snapshot:
+                self.connected.set()
+                self.backoff.reset()
+        raise ConnectionError("check stream closed by the collector")
+
+    async def _push(self, stub: pb_grpc.CollectorStub) -> None:
+        call = stub.PushRecords()
+        sent = self.outbox.acked_seq
+
+        async def read_acks() -> None:
+            async for ack in call:
+                for rejection in ack.rejected:
+                    log.error(
+                        "collector rejected %s: %s",
+                        f"record {rejection.seq}" if rejection.seq else "a batch",
+                        rejection.reason,
+                    )
+                if ack.epoch == self.outbox.epoch:
+                    self.outbox.ack(ack.acked_seq)
+                    self._acked_event.set()
+            raise ConnectionError("record stream closed by the collector")
+
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(read_acks())
+            while not reader.done():
+                if sent - self.outbox.acked_seq >= self.window_records:
+                    self._acked_event.clear()
+                    await self._acked_event.wait()
+                    continue
+                records = self.outbox.read(max(sent, self.outbox.acked_seq), self.batch_max)
+                if not records:
+                    await self.outbox.wait_beyond(sent)
+                    continue
+                await call.write(batch_to_pb(self.agent_id, self.outbox.epoch, records))
+                sent = records[-1].seq
+
+    async def _heartbeat(self, stub: pb_grpc.CollectorStub) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            sample = self.clock
+            t0 = time.time_ns()
+            reply = await stub.Heartbeat(
+                pb.HeartbeatRequest(
+                    agent_id=self.agent_id,
+                    epoch=self.outbox.epoch,
+                    agent_time_ns=t0,
+                    spool_depth=self.outbox.depth,
+                    oldest_unsent_ns=self.outbox.oldest_unacked_ns,
+                    version=__version__,
+                    clock_offset_ns=sample.offset_ns if sample else 0,
+                    clock_rtt_ns=sample.rtt_ns if sample else 0,
+                ),
+                timeout=15.0,
+            )
+            t3 = time.time_ns()
+            self.clock = ClockSample.from_exchange(
+                t0, reply.collector_receive_ns, reply.collector_transmit_ns, t3
+            )

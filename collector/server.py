@@ -1,0 +1,121 @@
+"""Collector lifecycle: startup → serve → graceful shutdown, plus catalogue reload.
+
+Shutdown order matters for "no acknowledged result is lost": health goes
+NOT_SERVING, streams are told to stop, the gRPC server stops accepting and
+gives in-flight calls a grace period, and only then does the writer commit
+what is queued and close. An agent whose batch was committed but whose ack
+was lost resends it after reconnecting; the unique key makes that a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from collector.catalogue import Catalogue, load_catalogue
+from collector.hub import CatalogueHub
+from collector.service import CollectorService
+from collector.store import Writer
+from slaprobe.configfile import ConfigError
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "slaprobe.v1.Collector"
+
+
+@dataclass(frozen=True)
+class CollectorSettings:
+    catalogue_path: Path
+    db_path: Path
+    listen: str = "127.0.0.1:7431"
+    max_message_bytes: int = 16 * 1024 * 1024
+    grace_s: float = 5.0
+    max_future_skew_s: float = 300.0
+
+
+def grpc_server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # Agents ping every 20 s to notice dead paths; allow it, also between calls.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class Collector:
+    def __init__(self, settings: CollectorSettings) -> None:
+        self.settings = settings
+        self.writer = Writer(settings.db_path)
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self.service: CollectorService | None = None
+        self.hub: CatalogueHub | None = None
+
+    async def start(self) -> int:
+        """Load and persist the catalogue, open storage, start serving; return the bound port."""
+        catalogue = await asyncio.to_thread(load_catalogue, self.settings.catalogue_path)
+        await self.writer.start()
+        try:
+            refs = await self.writer.persist_catalogue(catalogue, time.time_ns())
+            self.hub = CatalogueHub(catalogue, refs)
+            self.service = CollectorService(
+                self.hub, self.writer, max_future_skew_ns=int(self.settings.max_future_skew_s * 1e9)
+            )
+            server = grpc.aio.server(options=grpc_server_options(self.settings.max_message_bytes))
+            self.service.add_to(server)
+            self._health = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            try:
+                self.port = server.add_insecure_port(self.settings.listen)
+            except RuntimeError as exc:
+                raise OSError(f"cannot listen on {self.settings.listen}: {exc}") from exc
+            if not self.port:
+                raise OSError(f"cannot listen on {self.settings.listen}")
+            await server.start()
+            self._server = server
+            await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+            await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        except BaseException:
+            await self.writer.close()
+            raise
+        log.info(
+            "collector listening on %s (port %d), %d sites, %d checks, database %s",
+            self.settings.listen, self.port, len(catalogue.sites), len(catalogue.all_checks()),
+            self.settings.db_path,
+        )
+        return self.port
+
+    async def reload(self) -> bool:
+        """Re-read the catalogue; on any error keep the one in force and say why."""
+        assert self.hub is not None
+        try:
+            catalogue: Catalogue = await asyncio.to_thread(load_catalogue, self.settings.catalogue_path)
+        except ConfigError as exc:
+            log.error("catalogue not reloaded, keeping the previous one: %s", exc)
+            return False
+        refs = await self.writer.persist_catalogue(catalogue, time.time_ns())
+        told = self.hub.replace(catalogue, refs)
+        log.info("catalogue reloaded (%s); %d agent streams updated", catalogue.digest[:12], told)
+        return True
+
+    async def stop(self) -> None:
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self.service is not None:
+            self.service.stopping.set()
+        if self._server is not None:
+            await self._server.stop(self.settings.grace_s)
+            self._server = None
+        await self.writer.close()
+        log.info("collector stopped")

@@ -1,0 +1,583 @@
+"""Storage: the only module that talks to SQLite.
+
+Layout and invariants (see docs/architecture.md):
+
+* ``results`` holds every stored probe run once: ``UNIQUE(agent_id, epoch, seq)``
+  makes a replayed batch a no-op (``INSERT OR IGNORE``), so resends after a
+  reconnect are harmless.
+* ``streams`` holds, per (agent, epoch), the highest contiguous sequence
+  number committed. It is updated in the same transaction as the rows, so an
+  acknowledgement can never run ahead of the data.
+* Catalogue history is kept (``catalogue_versions``, ``check_versions`` with
+  ``valid_from``/``valid_to``): scoring counts a slot only while the check
+  existed with the interval then in force.
+
+Writes go through one :class:`Writer` thread that owns the only write
+connection and commits in groups: every job waiting when a transaction
+starts joins it (up to ``max_group_rows`` rows), and one ``fsync`` under
+``synchronous=FULL`` covers them all. Measured on this machine kind, one
+fsync costs ~0.3 ms; committing per batch would cap ingest far below what
+group commits reach.
+
+Schema and small writes use sqlite-utils; the result hot path uses the
+connection's ``executemany`` directly, because ``Table.insert_all`` splits
+statements at 999 variables and tops out near 14k rows/s here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import sqlite_utils
+
+from collector.catalogue import Catalogue
+from collector.hub import CheckRef
+from slaprobe.model import CheckSpec, Measurement
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ResultRow = tuple[Any, ...]
+
+RESULT_COLUMNS = (
+    "agent_id", "epoch", "seq", "check_id", "check_revision", "scheduled_ns", "started_ns",
+    "duration_ns", "ok", "degraded", "error_kind", "detail", "phases", "fields", "received_ns",
+)
+
+
+# ---- schema ------------------------------------------------------------------
+
+Migration = Callable[[sqlite_utils.Database], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(name: str) -> Callable[[Migration], Migration]:
+    """Register a named schema migration; each runs once, in a transaction, in order."""
+
+    def register(fn: Migration) -> Migration:
+        MIGRATIONS.append((name, fn))
+        return fn
+
+    return register
+
+
+@migration("0001_initial")
+def _initial(db: sqlite_utils.Database) -> None:
+    db["agents"].create(
+        {
+            "id": int, "name": str, "site": str, "version": str, "hostname": str,
+            "epoch": int, "first_seen_ns": int, "last_seen_ns": int,
+            "clock_offset_ns": int, "clock_rtt_ns": int, "spool_depth": int, "oldest_unsent_ns": int,
+        },
+        pk="id",
+        not_null={"name"},
+    )
+    db["agents"].create_index(["name"], unique=True)
+    db["catalogue_versions"].create(
+        {"id": int, "digest": str, "source": str, "text": str, "loaded_ns": int}, pk="id"
+    )
+    db["sites"].create({"name": str, "description": str, "sla": str, "updated_ns": int}, pk="name")
+    db["checks"].create({"id": int, "key": str, "site": str, "name": str}, pk="id", not_null={"key"})
+    db["checks"].create_index(["key"], unique=True)
+    db["check_versions"].create(
+        {
+            "check_id": int, "revision": str, "type": str, "target": str, "interval_ms": int,
+            "timeout_ms": int, "degraded_after_ms": int, "settings": str,
+            "valid_from_ns": int, "valid_to_ns": int,
+        },
+        pk=("check_id", "valid_from_ns"),
+    )
+    db["streams"].create({"agent_id": int, "epoch": int, "acked_seq": int}, pk=("agent_id", "epoch"))
+    db.execute(
+        """
+        CREATE TABLE results (
+            agent_id INTEGER NOT NULL,
+            epoch INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            check_id INTEGER NOT NULL,
+            check_revision TEXT NOT NULL,
+            scheduled_ns INTEGER NOT NULL,
+            started_ns INTEGER NOT NULL,
+            duration_ns INTEGER NOT NULL,
+            ok INTEGER NOT NULL,
+            degraded INTEGER NOT NULL,
+            error_kind TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            phases TEXT NOT NULL,
+            fields TEXT NOT NULL,
+            received_ns INTEGER NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE UNIQUE INDEX results_stream_seq ON results(agent_id, epoch, seq)")
+    # Covering index for scoring: a check's slots in a period without touching the table.
+    db.execute("CREATE INDEX results_check_time ON results(check_id, scheduled_ns, ok, duration_ns)")
+    db["rejections"].create(
+        {"agent_id": int, "epoch": int, "seq": int, "reason": str, "received_ns": int},
+        pk=("agent_id", "epoch", "seq"),
+    )
+
+
+def connect(path: str | Path, *, readonly: bool = False) -> sqlite_utils.Database:
+    """Open the database with the pragmas every connection needs."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk before we acknowledge it to an agent.
+    conn.execute("PRAGMA synchronous=FULL")
+    # A cache larger than the hot index pages turns random index writes into cache hits.
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA foreign_keys=ON")
+    if readonly:
+        conn.execute("PRAGMA query_only=ON")
+    return sqlite_utils.Database(conn)
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply pending migrations; return the names applied."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_ns INTEGER NOT NULL)"
+    )
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            fn(db)
+            db.execute("INSERT INTO _migrations VALUES (?, ?)", [name, time.time_ns()])
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        applied.append(name)
+    return applied
+
+
+def open_store(path: str | Path) -> sqlite_utils.Database:
+    db = connect(path)
+    migrate(db)
+    return db
+
+
+# ---- conversions ----------------------------------------------------------------
+
+
+def measurement_row(
+    agent_id: int, epoch: int, seq: int, check_row: int, m: Measurement, received_ns: int
+) -> ResultRow:
+    return (
+        agent_id, epoch, seq, check_row, m.check_revision, m.scheduled_ns, m.started_ns,
+        m.duration_ns, int(m.success), int(m.degraded), m.error_kind, m.detail,
+        json.dumps(dict(m.phases), separators=(",", ":")) if m.phases else "{}",
+        json.dumps(dict(m.fields), separators=(",", ":"), sort_keys=True) if m.fields else "{}",
+        received_ns,
+    )
+
+
+# ---- the writer -------------------------------------------------------------------
+
+
+@dataclass
+class _Job(Generic[T]):
+    apply: Callable[[sqlite_utils.Database], T]
+    rows: int
+    future: asyncio.Future[T]
+    result: Any = None
+    error: BaseException | None = None
+
+
+_STOP = object()
+
+
+@dataclass
+class IngestOutcome:
+    acked_seq: int
+    inserted: int
+    duplicates: int
+
+
+@dataclass
+class _StreamState:
+    acked: int
+    pending: list[tuple[int, int]] = field(default_factory=list)
+
+
+class Writer:
+    """The single writer thread. Every method is a coroutine that resolves after commit."""
+
+    def __init__(self, path: str | Path, *, max_group_rows: int = 20_000) -> None:
+        self.path = Path(path)
+        self.max_group_rows = max_group_rows
+        self._queue: queue.SimpleQueue[_Job[Any] | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._streams: dict[tuple[int, int], _StreamState] = {}
+        self._opened = threading.Event()
+        self._open_error: BaseException | None = None
+        self.commits = 0
+        self.rows_committed = 0
+
+    # lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="slaprobe-writer", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(self._opened.wait)
+        if self._open_error is not None:
+            raise self._open_error
+
+    async def close(self) -> None:
+        """Commit everything queued, then stop the thread."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    def _run(self) -> None:
+        try:
+            db = open_store(self.path)
+        except BaseException as exc:  # reported to start()
+            self._open_error = exc
+            self._opened.set()
+            return
+        self._opened.set()
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                assert isinstance(first, _Job)
+                jobs: list[_Job[Any]] = [first]
+                rows = first.rows
+                while rows < self.max_group_rows:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stopping = True
+                        break
+                    assert isinstance(nxt, _Job)
+                    jobs.append(nxt)
+                    rows += nxt.rows
+                self._commit_group(db, jobs)
+        finally:
+            db.conn.close()
+
+    def _commit_group(self, db: sqlite_utils.Database, jobs: list[_Job[Any]]) -> None:
+        streams_before = {k: _StreamState(v.acked, list(v.pending)) for k, v in self._streams.items()}
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for i, job in enumerate(jobs):
+                db.execute(f"SAVEPOINT job{i}")
+                try:
+                    job.result = job.apply(db)
+                except Exception as exc:
+                    db.execute(f"ROLLBACK TO job{i}")
+                    job.error = exc
+                    log.exception("storage job failed; its batch is not acknowledged")
+                db.execute(f"RELEASE job{i}")
+            db.execute("COMMIT")
+            self.commits += 1
+            self.rows_committed += sum(j.rows for j in jobs if j.error is None)
+        except BaseException as exc:
+            # Nothing of this group is on disk: fail every job, forget stream state.
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._streams = streams_before
+            for job in jobs:
+                job.error = exc
+            log.exception("commit failed; %d jobs not acknowledged", len(jobs))
+        assert self._loop is not None
+        for job in jobs:
+            self._loop.call_soon_threadsafe(_settle, job)
+
+    def submit(self, apply: Callable[[sqlite_utils.Database], T], rows: int = 1) -> asyncio.Future[T]:
+        if self._thread is None:
+            raise RuntimeError("writer is not running")
+        assert self._loop is not None
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put(_Job(apply, rows, fut))
+        return fut
+
+    # jobs
+
+    async def persist_catalogue(self, catalogue: Catalogue, now_ns: int) -> dict[str, CheckRef]:
+        """Record the catalogue, its sites and check versions; return every check ever stored."""
+        return await self.submit(lambda db: _persist_catalogue(db, catalogue, now_ns))
+
+    async def register_agent(
+        self, name: str, site: str, version: str, hostname: str, epoch: int, now_ns: int
+    ) -> tuple[int, int]:
+        """Upsert the agent; return (agent row id, acked seq of its epoch)."""
+
+        def apply(db: sqlite_utils.Database) -> tuple[int, int]:
+            row = db.execute("SELECT id FROM agents WHERE name = ?", [name]).fetchone()
+            if row is None:
+                cur = db.execute(
+                    "INSERT INTO agents (name, site, version, hostname, epoch, first_seen_ns, last_seen_ns)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [name, site, version, hostname, epoch, now_ns, now_ns],
+                )
+                agent_id = int(cur.lastrowid or 0)
+            else:
+                agent_id = int(row[0])
+                db.execute(
+                    "UPDATE agents SET site=?, version=?, hostname=?, epoch=?, last_seen_ns=? WHERE id=?",
+                    [site, version, hostname, epoch, now_ns, agent_id],
+                )
+            return agent_id, self._stream(db, agent_id, epoch).acked
+
+        return await self.submit(apply)
+
+    async def heartbeat(
+        self,
+        agent_id: int,
+        now_ns: int,
+        *,
+        version: str,
+        clock_offset_ns: int,
+        clock_rtt_ns: int,
+        spool_depth: int,
+        oldest_unsent_ns: int,
+    ) -> None:
+        def apply(db: sqlite_utils.Database) -> None:
+            db.execute(
+                "UPDATE agents SET last_seen_ns=?, version=?, clock_offset_ns=?, clock_rtt_ns=?,"
+                " spool_depth=?, oldest_unsent_ns=? WHERE id=?",
+                [now_ns, version, clock_offset_ns, clock_rtt_ns, spool_depth, oldest_unsent_ns or None, agent_id],
+            )
+
+        await self.submit(apply)
+
+    async def ingest(
+        self,
+        agent_id: int,
+        epoch: int,
+        first_seq: int,
+        last_seq: int,
+        rows: Sequence[ResultRow],
+        rejections: Sequence[tuple[int, str]],
+        now_ns: int,
+    ) -> IngestOutcome:
+        """Store a batch once and advance the stream's contiguous acknowledgement."""
+
+        def apply(db: sqlite_utils.Database) -> IngestOutcome:
+            conn = db.conn
+            before = conn.total_changes
+            conn.executemany(
+                f"INSERT OR IGNORE INTO results ({', '.join(RESULT_COLUMNS)})"
+                f" VALUES ({', '.join('?' * len(RESULT_COLUMNS))})",
+                rows,
+            )
+            inserted = conn.total_changes - before
+            if rejections:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO rejections (agent_id, epoch, seq, reason, received_ns)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(agent_id, epoch, seq, reason, now_ns) for seq, reason in rejections],
+                )
+            state = self._stream(db, agent_id, epoch)
+            old = state.acked
+            _advance(state, first_seq, last_seq)
+            if state.acked != old:
+                conn.execute(
+                    "INSERT INTO streams (agent_id, epoch, acked_seq) VALUES (?, ?, ?)"
+                    " ON CONFLICT(agent_id, epoch) DO UPDATE SET acked_seq = excluded.acked_seq",
+                    (agent_id, epoch, state.acked),
+                )
+            return IngestOutcome(state.acked, inserted, len(rows) - inserted)
+
+        return await self.submit(apply, rows=max(1, len(rows)))
+
+    def _stream(self, db: sqlite_utils.Database, agent_id: int, epoch: int) -> _StreamState:
+        key = (agent_id, epoch)
+        state = self._streams.get(key)
+        if state is None:
+            row = db.execute(
+                "SELECT acked_seq FROM streams WHERE agent_id = ? AND epoch = ?", [agent_id, epoch]
+            ).fetchone()
+            state = _StreamState(int(row[0]) if row else 0)
+            self._streams[key] = state
+        return state
+
+
+def _settle(job: _Job[Any]) -> None:
+    if job.future.done():  # the waiter was cancelled
+        return
+    if job.error is not None:
+        job.future.set_exception(job.error)
+    else:
+        job.future.set_result(job.result)
+
+
+def _advance(state: _StreamState, first: int, last: int) -> None:
+    """Merge [first, last] into the contiguous prefix, keeping out-of-order ranges aside."""
+    if last < first:
+        return
+    if first > state.acked + 1:
+        state.pending.append((first, last))
+        state.pending.sort()
+        return
+    state.acked = max(state.acked, last)
+    while state.pending and state.pending[0][0] <= state.acked + 1:
+        _, hi = state.pending.pop(0)
+        state.acked = max(state.acked, hi)
+
+
+def _persist_catalogue(
+    db: sqlite_utils.Database, catalogue: Catalogue, now_ns: int
+) -> dict[str, CheckRef]:
+    last = db.execute("SELECT digest FROM catalogue_versions ORDER BY id DESC LIMIT 1").fetchone()
+    if last is None or last[0] != catalogue.digest:
+        db["catalogue_versions"].insert(
+            {"digest": catalogue.digest, "source": catalogue.source, "text": catalogue.text, "loaded_ns": now_ns}
+        )
+    for site in catalogue.sites.values():
+        db["sites"].upsert(
+            {
+                "name": site.name,
+                "description": site.description,
+                "sla": json.dumps(site.sla.to_json(), sort_keys=True),
+                "updated_ns": now_ns,
+            },
+            pk="name",
+        )
+    ids: dict[str, int] = {
+        key: int(cid) for cid, key in db.execute("SELECT id, key FROM checks").fetchall()
+    }
+    current: set[int] = set()
+    for spec in catalogue.all_checks():
+        cid = ids.get(spec.id)
+        if cid is None:
+            cur = db.execute(
+                "INSERT INTO checks (key, site, name) VALUES (?, ?, ?)", [spec.id, spec.site, spec.name]
+            )
+            cid = int(cur.lastrowid or 0)
+            ids[spec.id] = cid
+        current.add(cid)
+        open_version = db.execute(
+            "SELECT revision FROM check_versions WHERE check_id = ? AND valid_to_ns IS NULL", [cid]
+        ).fetchone()
+        if open_version is not None and open_version[0] == spec.revision:
+            continue
+        if open_version is not None:
+            db.execute(
+                "UPDATE check_versions SET valid_to_ns = ? WHERE check_id = ? AND valid_to_ns IS NULL",
+                [now_ns, cid],
+            )
+        db["check_versions"].insert(_version_row(cid, spec, now_ns))
+    # Checks gone from the catalogue: close their open version (history stays).
+    for (cid,) in db.execute("SELECT check_id FROM check_versions WHERE valid_to_ns IS NULL").fetchall():
+        if cid not in current:
+            db.execute(
+                "UPDATE check_versions SET valid_to_ns = ? WHERE check_id = ? AND valid_to_ns IS NULL",
+                [now_ns, cid],
+            )
+    return {
+        key: CheckRef(int(cid), site)
+        for cid, key, site in db.execute("SELECT id, key, site FROM checks").fetchall()
+    }
+
+
+def _version_row(cid: int, spec: CheckSpec, now_ns: int) -> dict[str, Any]:
+    return {
+        "check_id": cid,
+        "revision": spec.revision,
+        "type": spec.type,
+        "target": spec.target,
+        "interval_ms": spec.interval_ms,
+        "timeout_ms": spec.timeout_ms,
+        "degraded_after_ms": spec.degraded_after_ms,
+        "settings": spec.settings_json,
+        "valid_from_ns": now_ns,
+        "valid_to_ns": None,
+    }
+
+
+# ---- reading ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckVersion:
+    check_id: int
+    key: str
+    site: str
+    name: str
+    type: str
+    target: str
+    interval_ms: int
+    timeout_ms: int
+    valid_from_ns: int
+    valid_to_ns: int | None
+
+
+@dataclass(frozen=True)
+class SlotSample:
+    """What scoring needs of one stored result."""
+
+    agent_id: int
+    scheduled_ns: int
+    ok: bool
+    duration_ns: int
+    error_kind: str
+
+
+class Reader:
+    """Read-side queries for reports and the CLI (its own connection, never writes)."""
+
+    def __init__(self, path: str | Path) -> None:
+        if not Path(path).exists():
+            raise FileNotFoundError(str(path))
+        self.db = connect(path, readonly=True)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def sites(self) -> list[dict[str, Any]]:
+        return [
+            {"name": r[0], "description": r[1], "sla": json.loads(r[2])}
+            for r in self.db.execute("SELECT name, description, sla FROM sites ORDER BY name").fetchall()
+        ]
+
+    def check_versions(self, site: str, start_ns: int, end_ns: int) -> list[CheckVersion]:
+        rows = self.db.execute(
+            """
+            SELECT c.id, c.key, c.site, c.name, v.type, v.target, v.interval_ms, v.timeout_ms,
+                   v.valid_from_ns, v.valid_to_ns
+            FROM check_versions v JOIN checks c ON c.id = v.check_id
+            WHERE c.site = ? AND v.valid_from_ns < ? AND (v.valid_to_ns IS NULL OR v.valid_to_ns > ?)
+            ORDER BY c.name, v.valid_from_ns
+            """,
+            [site, end_ns, start_ns],
+        ).fetchall()
+        return [CheckVersion(*r) for r in rows]
+
+    def samples(self, check_id: int, start_ns: int, end_ns: int) -> Iterable[SlotSample]:
+        cur = self.db.execute(
+            "SELECT agent_id, scheduled_ns, ok, duration_ns, error_kind FROM results"
+            " WHERE check_id = ? AND scheduled_ns >= ? AND scheduled_ns < ? ORDER BY scheduled_ns",
+            [check_id, start_ns, end_ns],
+        )
+        for agent_id, scheduled, ok, duration, kind in cur:
+            yield SlotSample(agent_id, scheduled, bool(ok), duration, kind)
+
+    def agents(self) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM agents ORDER BY site, name"))

@@ -1,0 +1,373 @@
+"""The ``slaprobe`` command: a thin layer over the library.
+
+Library errors become :class:`click.ClickException` here (a message and
+exit status 1, never a traceback); usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from slaprobe import __version__
+from slaprobe.configfile import ConfigError, Fields, load_yaml_file, parse_duration
+from slaprobe.logs import setup_logging
+from slaprobe.output import format_option, render_csv, render_json, render_table
+
+log = logging.getLogger("slaprobe")
+
+DEFAULT_DB = "slaprobe.db"
+DEFAULT_LISTEN = "127.0.0.1:7431"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="slaprobe")
+def main() -> None:
+    """slaprobe: prove whether service levels were met.
+
+    Agents probe services near customers and stream every result to a
+    collector, which stores them and scores each site against its SLA.
+    """
+
+
+# ---- collector ---------------------------------------------------------------------
+
+
+@main.group()
+def collector() -> None:
+    """Run the collector."""
+
+
+@collector.command("serve")
+@click.option("--catalogue", "catalogue_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              envvar="SLAPROBE_CATALOGUE", help="Sites, checks and SLA targets (YAML).")
+@click.option("--db", "db_path", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False, path_type=Path),
+              envvar="SLAPROBE_DB", help="SQLite database file (created if missing).")
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, envvar="SLAPROBE_LISTEN",
+              help="host:port for the agents' gRPC endpoint (port 0 picks a free one).")
+@click.option("--grace", default="5s", show_default=True, help="How long in-flight calls may finish at shutdown.")
+@click.option("-v", "--verbose", count=True, help="More logging (twice for gRPC internals).")
+def collector_serve(catalogue_path: Path, db_path: Path, listen: str, grace: str, verbose: int) -> None:
+    """Serve agents: push their checks, store their results.
+
+    SIGHUP reloads the catalogue (a broken one is refused and the old one
+    kept); SIGTERM or Ctrl-C shuts down gracefully.
+
+    \b
+    Example:
+      slaprobe collector serve --catalogue examples/catalogue.yaml --db slaprobe.db
+    """
+    from collector.server import Collector, CollectorSettings
+
+    setup_logging(verbose)
+    settings = CollectorSettings(catalogue_path, db_path, listen, grace_s=_duration(grace, "--grace"))
+
+    async def run() -> None:
+        c = Collector(settings)
+        await c.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def reload() -> None:
+            task = loop.create_task(c.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        await stop.wait()
+        log.info("shutting down")
+        await c.stop()
+
+    _run_async(run)
+
+
+# ---- agent ---------------------------------------------------------------------------
+
+
+@main.group()
+def agent() -> None:
+    """Run and inspect agents."""
+
+
+@agent.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="SLAPROBE_AGENT_CONFIG", help="Agent configuration file (YAML).")
+@click.option("--collector", "collector_addr", help="host:port of the collector (overrides the file).")
+@click.option("--site", help="Site whose checks to run (overrides the file).")
+@click.option("--name", help="Agent name, unique in the fleet (overrides the file).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.option("-v", "--verbose", count=True, help="More logging.")
+def agent_run(
+    config_path: Path | None, collector_addr: str | None, site: str | None, name: str | None,
+    data_dir: Path | None, verbose: int,
+) -> None:
+    """Run the checks of one site and stream results to the collector.
+
+    \b
+    Example:
+      slaprobe agent run --config examples/agent.yaml
+      slaprobe agent run --collector 127.0.0.1:7431 --site lab --name lab-1
+    """
+    from agent.config import AgentConfig, load_agent_config
+    from agent.link import FatalLinkError
+    from agent.main import Agent
+
+    setup_logging(verbose)
+    if config_path is not None:
+        cfg = _config(lambda: load_agent_config(config_path))
+    else:
+        if not (collector_addr and site):
+            raise click.UsageError("give --config FILE, or at least --collector and --site")
+        cfg = AgentConfig(
+            collector=collector_addr, site=site, name=name or _hostname(),
+            data_dir=data_dir or Path("slaprobe-agent-data"),
+        )
+    overrides: dict[str, Any] = {}
+    if collector_addr:
+        overrides["collector"] = collector_addr
+    if site:
+        overrides["site"] = site
+    if name:
+        overrides["name"] = name
+    if data_dir:
+        overrides["data_dir"] = data_dir
+    if overrides:
+        from dataclasses import replace
+
+        cfg = replace(cfg, **overrides)
+
+    async def run() -> None:
+        a = Agent(cfg)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("agent %r for site %r, collector %s, data in %s", cfg.name, cfg.site, cfg.collector, cfg.data_dir)
+        try:
+            await a.run(stop)
+        except FatalLinkError as exc:
+            raise click.ClickException(str(exc)) from exc
+        log.info("agent stopped after %d results", a.produced)
+
+    _run_async(run)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+# ---- config ----------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Validate configuration files."""
+
+
+@config.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def config_check(files: tuple[Path, ...]) -> None:
+    """Validate catalogue and agent files; print file:line: field: problem for each error.
+
+    The kind is recognised from the content: a catalogue has ``sites``, an
+    agent file has ``collector``.
+
+    \b
+    Example:
+      slaprobe config check examples/catalogue.yaml examples/agent.yaml
+    """
+    from agent.config import parse_agent_config
+    from collector.catalogue import load_catalogue
+
+    failed = 0
+    for path in files:
+        try:
+            root = load_yaml_file(path)
+            keys = set(root.value) if root.is_mapping else set()
+            if "sites" in keys:
+                cat = load_catalogue(path)
+                checks = len(cat.all_checks())
+                click.echo(f"{path}: ok (catalogue: {len(cat.sites)} sites, {checks} checks)")
+            elif "collector" in keys:
+                parse_agent_config(root, path.resolve().parent)
+                click.echo(f"{path}: ok (agent configuration)")
+            else:
+                Fields(root, "a catalogue (with 'sites') or an agent file (with 'collector')")
+                raise ConfigError(str(path), 1, "", "neither a catalogue (no 'sites') nor an agent file (no 'collector')")
+        except ConfigError as exc:
+            failed += 1
+            click.echo(str(exc), err=True)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+# ---- compliance ---------------------------------------------------------------------------
+
+
+def parse_period(period: str | None, start: str | None, end: str | None, last: str | None, now: datetime) -> tuple[datetime, datetime]:
+    """Turn the period options into a UTC [start, end) pair."""
+    chosen = sum(x is not None for x in (period, last)) + (1 if (start or end) else 0)
+    if chosen > 1:
+        raise click.UsageError("use one of --period, --from/--to, or --last")
+    if last is not None:
+        return now - _timedelta(last, "--last"), now
+    if start or end:
+        s = _parse_time(start, "--from") if start else datetime(now.year, now.month, 1, tzinfo=UTC)
+        e = _parse_time(end, "--to") if end else now
+        if e <= s:
+            raise click.BadParameter("must be after --from", param_hint="--to")
+        return s, e
+    if period is None:
+        period = now.strftime("%Y-%m")
+    try:
+        first = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        raise click.BadParameter(f"expected a month such as 2026-10, got {period!r}", param_hint="--period") from None
+    nxt = datetime(first.year + (first.month == 12), first.month % 12 + 1, 1, tzinfo=UTC)
+    return first, nxt
+
+
+def _timedelta(text: str, hint: str) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=_duration(text, hint))
+
+
+def _duration(text: str, hint: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+
+
+def _parse_time(text: str, hint: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"expected an ISO time such as 2026-10-01T00:00Z, got {text!r}", param_hint=hint) from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _ns(t: datetime) -> int:
+    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
+
+
+def _fmt_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h < 48 else f"{h // 24}d{h % 24:02d}h"
+
+
+@main.command("compliance")
+@click.option("--db", "db_path", default=DEFAULT_DB, show_default=True, envvar="SLAPROBE_DB",
+              type=click.Path(dir_okay=False, path_type=Path), help="The collector's database.")
+@click.option("--site", help="Only this site.")
+@click.option("--period", help="A calendar month, e.g. 2026-10 (UTC). Default: this month.")
+@click.option("--from", "start", help="Start (ISO 8601; UTC when no zone is given).")
+@click.option("--to", "end", help="End, exclusive (ISO 8601). Default: now.")
+@click.option("--last", help="The trailing window, e.g. 1h or 7d.")
+@click.option("--fail-on-breach", is_flag=True, help="Exit with status 3 when any site breached its SLA.")
+@format_option
+def compliance_cmd(
+    db_path: Path, site: str | None, period: str | None, start: str | None, end: str | None,
+    last: str | None, fail_on_breach: bool, fmt: str,
+) -> None:
+    """Per-site SLA compliance: availability, downtime, unknown time, latency, met or breached.
+
+    Slots without data are reported as unknown, never as up or down.
+
+    \b
+    Examples:
+      slaprobe compliance --period 2026-10
+      slaprobe compliance --site paris --last 24h --format json
+    """
+    from collector.scoring import compliance
+    from collector.store import Reader
+
+    now = datetime.now(UTC)
+    s, e = parse_period(period, start, end, last, now)
+    try:
+        reader = Reader(db_path)
+    except FileNotFoundError:
+        raise click.ClickException(f"no database at {db_path}: start a collector with --db {db_path} first") from None
+    try:
+        reports = compliance(reader, _ns(s), _ns(e), time.time_ns(), site)
+    finally:
+        reader.close()
+    if site is not None and not reports:
+        raise click.ClickException(f"no site named {site!r} in {db_path}")
+    period_info = {"from": s.isoformat().replace("+00:00", "Z"), "to": e.isoformat().replace("+00:00", "Z"), "time_zone": "UTC"}
+    if fmt == "json":
+        click.echo(render_json({
+            "period": period_info,
+            "sites": [
+                {**r.site_score.to_dict(), "checks": [c.to_dict() for c in r.checks]} for r in reports
+            ],
+        }))
+    else:
+        headers = ["site", "check", "availability", "target", "up", "down", "unknown", "downtime",
+                   "unknown time", "p50 ms", "p95 ms", "p99 ms", "status"]
+        rows: list[list[Any]] = []
+        for r in reports:
+            for sc in [r.site_score, *r.checks]:
+                rows.append([
+                    sc.site if sc.check is None else "",
+                    "(site)" if sc.check is None else sc.check,
+                    "-" if sc.availability is None else f"{sc.availability:.3f}%",
+                    "-" if sc.target_availability is None else f"{sc.target_availability:g}%",
+                    sc.up, sc.down, sc.unknown,
+                    _fmt_duration(sc.downtime_s), _fmt_duration(sc.unknown_s),
+                    sc.p50_ms, sc.p95_ms, sc.p99_ms, sc.status,
+                ])
+        if fmt == "csv":
+            click.echo(render_csv(headers, rows), nl=False)
+        else:
+            click.echo(f"Compliance from {period_info['from']} to {period_info['to']} (UTC)")
+            click.echo(render_table(headers, rows, "llrrrrrrrrrrl"))
+            for r in reports:
+                for b in r.site_score.breaches:
+                    click.echo(f"  {r.site}: {b}")
+    if fail_on_breach and any(r.site_score.status == "breached" for r in reports):
+        raise click.exceptions.Exit(3)
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _config(load: Any) -> Any:
+    try:
+        return load()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run_async(fn: Any) -> None:
+    try:
+        asyncio.run(fn())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
+        with contextlib.suppress(Exception):
+            sys.stderr.write("interrupted\n")
+        raise click.exceptions.Exit(130) from None
