@@ -1,0 +1,47 @@
+# slaprobe: every target installs what it needs first, so each works on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps demo test lint proto proto-check bench bench-ingest clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## install: create .venv and install slaprobe with its development tools
+install: $(STAMP)
+
+## system-deps: Debian packages the test suite runs as real peers (installed only when missing)
+system-deps:
+	@bash scripts/system-deps.sh
+
+## demo: a local collector on SQLite + a local agent probing real local targets, then the compliance table
+demo: install
+	$(BIN)/python examples/demo.py
+
+## test: install everything and run the whole suite (slow end-to-end and fault tests included)
+test: install system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## lint: ruff and mypy, both must be clean
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## proto: regenerate the gRPC/protobuf code from protos/*.proto
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/slaprobe_v1.proto
+
+## bench: every benchmark; figures are appended to bench/RESULTS.md
+bench: bench-ingest
+
+bench-ingest: install
+	$(BIN)/python bench/ingest.py --markdown
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-data

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests use as real peers, only those missing.
+# Tests never mock these: nginx/dnsmasq/sshd run on loopback inside the tests.
+set -euo pipefail
+needed=()
+# command -> package
+declare -A pkgs=()
+for cmd in "${!pkgs[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || needed+=("${pkgs[$cmd]}")
+done
+if [ ${#needed[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages: ${needed[*]} (run: sudo apt-get install ${needed[*]})" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${needed[@]}"

@@ -1,0 +1,134 @@
+"""End to end with real processes: collector + agent subprocesses, a real HTTP target taken down
+for a known span; the compliance report must show that span as downtime within one interval."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.procs import query, run_cli, start_agent, start_collector, wait_for
+
+INTERVAL_S = 1.0
+
+
+class _Hello(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"hello from the e2e target\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class Target:
+    """A real HTTP server on loopback that can be taken down and brought back on the same port."""
+
+    def __init__(self) -> None:
+        self.server: ThreadingHTTPServer | None = None
+        self.port = 0
+        self.up()
+
+    def up(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), _Hello)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def down(self) -> None:
+        assert self.server is not None
+        self.server.shutdown()
+        self.server.server_close()
+        self.server = None
+
+
+@pytest.fixture
+def target() -> Iterator[Target]:
+    t = Target()
+    yield t
+    if t.server is not None:
+        t.down()
+
+
+def iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
+
+
+@pytest.mark.slow
+def test_outage_shows_as_downtime_within_one_interval(tmp_path: Path, target: Target) -> None:
+    catalogue = f"""
+sites:
+  lab:
+    sla: {{availability: 99%}}
+    checks:
+      web:
+        type: http
+        target: http://127.0.0.1:{target.port}/
+        interval: 1s
+        timeout: 500ms
+      self:
+        type: tcp
+        target: 127.0.0.1:{{collector_port}}
+        interval: 1s
+        timeout: 500ms
+"""
+    # The tcp check probes the collector's own port; pick it first so the catalogue can name it.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    collector, port = start_collector(
+        tmp_path, catalogue.replace("{collector_port}", str(free)), listen=f"127.0.0.1:{free}"
+    )
+    db = tmp_path / "slaprobe.db"
+    agent = start_agent(tmp_path, port, "lab")
+    try:
+        first = wait_for(
+            lambda: query(db, "SELECT min(scheduled_ns) FROM results")[0][0], 30, "the first stored result"
+        )
+        time.sleep(3)
+        t_down = time.time_ns()
+        target.down()
+        time.sleep(6)
+        target.up()
+        t_up = time.time_ns()
+        time.sleep(4)
+        end = time.time_ns() - 1_000_000_000
+        assert agent.stop() == 0, agent.log()
+    finally:
+        agent.stop()
+        assert collector.stop() == 0, collector.log()
+
+    out = run_cli("compliance", "--db", str(db), "--from", iso(first), "--to", iso(end), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    (site,) = report["sites"]
+    checks = {c["check"]: c for c in site["checks"]}
+    web, own = checks["web"], checks["self"]
+
+    outage_s = (t_up - t_down) / 1e9
+    assert abs(web["downtime_s"] - outage_s) <= INTERVAL_S, (web, outage_s)
+    assert web["unknown"] == 0, web
+    assert web["up"] > 0 and web["down"] > 0
+    assert web["status"] == "breached"
+    assert own["down"] == 0 and own["unknown"] == 0 and own["availability"] == 100.0
+
+    # The failed probes say why: the port was refused while the server was down (a probe caught
+    # in the act of shutting down may see its accepted connection reset instead).
+    kinds = {k for (k,) in query(db, "SELECT DISTINCT error_kind FROM results r JOIN checks c"
+                                     " ON c.id = r.check_id WHERE c.name = 'web' AND r.ok = 0")}
+    assert "refused" in kinds and kinds <= {"refused", "reset"}, kinds
+    # Every down slot lies inside the outage (give one interval of slack at each edge).
+    downs = query(db, "SELECT scheduled_ns FROM results r JOIN checks c ON c.id = r.check_id"
+                      " WHERE c.name = 'web' AND r.ok = 0")
+    for (ns,) in downs:
+        assert t_down - 1e9 <= ns <= t_up + 1e9
