@@ -1,10 +1,10 @@
 """Agent configuration file (YAML), validated at load with file:line: field errors.
 
-    collector: 127.0.0.1:7431     # host:port of the collector's gRPC endpoint
-    site: paris                   # the site whose checks this agent runs
-    name: paris-probe-1           # unique in the fleet; defaults to the host name
-    data_dir: /var/lib/slaprobe   # check cache (and, later, the spool)
-    batch_max: 1000               # records per message at most
+collector: 127.0.0.1:7431     # host:port of the collector's gRPC endpoint
+site: paris                   # the site whose checks this agent runs
+name: paris-probe-1           # unique in the fleet; defaults to the host name
+data_dir: /var/lib/slaprobe   # check cache (and, later, the spool)
+batch_max: 1000               # records per message at most
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class Backoff:
         self.attempt = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self.cap_s, self.initial_s * (2**self.attempt))
+        ceiling = min(self.cap_s, self.initial_s * 2.0 ** min(self.attempt, 30))
         self.attempt += 1
         # Full jitter, but never below half the ceiling: a fleet spreads out without hammering.
         return ceiling / 2 + self.rng() * ceiling / 2
@@ -152,9 +152,7 @@ class CollectorLink:
                     raise FatalLinkError(
                         f"collector {self.address} refused this agent: {exc.code().name}: {exc.details()}"
                     ) from exc
-                log.warning(
-                    "collector %s unavailable (%s: %s)", self.address, exc.code().name, exc.details()
-                )
+                log.warning("collector %s unavailable (%s: %s)", self.address, exc.code().name, exc.details())
             except (OSError, grpc.RpcError) as exc:
                 log.warning("collector %s unreachable: %s", self.address, exc)
             finally:
@@ -179,12 +177,17 @@ class CollectorLink:
                 timeout=15.0,
             )
             t3 = time.time_ns()
-            self.clock = ClockSample.from_exchange(t0, reply.collector_receive_ns, reply.collector_transmit_ns, t3)
+            self.clock = ClockSample.from_exchange(
+                t0, reply.collector_receive_ns, reply.collector_transmit_ns, t3
+            )
             self.outbox.ack(reply.acked_seq)
             self.sessions += 1
             log.info(
                 "registered with collector %s (version %s); clock offset %+.1f ms, rtt %.1f ms; %d records to send",
-                self.address, reply.collector_version, self.clock.offset_ns / 1e6, self.clock.rtt_ns / 1e6,
+                self.address,
+                reply.collector_version,
+                self.clock.offset_ns / 1e6,
+                self.clock.rtt_ns / 1e6,
                 self.outbox.depth,
             )
             async with asyncio.TaskGroup() as tg:

@@ -37,7 +37,9 @@ def build_runner_prober(spec: CheckSpec):  # type: ignore[no-untyped-def]
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, *, outbox: Outbox | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, *, outbox: Outbox | None = None, clock: Clock | None = None
+    ) -> None:
         self.config = config
         self.outbox: Outbox = outbox or MemoryOutbox()
         self.clock = clock
@@ -63,7 +65,12 @@ class Agent:
             self.checks.pop(cid, None)
         for spec in upserts:
             if spec.site != self.config.site:
-                log.error("ignoring check %r of site %r (this agent is for %r)", spec.id, spec.site, self.config.site)
+                log.error(
+                    "ignoring check %r of site %r (this agent is for %r)",
+                    spec.id,
+                    spec.site,
+                    self.config.site,
+                )
                 continue
             try:
                 prober = build_runner_prober(spec)
@@ -76,7 +83,10 @@ class Agent:
         if upserts or deletes or snapshot:
             log.info(
                 "checks %s: %d running (%d added or changed, %d removed)",
-                "synchronised" if snapshot else "updated", len(self.checks), len(upserts), len(deletes),
+                "synchronised" if snapshot else "updated",
+                len(self.checks),
+                len(upserts),
+                len(deletes),
             )
             self._save_cache()
 
@@ -102,9 +112,16 @@ class Agent:
         tmp = path.with_suffix(".tmp")
         data = [
             {
-                "id": s.id, "site": s.site, "name": s.name, "type": s.type, "target": s.target,
-                "interval_ms": s.interval_ms, "timeout_ms": s.timeout_ms, "settings": dict(s.settings),
-                "degraded_after_ms": s.degraded_after_ms, "revision": s.revision,
+                "id": s.id,
+                "site": s.site,
+                "name": s.name,
+                "type": s.type,
+                "target": s.target,
+                "interval_ms": s.interval_ms,
+                "timeout_ms": s.timeout_ms,
+                "settings": dict(s.settings),
+                "degraded_after_ms": s.degraded_after_ms,
+                "revision": s.revision,
             }
             for s in self.checks.values()
         ]
@@ -150,7 +167,7 @@ class Agent:
         """Give the link a moment to deliver the last records before exit."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self.outbox.depth and loop.time() < deadline and not link_task.done():
+        while self.outbox.depth and loop.time() < deadline and not link_task.done():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if self.outbox.depth:
             log.warning("exiting with %d undelivered records", self.outbox.depth)

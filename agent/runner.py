@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from probes import ErrorKind, PhaseTrace, ProbeResult, Prober, run_probe
+from probes import ErrorKind, PhaseTrace, Prober, ProbeResult, run_probe
 from slaprobe.model import CheckSpec, Measurement
 from slaprobe.schedule import NS_PER_MS, next_slot_at_or_after, offset_ns
 
@@ -100,9 +100,7 @@ class CheckRunner:
             )
         duration_ns = int((time.perf_counter() - t0) * 1e9)
         degraded = (
-            result.success
-            and spec.degraded_after_ms > 0
-            and duration_ns > spec.degraded_after_ms * NS_PER_MS
+            result.success and spec.degraded_after_ms > 0 and duration_ns > spec.degraded_after_ms * NS_PER_MS
         )
         return Measurement(
             check_id=spec.id,

@@ -130,7 +130,7 @@ def _parse(root: Node, text: str) -> Catalogue:
     sites_fields = doc.mapping("sites", required=True)
     assert sites_fields is not None
     sites: dict[str, Site] = {}
-    for name in sites_fields.keys():
+    for name in sites_fields:
         node = sites_fields.raw(name)
         assert node is not None
         sites[name] = _parse_site(name, node, defaults)
@@ -148,7 +148,7 @@ def _parse_site(name: str, node: Node, defaults: _Defaults) -> Site:
     checks_fields = f.mapping("checks", required=True)
     assert checks_fields is not None
     checks = []
-    for check_name in checks_fields.keys():
+    for check_name in checks_fields:
         check_node = checks_fields.raw(check_name)
         assert check_node is not None
         checks.append(_parse_check(name, check_name, check_node, defaults))
@@ -199,9 +199,11 @@ def _parse_check(site: str, name: str, node: Node, defaults: _Defaults) -> Check
         where = f.raw("timeout") or f.raw("interval") or node
         where.fail(f"timeout ({timeout:g}s) must be shorter than the interval ({interval:g}s)")
     if degraded_after and degraded_after >= timeout:
-        where = f.raw("degraded_after")
-        assert where is not None
-        where.fail(f"must be shorter than the timeout ({timeout:g}s): a probe that slow has already failed")
+        degraded_node = f.raw("degraded_after")
+        assert degraded_node is not None
+        degraded_node.fail(
+            f"must be shorter than the timeout ({timeout:g}s): a probe that slow has already failed"
+        )
     build_prober(type_node, target_node, settings_node)  # validates; raises ConfigError
     settings = settings_node.to_python() if settings_node is not None and settings_node.value else {}
     return CheckSpec(

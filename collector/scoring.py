@@ -131,7 +131,9 @@ def _score(site: str, check: str | None, t: Tally, sla: SlaTarget) -> Score:
         objective = f"p{sla.latency.percentile:g} <= {sla.latency.threshold_ms:g} ms"
         lat_value = ms(percentile(lat, sla.latency.percentile))
         if lat_value is not None and lat_value > sla.latency.threshold_ms:
-            breaches.append(f"latency p{sla.latency.percentile:g} {lat_value:g} ms > {sla.latency.threshold_ms:g} ms")
+            breaches.append(
+                f"latency p{sla.latency.percentile:g} {lat_value:g} ms > {sla.latency.threshold_ms:g} ms"
+            )
     if sla.availability is not None and availability is not None and availability < sla.availability:
         breaches.append(f"availability {availability:.3f}% < {sla.availability:g}%")
     if availability is None:
@@ -168,7 +170,9 @@ class SiteReport:
     checks: list[Score]
 
 
-def compliance(reader: Reader, start_ns: int, end_ns: int, now_ns: int, site: str | None = None) -> list[SiteReport]:
+def compliance(
+    reader: Reader, start_ns: int, end_ns: int, now_ns: int, site: str | None = None
+) -> list[SiteReport]:
     """Score every site (or one) over [start_ns, end_ns), counting only slots already past."""
     reports = []
     for s in reader.sites():

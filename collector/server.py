@@ -91,7 +91,10 @@ class Collector:
             raise
         log.info(
             "collector listening on %s (port %d), %d sites, %d checks, database %s",
-            self.settings.listen, self.port, len(catalogue.sites), len(catalogue.all_checks()),
+            self.settings.listen,
+            self.port,
+            len(catalogue.sites),
+            len(catalogue.all_checks()),
             self.settings.db_path,
         )
         return self.port

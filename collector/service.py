@@ -17,18 +17,21 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from collector.hub import CatalogueHub
-from collector.store import ResultRow, Writer, measurement_row
+from collector.store import IngestOutcome, ResultRow, Writer, measurement_row
 from collector.wire import InvalidRecord, check_to_pb, decode_record
 from protos import slaprobe_v1_pb2 as pb
 from protos import slaprobe_v1_pb2_grpc as pb_grpc
 from slaprobe import __version__
 
 log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_BATCH_RECORDS = 10_000
 ACK_WINDOW = 64  # batches decoded ahead of their commit, per stream
@@ -61,7 +64,7 @@ class CollectorService:
 
     def add_to(self, server: grpc.aio.Server) -> None:
         """Register handlers. PushRecords takes raw bytes so one undecodable batch cannot end its stream."""
-        handlers = {
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
             "Register": grpc.unary_unary_rpc_method_handler(
                 self.Register,
                 request_deserializer=pb.RegisterRequest.FromString,
@@ -91,7 +94,7 @@ class CollectorService:
 
     # ---- Register -----------------------------------------------------------
 
-    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
+    async def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
         received = self.clock()
         name = request.agent_id
         if not name or len(name) > 200 or "\x00" in name:
@@ -107,7 +110,11 @@ class CollectorService:
         self.sessions[name] = AgentSession(agent_row, name, request.site, request.epoch)
         log.info(
             "agent %r registered for site %r (version %s, epoch %d, acked %d)",
-            name, request.site, request.version, request.epoch, acked,
+            name,
+            request.site,
+            request.version,
+            request.epoch,
+            acked,
         )
         return pb.RegisterResponse(
             collector_receive_ns=received,
@@ -116,7 +123,7 @@ class CollectorService:
             collector_version=__version__,
         )
 
-    async def _session(self, agent_id: str, context: grpc.aio.ServicerContext) -> AgentSession:
+    async def _session(self, agent_id: str, context: Context) -> AgentSession:
         session = self.sessions.get(agent_id)
         if session is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "register first")
@@ -126,7 +133,7 @@ class CollectorService:
     # ---- WatchChecks --------------------------------------------------------
 
     async def WatchChecks(
-        self, request: pb.WatchChecksRequest, context: grpc.aio.ServicerContext
+        self, request: pb.WatchChecksRequest, context: Context
     ) -> AsyncIterator[pb.CheckChanges]:
         session = await self._session(request.agent_id, context)
         sub = self.hub.subscribe(session.site)
@@ -158,7 +165,7 @@ class CollectorService:
 
     # ---- PushRecords --------------------------------------------------------
 
-    async def PushRecords(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+    async def PushRecords(self, request_iterator: object, context: Context) -> None:
         pending: asyncio.Queue[asyncio.Future[pb.BatchAck] | None] = asyncio.Queue(maxsize=ACK_WINDOW)
 
         async def write_acks() -> None:
@@ -194,7 +201,7 @@ class CollectorService:
         finally:
             acker.cancel()
 
-    async def _accept(self, raw: bytes, context: grpc.aio.ServicerContext) -> asyncio.Future[pb.BatchAck]:
+    async def _accept(self, raw: bytes, context: Context) -> asyncio.Future[pb.BatchAck]:
         """Decode and validate a batch; return a future of its ack (resolved after commit)."""
         done: asyncio.Future[pb.BatchAck] = asyncio.get_running_loop().create_future()
         try:
@@ -207,9 +214,7 @@ class CollectorService:
         problem = _batch_problem(batch)
         if problem is not None:
             log.warning("batch from %r refused: %s", session.name, problem)
-            done.set_result(
-                pb.BatchAck(epoch=batch.epoch, rejected=[pb.Rejection(seq=0, reason=problem)])
-            )
+            done.set_result(pb.BatchAck(epoch=batch.epoch, rejected=[pb.Rejection(seq=0, reason=problem)]))
             return done
         now = self.clock()
         rows: list[ResultRow] = []
@@ -225,18 +230,26 @@ class CollectorService:
                 continue
             ref = self.hub.check_ref(decoded.measurement.check_id)
             assert ref is not None
-            rows.append(measurement_row(session.row_id, batch.epoch, decoded.seq, ref.row_id, decoded.measurement, now))
+            rows.append(
+                measurement_row(
+                    session.row_id, batch.epoch, decoded.seq, ref.row_id, decoded.measurement, now
+                )
+            )
         if rejections:
             log.warning(
                 "agent %r: %d of %d records rejected (first: seq %d: %s)",
-                session.name, len(rejections), len(batch.records), rejections[0][0], rejections[0][1],
+                session.name,
+                len(rejections),
+                len(batch.records),
+                rejections[0][0],
+                rejections[0][1],
             )
         ingest = self.writer.ingest(
             session.row_id, batch.epoch, batch.first_seq, batch.last_seq, rows, rejections, now
         )
         rejected_pb = [pb.Rejection(seq=s, reason=r) for s, r in rejections]
 
-        def to_ack(f: asyncio.Future[object]) -> None:
+        def to_ack(f: asyncio.Future[IngestOutcome]) -> None:
             if done.cancelled():
                 return
             exc = f.exception()
@@ -244,16 +257,14 @@ class CollectorService:
                 done.set_exception(exc)
                 return
             outcome = f.result()
-            done.set_result(
-                pb.BatchAck(epoch=batch.epoch, acked_seq=outcome.acked_seq, rejected=rejected_pb)  # type: ignore[attr-defined]
-            )
+            done.set_result(pb.BatchAck(epoch=batch.epoch, acked_seq=outcome.acked_seq, rejected=rejected_pb))
 
         asyncio.ensure_future(ingest).add_done_callback(to_ack)
         return done
 
     # ---- Heartbeat ----------------------------------------------------------
 
-    async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Context) -> pb.HeartbeatResponse:
         received = self.clock()
         session = await self._session(request.agent_id, context)
         await self.writer.heartbeat(

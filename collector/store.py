@@ -27,6 +27,7 @@ statements at 999 variables and tops out near 14k rows/s here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import queue
@@ -51,8 +52,21 @@ T = TypeVar("T")
 ResultRow = tuple[Any, ...]
 
 RESULT_COLUMNS = (
-    "agent_id", "epoch", "seq", "check_id", "check_revision", "scheduled_ns", "started_ns",
-    "duration_ns", "ok", "degraded", "error_kind", "detail", "phases", "fields", "received_ns",
+    "agent_id",
+    "epoch",
+    "seq",
+    "check_id",
+    "check_revision",
+    "scheduled_ns",
+    "started_ns",
+    "duration_ns",
+    "ok",
+    "degraded",
+    "error_kind",
+    "detail",
+    "phases",
+    "fields",
+    "received_ns",
 )
 
 
@@ -74,31 +88,47 @@ def migration(name: str) -> Callable[[Migration], Migration]:
 
 @migration("0001_initial")
 def _initial(db: sqlite_utils.Database) -> None:
-    db["agents"].create(
+    db.table("agents").create(
         {
-            "id": int, "name": str, "site": str, "version": str, "hostname": str,
-            "epoch": int, "first_seen_ns": int, "last_seen_ns": int,
-            "clock_offset_ns": int, "clock_rtt_ns": int, "spool_depth": int, "oldest_unsent_ns": int,
+            "id": int,
+            "name": str,
+            "site": str,
+            "version": str,
+            "hostname": str,
+            "epoch": int,
+            "first_seen_ns": int,
+            "last_seen_ns": int,
+            "clock_offset_ns": int,
+            "clock_rtt_ns": int,
+            "spool_depth": int,
+            "oldest_unsent_ns": int,
         },
         pk="id",
         not_null={"name"},
     )
-    db["agents"].create_index(["name"], unique=True)
-    db["catalogue_versions"].create(
+    db.table("agents").create_index(["name"], unique=True)
+    db.table("catalogue_versions").create(
         {"id": int, "digest": str, "source": str, "text": str, "loaded_ns": int}, pk="id"
     )
-    db["sites"].create({"name": str, "description": str, "sla": str, "updated_ns": int}, pk="name")
-    db["checks"].create({"id": int, "key": str, "site": str, "name": str}, pk="id", not_null={"key"})
-    db["checks"].create_index(["key"], unique=True)
-    db["check_versions"].create(
+    db.table("sites").create({"name": str, "description": str, "sla": str, "updated_ns": int}, pk="name")
+    db.table("checks").create({"id": int, "key": str, "site": str, "name": str}, pk="id", not_null={"key"})
+    db.table("checks").create_index(["key"], unique=True)
+    db.table("check_versions").create(
         {
-            "check_id": int, "revision": str, "type": str, "target": str, "interval_ms": int,
-            "timeout_ms": int, "degraded_after_ms": int, "settings": str,
-            "valid_from_ns": int, "valid_to_ns": int,
+            "check_id": int,
+            "revision": str,
+            "type": str,
+            "target": str,
+            "interval_ms": int,
+            "timeout_ms": int,
+            "degraded_after_ms": int,
+            "settings": str,
+            "valid_from_ns": int,
+            "valid_to_ns": int,
         },
         pk=("check_id", "valid_from_ns"),
     )
-    db["streams"].create({"agent_id": int, "epoch": int, "acked_seq": int}, pk=("agent_id", "epoch"))
+    db.table("streams").create({"agent_id": int, "epoch": int, "acked_seq": int}, pk=("agent_id", "epoch"))
     db.execute(
         """
         CREATE TABLE results (
@@ -123,7 +153,7 @@ def _initial(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX results_stream_seq ON results(agent_id, epoch, seq)")
     # Covering index for scoring: a check's slots in a period without touching the table.
     db.execute("CREATE INDEX results_check_time ON results(check_id, scheduled_ns, ok, duration_ns)")
-    db["rejections"].create(
+    db.table("rejections").create(
         {"agent_id": int, "epoch": int, "seq": int, "reason": str, "received_ns": int},
         pk=("agent_id", "epoch", "seq"),
     )
@@ -145,9 +175,7 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite_utils.Databas
 
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply pending migrations; return the names applied."""
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_ns INTEGER NOT NULL)"
-    )
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_ns INTEGER NOT NULL)")
     done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
     applied = []
     for name, fn in MIGRATIONS:
@@ -178,8 +206,18 @@ def measurement_row(
     agent_id: int, epoch: int, seq: int, check_row: int, m: Measurement, received_ns: int
 ) -> ResultRow:
     return (
-        agent_id, epoch, seq, check_row, m.check_revision, m.scheduled_ns, m.started_ns,
-        m.duration_ns, int(m.success), int(m.degraded), m.error_kind, m.detail,
+        agent_id,
+        epoch,
+        seq,
+        check_row,
+        m.check_revision,
+        m.scheduled_ns,
+        m.started_ns,
+        m.duration_ns,
+        int(m.success),
+        int(m.degraded),
+        m.error_kind,
+        m.detail,
         json.dumps(dict(m.phases), separators=(",", ":")) if m.phases else "{}",
         json.dumps(dict(m.fields), separators=(",", ":"), sort_keys=True) if m.fields else "{}",
         received_ns,
@@ -297,10 +335,8 @@ class Writer:
             self.rows_committed += sum(j.rows for j in jobs if j.error is None)
         except BaseException as exc:
             # Nothing of this group is on disk: fail every job, forget stream state.
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             self._streams = streams_before
             for job in jobs:
                 job.error = exc
@@ -362,7 +398,15 @@ class Writer:
             db.execute(
                 "UPDATE agents SET last_seen_ns=?, version=?, clock_offset_ns=?, clock_rtt_ns=?,"
                 " spool_depth=?, oldest_unsent_ns=? WHERE id=?",
-                [now_ns, version, clock_offset_ns, clock_rtt_ns, spool_depth, oldest_unsent_ns or None, agent_id],
+                [
+                    now_ns,
+                    version,
+                    clock_offset_ns,
+                    clock_rtt_ns,
+                    spool_depth,
+                    oldest_unsent_ns or None,
+                    agent_id,
+                ],
             )
 
         await self.submit(apply)
@@ -442,16 +486,19 @@ def _advance(state: _StreamState, first: int, last: int) -> None:
         state.acked = max(state.acked, hi)
 
 
-def _persist_catalogue(
-    db: sqlite_utils.Database, catalogue: Catalogue, now_ns: int
-) -> dict[str, CheckRef]:
+def _persist_catalogue(db: sqlite_utils.Database, catalogue: Catalogue, now_ns: int) -> dict[str, CheckRef]:
     last = db.execute("SELECT digest FROM catalogue_versions ORDER BY id DESC LIMIT 1").fetchone()
     if last is None or last[0] != catalogue.digest:
-        db["catalogue_versions"].insert(
-            {"digest": catalogue.digest, "source": catalogue.source, "text": catalogue.text, "loaded_ns": now_ns}
+        db.table("catalogue_versions").insert(
+            {
+                "digest": catalogue.digest,
+                "source": catalogue.source,
+                "text": catalogue.text,
+                "loaded_ns": now_ns,
+            }
         )
     for site in catalogue.sites.values():
-        db["sites"].upsert(
+        db.table("sites").upsert(
             {
                 "name": site.name,
                 "description": site.description,
@@ -460,9 +507,7 @@ def _persist_catalogue(
             },
             pk="name",
         )
-    ids: dict[str, int] = {
-        key: int(cid) for cid, key in db.execute("SELECT id, key FROM checks").fetchall()
-    }
+    ids: dict[str, int] = {key: int(cid) for cid, key in db.execute("SELECT id, key FROM checks").fetchall()}
     current: set[int] = set()
     for spec in catalogue.all_checks():
         cid = ids.get(spec.id)
@@ -483,7 +528,7 @@ def _persist_catalogue(
                 "UPDATE check_versions SET valid_to_ns = ? WHERE check_id = ? AND valid_to_ns IS NULL",
                 [now_ns, cid],
             )
-        db["check_versions"].insert(_version_row(cid, spec, now_ns))
+        db.table("check_versions").insert(_version_row(cid, spec, now_ns))
     # Checks gone from the catalogue: close their open version (history stays).
     for (cid,) in db.execute("SELECT check_id FROM check_versions WHERE valid_to_ns IS NULL").fetchall():
         if cid not in current:

@@ -48,13 +48,33 @@ def collector() -> None:
 
 
 @collector.command("serve")
-@click.option("--catalogue", "catalogue_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              envvar="SLAPROBE_CATALOGUE", help="Sites, checks and SLA targets (YAML).")
-@click.option("--db", "db_path", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False, path_type=Path),
-              envvar="SLAPROBE_DB", help="SQLite database file (created if missing).")
-@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, envvar="SLAPROBE_LISTEN",
-              help="host:port for the agents' gRPC endpoint (port 0 picks a free one).")
-@click.option("--grace", default="5s", show_default=True, help="How long in-flight calls may finish at shutdown.")
+@click.option(
+    "--catalogue",
+    "catalogue_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLAPROBE_CATALOGUE",
+    help="Sites, checks and SLA targets (YAML).",
+)
+@click.option(
+    "--db",
+    "db_path",
+    default=DEFAULT_DB,
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLAPROBE_DB",
+    help="SQLite database file (created if missing).",
+)
+@click.option(
+    "--listen",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    envvar="SLAPROBE_LISTEN",
+    help="host:port for the agents' gRPC endpoint (port 0 picks a free one).",
+)
+@click.option(
+    "--grace", default="5s", show_default=True, help="How long in-flight calls may finish at shutdown."
+)
 @click.option("-v", "--verbose", count=True, help="More logging (twice for gRPC internals).")
 def collector_serve(catalogue_path: Path, db_path: Path, listen: str, grace: str, verbose: int) -> None:
     """Serve agents: push their checks, store their results.
@@ -102,16 +122,25 @@ def agent() -> None:
 
 
 @agent.command("run")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              envvar="SLAPROBE_AGENT_CONFIG", help="Agent configuration file (YAML).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLAPROBE_AGENT_CONFIG",
+    help="Agent configuration file (YAML).",
+)
 @click.option("--collector", "collector_addr", help="host:port of the collector (overrides the file).")
 @click.option("--site", help="Site whose checks to run (overrides the file).")
 @click.option("--name", help="Agent name, unique in the fleet (overrides the file).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
 @click.option("-v", "--verbose", count=True, help="More logging.")
 def agent_run(
-    config_path: Path | None, collector_addr: str | None, site: str | None, name: str | None,
-    data_dir: Path | None, verbose: int,
+    config_path: Path | None,
+    collector_addr: str | None,
+    site: str | None,
+    name: str | None,
+    data_dir: Path | None,
+    verbose: int,
 ) -> None:
     """Run the checks of one site and stream results to the collector.
 
@@ -131,7 +160,9 @@ def agent_run(
         if not (collector_addr and site):
             raise click.UsageError("give --config FILE, or at least --collector and --site")
         cfg = AgentConfig(
-            collector=collector_addr, site=site, name=name or _hostname(),
+            collector=collector_addr,
+            site=site,
+            name=name or _hostname(),
             data_dir=data_dir or Path("slaprobe-agent-data"),
         )
     overrides: dict[str, Any] = {}
@@ -154,7 +185,9 @@ def agent_run(
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("agent %r for site %r, collector %s, data in %s", cfg.name, cfg.site, cfg.collector, cfg.data_dir)
+        log.info(
+            "agent %r for site %r, collector %s, data in %s", cfg.name, cfg.site, cfg.collector, cfg.data_dir
+        )
         try:
             await a.run(stop)
         except FatalLinkError as exc:
@@ -207,7 +240,9 @@ def config_check(files: tuple[Path, ...]) -> None:
                 click.echo(f"{path}: ok (agent configuration)")
             else:
                 Fields(root, "a catalogue (with 'sites') or an agent file (with 'collector')")
-                raise ConfigError(str(path), 1, "", "neither a catalogue (no 'sites') nor an agent file (no 'collector')")
+                raise ConfigError(
+                    str(path), 1, "", "neither a catalogue (no 'sites') nor an agent file (no 'collector')"
+                )
         except ConfigError as exc:
             failed += 1
             click.echo(str(exc), err=True)
@@ -218,7 +253,9 @@ def config_check(files: tuple[Path, ...]) -> None:
 # ---- compliance ---------------------------------------------------------------------------
 
 
-def parse_period(period: str | None, start: str | None, end: str | None, last: str | None, now: datetime) -> tuple[datetime, datetime]:
+def parse_period(
+    period: str | None, start: str | None, end: str | None, last: str | None, now: datetime
+) -> tuple[datetime, datetime]:
     """Turn the period options into a UTC [start, end) pair."""
     chosen = sum(x is not None for x in (period, last)) + (1 if (start or end) else 0)
     if chosen > 1:
@@ -236,7 +273,9 @@ def parse_period(period: str | None, start: str | None, end: str | None, last: s
     try:
         first = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
     except ValueError:
-        raise click.BadParameter(f"expected a month such as 2026-10, got {period!r}", param_hint="--period") from None
+        raise click.BadParameter(
+            f"expected a month such as 2026-10, got {period!r}", param_hint="--period"
+        ) from None
     nxt = datetime(first.year + (first.month == 12), first.month % 12 + 1, 1, tzinfo=UTC)
     return first, nxt
 
@@ -258,7 +297,9 @@ def _parse_time(text: str, hint: str) -> datetime:
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
-        raise click.BadParameter(f"expected an ISO time such as 2026-10-01T00:00Z, got {text!r}", param_hint=hint) from None
+        raise click.BadParameter(
+            f"expected an ISO time such as 2026-10-01T00:00Z, got {text!r}", param_hint=hint
+        ) from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
@@ -267,7 +308,7 @@ def _ns(t: datetime) -> int:
 
 
 def _fmt_duration(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     m, s = divmod(s, 60)
@@ -278,8 +319,15 @@ def _fmt_duration(seconds: float) -> str:
 
 
 @main.command("compliance")
-@click.option("--db", "db_path", default=DEFAULT_DB, show_default=True, envvar="SLAPROBE_DB",
-              type=click.Path(dir_okay=False, path_type=Path), help="The collector's database.")
+@click.option(
+    "--db",
+    "db_path",
+    default=DEFAULT_DB,
+    show_default=True,
+    envvar="SLAPROBE_DB",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The collector's database.",
+)
 @click.option("--site", help="Only this site.")
 @click.option("--period", help="A calendar month, e.g. 2026-10 (UTC). Default: this month.")
 @click.option("--from", "start", help="Start (ISO 8601; UTC when no zone is given).")
@@ -288,8 +336,14 @@ def _fmt_duration(seconds: float) -> str:
 @click.option("--fail-on-breach", is_flag=True, help="Exit with status 3 when any site breached its SLA.")
 @format_option
 def compliance_cmd(
-    db_path: Path, site: str | None, period: str | None, start: str | None, end: str | None,
-    last: str | None, fail_on_breach: bool, fmt: str,
+    db_path: Path,
+    site: str | None,
+    period: str | None,
+    start: str | None,
+    end: str | None,
+    last: str | None,
+    fail_on_breach: bool,
+    fmt: str,
 ) -> None:
     """Per-site SLA compliance: availability, downtime, unknown time, latency, met or breached.
 
@@ -308,36 +362,67 @@ def compliance_cmd(
     try:
         reader = Reader(db_path)
     except FileNotFoundError:
-        raise click.ClickException(f"no database at {db_path}: start a collector with --db {db_path} first") from None
+        raise click.ClickException(
+            f"no database at {db_path}: start a collector with --db {db_path} first"
+        ) from None
     try:
         reports = compliance(reader, _ns(s), _ns(e), time.time_ns(), site)
     finally:
         reader.close()
     if site is not None and not reports:
         raise click.ClickException(f"no site named {site!r} in {db_path}")
-    period_info = {"from": s.isoformat().replace("+00:00", "Z"), "to": e.isoformat().replace("+00:00", "Z"), "time_zone": "UTC"}
+    period_info = {
+        "from": s.isoformat().replace("+00:00", "Z"),
+        "to": e.isoformat().replace("+00:00", "Z"),
+        "time_zone": "UTC",
+    }
     if fmt == "json":
-        click.echo(render_json({
-            "period": period_info,
-            "sites": [
-                {**r.site_score.to_dict(), "checks": [c.to_dict() for c in r.checks]} for r in reports
-            ],
-        }))
+        click.echo(
+            render_json(
+                {
+                    "period": period_info,
+                    "sites": [
+                        {**r.site_score.to_dict(), "checks": [c.to_dict() for c in r.checks]} for r in reports
+                    ],
+                }
+            )
+        )
     else:
-        headers = ["site", "check", "availability", "target", "up", "down", "unknown", "downtime",
-                   "unknown time", "p50 ms", "p95 ms", "p99 ms", "status"]
+        headers = [
+            "site",
+            "check",
+            "availability",
+            "target",
+            "up",
+            "down",
+            "unknown",
+            "downtime",
+            "unknown time",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "status",
+        ]
         rows: list[list[Any]] = []
         for r in reports:
             for sc in [r.site_score, *r.checks]:
-                rows.append([
-                    sc.site if sc.check is None else "",
-                    "(site)" if sc.check is None else sc.check,
-                    "-" if sc.availability is None else f"{sc.availability:.3f}%",
-                    "-" if sc.target_availability is None else f"{sc.target_availability:g}%",
-                    sc.up, sc.down, sc.unknown,
-                    _fmt_duration(sc.downtime_s), _fmt_duration(sc.unknown_s),
-                    sc.p50_ms, sc.p95_ms, sc.p99_ms, sc.status,
-                ])
+                rows.append(
+                    [
+                        sc.site if sc.check is None else "",
+                        "(site)" if sc.check is None else sc.check,
+                        "-" if sc.availability is None else f"{sc.availability:.3f}%",
+                        "-" if sc.target_availability is None else f"{sc.target_availability:g}%",
+                        sc.up,
+                        sc.down,
+                        sc.unknown,
+                        _fmt_duration(sc.downtime_s),
+                        _fmt_duration(sc.unknown_s),
+                        sc.p50_ms,
+                        sc.p95_ms,
+                        sc.p99_ms,
+                        sc.status,
+                    ]
+                )
         if fmt == "csv":
             click.echo(render_csv(headers, rows), nl=False)
         else:

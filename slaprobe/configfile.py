@@ -15,6 +15,7 @@ suggestion, never a silently ignored setting.
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import math
 import re
@@ -124,10 +125,13 @@ def _convert(node: yaml.Node, source: str, path: str) -> Node:
     line = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Node] = {}
+        key_lines: dict[str, int] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise ConfigError(source, key_node.start_mark.line + 1, path, "keys must be plain names")
-            key = str(_SCALARS.construct_object(key_node))
+            # Keys are names: keep the text as written. Constructing them would turn a site
+            # named `no` or `off` into "False" and a check named `1.50` into "1.5".
+            key = str(key_node.value)
             if key == "<<":
                 raise ConfigError(
                     source, key_node.start_mark.line + 1, path, "YAML merge keys (<<) are not supported"
@@ -137,8 +141,10 @@ def _convert(node: yaml.Node, source: str, path: str) -> Node:
                     source,
                     key_node.start_mark.line + 1,
                     _join(path, key),
-                    f"duplicate key (first defined on line {out[key].line})",
+                    # The key's own line: a block value starts on the line after its key.
+                    f"duplicate key (first defined on line {key_lines[key]})",
                 )
+            key_lines[key] = key_node.start_mark.line + 1
             out[key] = _convert(value_node, source, _join(path, key))
         return Node(out, source, line, path)
     if isinstance(node, yaml.SequenceNode):
@@ -213,24 +219,27 @@ class Fields:
 
     _MISSING: Any = object()
 
-    def __init__(self, node: Node, what: str = "a mapping") -> None:
+    def __init__(self, node: Node, what: builtins.str = "a mapping") -> None:
         if not node.is_mapping:
             node.fail(f"expected {what}, got {_describe(node.value)}")
         self.node = node
-        self._items: dict[str, Node] = node.value
-        self._read: set[str] = set()
+        self._items: dict[builtins.str, Node] = node.value
+        self._read: set[builtins.str] = set()
 
-    def __contains__(self, key: str) -> bool:
+    def __contains__(self, key: builtins.str) -> builtins.bool:
         return key in self._items
 
-    def keys(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[builtins.str]:
         return iter(self._items)
 
-    def raw(self, key: str) -> Node | None:
+    def keys(self) -> Iterator[builtins.str]:
+        return iter(self._items)
+
+    def raw(self, key: builtins.str) -> Node | None:
         self._read.add(key)
         return self._items.get(key)
 
-    def _take(self, key: str, default: Any, convert: Callable[[Node], T]) -> T:
+    def _take(self, key: builtins.str, default: Any, convert: Callable[[Node], T]) -> T:
         self._read.add(key)
         node = self._items.get(key)
         if node is None or node.value is None:
@@ -244,8 +253,8 @@ class Fields:
             return default  # type: ignore[no-any-return]
         return convert(node)
 
-    def str(self, key: str, default: Any = _MISSING, *, nonempty: bool = True) -> Any:
-        def conv(n: Node) -> str:
+    def str(self, key: builtins.str, default: Any = _MISSING, *, nonempty: builtins.bool = True) -> Any:
+        def conv(n: Node) -> builtins.str:
             if not isinstance(n.value, str):
                 n.fail(f"expected text, got {_describe(n.value)}")
             if nonempty and not n.value.strip():
@@ -254,8 +263,15 @@ class Fields:
 
         return self._take(key, default, conv)
 
-    def int(self, key: str, default: Any = _MISSING, *, min: int | None = None, max: int | None = None) -> Any:
-        def conv(n: Node) -> int:
+    def int(
+        self,
+        key: builtins.str,
+        default: Any = _MISSING,
+        *,
+        min: builtins.int | None = None,
+        max: builtins.int | None = None,
+    ) -> Any:
+        def conv(n: Node) -> builtins.int:
             if isinstance(n.value, bool) or not isinstance(n.value, int):
                 n.fail(f"expected a whole number, got {_describe(n.value)}")
             _check_range(n, n.value, min, max)
@@ -264,9 +280,14 @@ class Fields:
         return self._take(key, default, conv)
 
     def number(
-        self, key: str, default: Any = _MISSING, *, min: float | None = None, max: float | None = None
+        self,
+        key: builtins.str,
+        default: Any = _MISSING,
+        *,
+        min: float | None = None,
+        max: float | None = None,
     ) -> Any:
-        def conv(n: Node) -> float:
+        def conv(n: Node) -> builtins.float:
             if isinstance(n.value, bool) or not isinstance(n.value, int | float):
                 n.fail(f"expected a number, got {_describe(n.value)}")
             v = float(n.value)
@@ -277,8 +298,8 @@ class Fields:
 
         return self._take(key, default, conv)
 
-    def bool(self, key: str, default: Any = _MISSING) -> Any:
-        def conv(n: Node) -> bool:
+    def bool(self, key: builtins.str, default: Any = _MISSING) -> Any:
+        def conv(n: Node) -> builtins.bool:
             if not isinstance(n.value, bool):
                 n.fail(f"expected true or false, got {_describe(n.value)}")
             return n.value
@@ -286,13 +307,16 @@ class Fields:
         return self._take(key, default, conv)
 
     def duration(
-        self, key: str, default: Any = _MISSING, *, min: float | None = None, max: float | None = None
+        self,
+        key: builtins.str,
+        default: Any = _MISSING,
+        *,
+        min: float | None = None,
+        max: float | None = None,
     ) -> Any:
-        def conv(n: Node) -> float:
+        def conv(n: Node) -> builtins.float:
             if not isinstance(n.value, str):
-                n.fail(
-                    f"expected a duration with a unit such as 500ms, 30s or 5m, got {_describe(n.value)}"
-                )
+                n.fail(f"expected a duration with a unit such as 500ms, 30s or 5m, got {_describe(n.value)}")
             try:
                 v = parse_duration(n.value)
             except ValueError as exc:
@@ -305,10 +329,10 @@ class Fields:
 
         return self._take(key, default, conv)
 
-    def percent(self, key: str, default: Any = _MISSING) -> Any:
+    def percent(self, key: builtins.str, default: Any = _MISSING) -> Any:
         """``99.9%`` or ``99.9``: a percentage strictly between 0 and 100 inclusive."""
 
-        def conv(n: Node) -> float:
+        def conv(n: Node) -> builtins.float:
             raw = n.value
             if isinstance(raw, str) and raw.strip().endswith("%"):
                 try:
@@ -324,35 +348,43 @@ class Fields:
 
         return self._take(key, default, conv)
 
-    def choice(self, key: str, choices: tuple[str, ...] | list[str], default: Any = _MISSING) -> Any:
-        def conv(n: Node) -> str:
+    def choice(
+        self,
+        key: builtins.str,
+        choices: tuple[builtins.str, ...] | builtins.list[builtins.str],
+        default: Any = _MISSING,
+    ) -> Any:
+        def conv(n: Node) -> builtins.str:
             if n.value not in choices:
                 n.fail(f"must be one of {', '.join(choices)}; got {n.value!r}")
             return str(n.value)
 
         return self._take(key, default, conv)
 
-    def mapping(self, key: str, *, required: bool = False) -> Fields | None:
+    def mapping(self, key: builtins.str, *, required: builtins.bool = False) -> Fields | None:
         self._read.add(key)
         node = self._items.get(key)
         if node is None or node.value is None:
             if required:
                 raise ConfigError(
-                    self.node.source, self.node.line, _join(self.node.path, key), "required section is missing"
+                    self.node.source,
+                    self.node.line,
+                    _join(self.node.path, key),
+                    "required section is missing",
                 )
             return None
         return Fields(node, "a mapping")
 
-    def list(self, key: str, default: Any = _MISSING) -> Any:
-        def conv(n: Node) -> list[Node]:
+    def list(self, key: builtins.str, default: Any = _MISSING) -> Any:
+        def conv(n: Node) -> builtins.list[Node]:
             if not n.is_list:
                 n.fail(f"expected a list, got {_describe(n.value)}")
             return list(n.value)
 
         return self._take(key, default, conv)
 
-    def str_list(self, key: str, default: Any = _MISSING) -> Any:
-        def conv(n: Node) -> list[str]:
+    def str_list(self, key: builtins.str, default: Any = _MISSING) -> Any:
+        def conv(n: Node) -> builtins.list[builtins.str]:
             if not n.is_list:
                 n.fail(f"expected a list, got {_describe(n.value)}")
             out = []
@@ -364,8 +396,8 @@ class Fields:
 
         return self._take(key, default, conv)
 
-    def str_map(self, key: str, default: Any = _MISSING) -> Any:
-        def conv(n: Node) -> dict[str, str]:
+    def str_map(self, key: builtins.str, default: Any = _MISSING) -> Any:
+        def conv(n: Node) -> dict[builtins.str, builtins.str]:
             if not n.is_mapping:
                 n.fail(f"expected a mapping of names to text, got {_describe(n.value)}")
             out = {}

@@ -52,8 +52,15 @@ class CheckSpec:
         """Return a copy whose revision is the hash of everything the agent acts on."""
         payload = json.dumps(
             [
-                self.id, self.site, self.name, self.type, self.target,
-                self.interval_ms, self.timeout_ms, self.settings_json, self.degraded_after_ms,
+                self.id,
+                self.site,
+                self.name,
+                self.type,
+                self.target,
+                self.interval_ms,
+                self.timeout_ms,
+                self.settings_json,
+                self.degraded_after_ms,
             ],
             separators=(",", ":"),
         )

@@ -58,8 +58,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def start_collector(tmp: Path, catalogue: str, db: Path | None = None, listen: str = "127.0.0.1:0",
-                    extra: list[str] | None = None) -> tuple[Proc, int]:
+def start_collector(
+    tmp: Path,
+    catalogue: str,
+    db: Path | None = None,
+    listen: str = "127.0.0.1:0",
+    extra: list[str] | None = None,
+) -> tuple[Proc, int]:
     cat = tmp / "catalogue.yaml"
     cat.write_text(catalogue)
     db = db or tmp / "slaprobe.db"
@@ -77,11 +82,24 @@ def start_collector(tmp: Path, catalogue: str, db: Path | None = None, listen: s
     return proc, wait_for(port, 20, "the collector to listen")
 
 
-def start_agent(tmp: Path, port: int, site: str, name: str = "agent-1", extra: list[str] | None = None) -> Proc:
+def start_agent(
+    tmp: Path, port: int, site: str, name: str = "agent-1", extra: list[str] | None = None
+) -> Proc:
     data = tmp / f"data-{name}"
     return spawn(
-        ["agent", "run", "--collector", f"127.0.0.1:{port}", "--site", site, "--name", name,
-         "--data-dir", str(data), *(extra or [])],
+        [
+            "agent",
+            "run",
+            "--collector",
+            f"127.0.0.1:{port}",
+            "--site",
+            site,
+            "--name",
+            name,
+            "--data-dir",
+            str(data),
+            *(extra or []),
+        ],
         tmp / f"agent-{name}.log",
     )
 

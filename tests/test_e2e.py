@@ -124,11 +124,20 @@ sites:
 
     # The failed probes say why: the port was refused while the server was down (a probe caught
     # in the act of shutting down may see its accepted connection reset instead).
-    kinds = {k for (k,) in query(db, "SELECT DISTINCT error_kind FROM results r JOIN checks c"
-                                     " ON c.id = r.check_id WHERE c.name = 'web' AND r.ok = 0")}
+    kinds = {
+        k
+        for (k,) in query(
+            db,
+            "SELECT DISTINCT error_kind FROM results r JOIN checks c"
+            " ON c.id = r.check_id WHERE c.name = 'web' AND r.ok = 0",
+        )
+    }
     assert "refused" in kinds and kinds <= {"refused", "reset"}, kinds
     # Every down slot lies inside the outage (give one interval of slack at each edge).
-    downs = query(db, "SELECT scheduled_ns FROM results r JOIN checks c ON c.id = r.check_id"
-                      " WHERE c.name = 'web' AND r.ok = 0")
+    downs = query(
+        db,
+        "SELECT scheduled_ns FROM results r JOIN checks c ON c.id = r.check_id"
+        " WHERE c.name = 'web' AND r.ok = 0",
+    )
     for (ns,) in downs:
         assert t_down - 1e9 <= ns <= t_up + 1e9

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import statistics
 
 from agent.runner import CheckRunner, next_run
-from probes import PhaseTrace, ProbeResult, Prober
+from probes import PhaseTrace, Prober, ProbeResult
 from slaprobe.configfile import Fields, Node
 from slaprobe.model import CheckSpec, Measurement
 from slaprobe.schedule import NS_PER_S, next_slot_at_or_after, offset_ns, slot_index, slots_in
 
-I = 10 * NS_PER_S
+I = 10 * NS_PER_S  # noqa: E741 - the interval, as in the formulas
 
 
 def test_offset_is_deterministic_in_range_and_on_a_millisecond_grid() -> None:
@@ -51,8 +52,8 @@ def test_slot_arithmetic_round_trips() -> None:
 def test_next_run_follows_the_schedule_and_skips_only_when_a_whole_interval_late() -> None:
     off = 3 * NS_PER_S
     last = off + 7 * I
-    assert next_run(last + 1, last, I, off) == last + I            # on time
-    assert next_run(last + I + 5, last, I, off) == last + I        # a bit late: still that slot
+    assert next_run(last + 1, last, I, off) == last + I  # on time
+    assert next_run(last + I + 5, last, I, off) == last + I  # a bit late: still that slot
     assert next_run(last + 2 * I + 5, last, I, off) == last + 3 * I  # a whole interval late: skip
     assert next_run(last, None, I, off) == last
 
@@ -91,18 +92,20 @@ class SlowProber(Prober):
 
 async def test_runner_starts_on_the_schedule_without_drift() -> None:
     clock = FakeClock(1_795_000_000 * NS_PER_S + 123_456_789)
-    spec = CheckSpec("lab/web", "lab", "web", "slow", "x", interval_ms=10_000, timeout_ms=9_000, revision="r1")
+    spec = CheckSpec(
+        "lab/web", "lab", "web", "slow", "x", interval_ms=10_000, timeout_ms=9_000, revision="r1"
+    )
     out: list[Measurement] = []
     runner = CheckRunner(spec, SlowProber(clock, random.Random(7)), out.append, clock)
     task = asyncio.create_task(runner.run_forever())
-    while len(out) < 500:
+    while len(out) < 500:  # noqa: ASYNC110 - virtual time: each yield lets the runner take a step
         await asyncio.sleep(0)
     task.cancel()
     off = offset_ns("lab/web", I)
     scheduled = [m.scheduled_ns for m in out]
     # Every run is on the grid, one interval apart: 500 runs, zero accumulated drift.
     assert all((s - off) % I == 0 for s in scheduled)
-    assert all(b - a == I for a, b in zip(scheduled, scheduled[1:], strict=False))
+    assert all(b - a == I for a, b in itertools.pairwise(scheduled))
     assert all(m.started_ns == m.scheduled_ns for m in out)
     assert statistics.mean(m.started_ns - m.scheduled_ns for m in out) == 0
 
@@ -159,7 +162,16 @@ async def test_degraded_marks_slow_successes() -> None:
             await asyncio.sleep(0.06)
             return ProbeResult(True)
 
-    spec = CheckSpec("lab/s", "lab", "s", "slowok", "x", interval_ms=1000, timeout_ms=900,
-                     degraded_after_ms=20, revision="r")
+    spec = CheckSpec(
+        "lab/s",
+        "lab",
+        "s",
+        "slowok",
+        "x",
+        interval_ms=1000,
+        timeout_ms=900,
+        degraded_after_ms=20,
+        revision="r",
+    )
     m = await CheckRunner(spec, Slow(), lambda m: None).run_once(1)
     assert m.success and m.degraded

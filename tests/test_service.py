@@ -40,8 +40,14 @@ async def collector(tmp_path: Path) -> AsyncIterator[Collector]:
 def result(check: str = "lab/web", ok: bool = True) -> pb.Result:
     now = time.time_ns()
     return pb.Result(
-        check_id=check, check_revision="r", scheduled_ns=now - 10**9, started_ns=now - 10**9 + 1000,
-        duration_ns=2_000_000, success=ok, error_kind="" if ok else "refused", detail="x",
+        check_id=check,
+        check_revision="r",
+        scheduled_ns=now - 10**9,
+        started_ns=now - 10**9 + 1000,
+        duration_ns=2_000_000,
+        success=ok,
+        error_kind="" if ok else "refused",
+        detail="x",
         phases=[pb.Phase(name="connect", duration_ns=1_000_000)],
         fields={"status_code": pb.FieldValue(number=200)},
     )
@@ -49,14 +55,27 @@ def result(check: str = "lab/web", ok: bool = True) -> pb.Result:
 
 def batch(epoch: int, first: int, results: list[pb.Result], agent: str = "a1") -> pb.RecordBatch:
     return pb.RecordBatch(
-        agent_id=agent, epoch=epoch, first_seq=first, last_seq=first + len(results) - 1,
+        agent_id=agent,
+        epoch=epoch,
+        first_seq=first,
+        last_seq=first + len(results) - 1,
         records=[pb.Record(seq=first + i, result=r) for i, r in enumerate(results)],
     )
 
 
-async def register(stub: pb_grpc.CollectorStub, agent: str = "a1", site: str = "lab", epoch: int = 1) -> pb.RegisterResponse:
-    return await stub.Register(pb.RegisterRequest(agent_id=agent, site=site, version="t", epoch=epoch,
-                                                  agent_time_ns=time.time_ns()))
+async def register(
+    stub: pb_grpc.CollectorStub, agent: str = "a1", site: str = "lab", epoch: int = 1
+) -> pb.RegisterResponse:
+    reply: pb.RegisterResponse = await stub.Register(
+        pb.RegisterRequest(agent_id=agent, site=site, version="t", epoch=epoch, agent_time_ns=time.time_ns())
+    )
+    return reply
+
+
+async def read_ack(call: grpc.aio.StreamStreamCall[bytes, pb.BatchAck]) -> pb.BatchAck:
+    ack = await call.read()
+    assert isinstance(ack, pb.BatchAck), ack
+    return ack
 
 
 def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
@@ -96,7 +115,7 @@ async def test_invalid_records_are_rejected_alone_and_the_stream_survives_garbag
     async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.port}") as ch:
         stub = pb_grpc.CollectorStub(ch)
         await register(stub)
-        raw = ch.stream_stream(
+        raw: grpc.aio.StreamStreamMultiCallable[bytes, pb.BatchAck] = ch.stream_stream(
             "/slaprobe.v1.Collector/PushRecords",
             request_serializer=None,
             response_deserializer=pb.BatchAck.FromString,
@@ -107,7 +126,7 @@ async def test_invalid_records_are_rejected_alone_and_the_stream_survives_garbag
         bad_kind.error_kind = ""
         good = [result(), result("lab/db"), result("other/web"), bad_kind]
         await call.write(batch(1, 1, good).SerializeToString())
-        ack = await call.read()
+        ack = await read_ack(call)
         assert ack.acked_seq == 4
         assert {r.seq: r.reason for r in ack.rejected} == {
             3: "unknown check 'other/web' for this agent's site",
@@ -115,17 +134,17 @@ async def test_invalid_records_are_rejected_alone_and_the_stream_survives_garbag
         }
         # 2. bytes that are not a batch at all: refused alone, stream stays open
         await call.write(b"\xff\xff\xff\xff garbage")
-        ack = await call.read()
+        ack = await read_ack(call)
         assert [r.reason for r in ack.rejected] == ["undecodable batch"]
         # 3. a header that lies about its records: refused alone
         lying = batch(1, 5, [result()])
         lying.last_seq = 9
         await call.write(lying.SerializeToString())
-        ack = await call.read()
+        ack = await read_ack(call)
         assert "does not match" in ack.rejected[0].reason and ack.acked_seq == 0
         # 4. the stream still works
         await call.write(batch(1, 5, [result(), result()]).SerializeToString())
-        ack = await call.read()
+        ack = await read_ack(call)
         assert ack.acked_seq == 6 and not ack.rejected
         await call.done_writing()
     db = tmp_path / "s.db"
@@ -141,17 +160,23 @@ async def test_watch_sends_a_diff_against_what_the_agent_runs_then_pushes_change
     async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.port}") as ch:
         stub = pb_grpc.CollectorStub(ch)
         await register(stub)
-        call = stub.WatchChecks(pb.WatchChecksRequest(
-            agent_id="a1",
-            known=[pb.KnownCheck(id="lab/web", revision=web.revision), pb.KnownCheck(id="lab/gone", revision="x")],
-        ))
+        call = stub.WatchChecks(
+            pb.WatchChecksRequest(
+                agent_id="a1",
+                known=[
+                    pb.KnownCheck(id="lab/web", revision=web.revision),
+                    pb.KnownCheck(id="lab/gone", revision="x"),
+                ],
+            )
+        )
         first = await call.read()
         assert first.snapshot
         assert [c.id for c in first.upserts] == ["lab/db"]
         assert list(first.deletes) == ["lab/gone"]
         # Change one check's interval and reload: only that check is pushed.
-        (tmp_path / "cat.yaml").write_text(CAT.replace(
-            'target: "127.0.0.1:5432", interval: 10s', 'target: "127.0.0.1:5432", interval: 20s'))
+        (tmp_path / "cat.yaml").write_text(
+            CAT.replace('target: "127.0.0.1:5432", interval: 10s', 'target: "127.0.0.1:5432", interval: 20s')
+        )
         assert await collector.reload()
         change = await asyncio.wait_for(call.read(), 5)
         assert not change.snapshot

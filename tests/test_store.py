@@ -19,7 +19,9 @@ sites:
 
 
 def m(i: int, ok: bool = True) -> Measurement:
-    return Measurement("lab/web", "r1", 1_000 + i, 1_001 + i, 5_000_000, ok, error_kind="" if ok else "refused")
+    return Measurement(
+        "lab/web", "r1", 1_000 + i, 1_001 + i, 5_000_000, ok, error_kind="" if ok else "refused"
+    )
 
 
 def rows(agent: int, epoch: int, first: int, last: int, check_row: int) -> list[tuple[object, ...]]:
@@ -80,8 +82,12 @@ async def test_catalogue_history_opens_and_closes_versions(tmp_path: Path) -> No
     try:
         await w.persist_catalogue(parse_catalogue(CAT, "cat.yaml"), 100)
         await w.persist_catalogue(parse_catalogue(CAT, "cat.yaml"), 150)  # unchanged: no new version
-        changed = CAT.replace("interval: 10s, timeout: 1s}\n      db", "interval: 20s, timeout: 1s}\n      db")
-        changed = changed.replace('      db: {type: tcp, target: "127.0.0.1:5432", interval: 10s, timeout: 1s}\n', "")
+        changed = CAT.replace(
+            "interval: 10s, timeout: 1s}\n      db", "interval: 20s, timeout: 1s}\n      db"
+        )
+        changed = changed.replace(
+            '      db: {type: tcp, target: "127.0.0.1:5432", interval: 10s, timeout: 1s}\n', ""
+        )
         refs = await w.persist_catalogue(parse_catalogue(changed, "cat.yaml"), 200)
     finally:
         await w.close()

@@ -1,0 +1,1 @@
+"""The slaprobe collector: receives agent streams, stores measurements, scores SLAs."""
