@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +23,12 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from collector.hub import CatalogueHub
-from collector.store import IngestOutcome, ResultRow, Writer, measurement_row
-from collector.wire import InvalidRecord, check_to_pb, decode_record
+from collector.store import IngestOutcome, ResultRow, Writer, clock_row, gap_rows, measurement_row
+from collector.wire import InvalidRecord, check_to_pb, decode_record, record_span_end
 from protos import slaprobe_v1_pb2 as pb
 from protos import slaprobe_v1_pb2_grpc as pb_grpc
 from slaprobe import __version__
+from slaprobe.model import Gap, Measurement
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +219,11 @@ class CollectorService:
             return done
         now = self.clock()
         rows: list[ResultRow] = []
+        gaps: list[tuple[object, ...]] = []
+        clocks: list[tuple[object, ...]] = []
         rejections: list[tuple[int, str]] = []
         site_checks = _SiteChecks(self.hub, session.site)
+        agent, epoch = session.row_id, batch.epoch
         for record in batch.records:
             try:
                 decoded = decode_record(
@@ -228,13 +232,22 @@ class CollectorService:
             except InvalidRecord as exc:
                 rejections.append((record.seq, str(exc)))
                 continue
-            ref = self.hub.check_ref(decoded.measurement.check_id)
-            assert ref is not None
-            rows.append(
-                measurement_row(
-                    session.row_id, batch.epoch, decoded.seq, ref.row_id, decoded.measurement, now
+            payload = decoded.payload
+            if isinstance(payload, Measurement):
+                row_id = site_checks.row_id(payload.check_id)
+                rows.append(measurement_row(agent, epoch, decoded.seq, row_id, payload, now))
+            elif isinstance(payload, Gap):
+                gaps.extend(gap_rows(agent, epoch, decoded.seq, payload, site_checks, now))
+                log.warning(
+                    "agent %r reports %d results lost to its spool (%s), seqs %d..%d",
+                    session.name,
+                    sum(c.count for c in payload.checks),
+                    payload.reason,
+                    decoded.seq,
+                    payload.through_seq,
                 )
-            )
+            else:
+                clocks.append(clock_row(agent, epoch, decoded.seq, payload, now))
         if rejections:
             log.warning(
                 "agent %r: %d of %d records rejected (first: seq %d: %s)",
@@ -245,7 +258,7 @@ class CollectorService:
                 rejections[0][1],
             )
         ingest = self.writer.ingest(
-            session.row_id, batch.epoch, batch.first_seq, batch.last_seq, rows, rejections, now
+            agent, epoch, batch.first_seq, batch.last_seq, rows, rejections, now, gaps=gaps, clocks=clocks
         )
         rejected_pb = [pb.Rejection(seq=s, reason=r) for s, r in rejections]
 
@@ -279,18 +292,27 @@ class CollectorService:
         return pb.HeartbeatResponse(collector_receive_ns=received, collector_transmit_ns=self.clock())
 
 
-class _SiteChecks:
-    """Membership view: check keys stored for one site (current or historical)."""
+class _SiteChecks(Mapping[str, int]):
+    """Check key → row id, for the checks stored for one site (current or historical)."""
 
     def __init__(self, hub: CatalogueHub, site: str) -> None:
         self.hub = hub
         self.site = site
 
-    def __contains__(self, key: object) -> bool:
-        if not isinstance(key, str):
-            return False
+    def __getitem__(self, key: str) -> int:
         ref = self.hub.check_ref(key)
-        return ref is not None and ref.site == self.site
+        if ref is None or ref.site != self.site:
+            raise KeyError(key)
+        return ref.row_id
+
+    def row_id(self, key: str) -> int:
+        return self[key]
+
+    def __iter__(self) -> Iterator[str]:  # pragma: no cover - membership and lookup are what we use
+        return iter(())
+
+    def __len__(self) -> int:  # pragma: no cover
+        return 0
 
 
 def _batch_problem(batch: pb.RecordBatch) -> str | None:
@@ -299,9 +321,18 @@ def _batch_problem(batch: pb.RecordBatch) -> str | None:
         return "empty batch"
     if n > MAX_BATCH_RECORDS:
         return f"batch of {n} records exceeds the limit of {MAX_BATCH_RECORDS}"
-    if batch.first_seq < 1 or batch.last_seq - batch.first_seq + 1 != n:
-        return f"batch header {batch.first_seq}..{batch.last_seq} does not match its {n} records"
+    if batch.first_seq < 1 or batch.last_seq < batch.first_seq:
+        return f"batch header {batch.first_seq}..{batch.last_seq} is not a sequence range"
+    expected = batch.first_seq
     for i, record in enumerate(batch.records):
-        if record.seq != batch.first_seq + i:
-            return f"record {i} has seq {record.seq}, expected {batch.first_seq + i}"
+        if record.seq != expected:
+            return f"record {i} has seq {record.seq}, expected {expected}"
+        end = record_span_end(record)
+        if end < record.seq:
+            return f"record {i} ends before it starts"
+        expected = end + 1
+    if expected - 1 != batch.last_seq:
+        return (
+            f"batch header {batch.first_seq}..{batch.last_seq} does not match its records (..{expected - 1})"
+        )
     return None

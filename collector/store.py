@@ -34,7 +34,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -43,7 +43,7 @@ import sqlite_utils
 
 from collector.catalogue import Catalogue
 from collector.hub import CheckRef
-from slaprobe.model import CheckSpec, Measurement
+from slaprobe.model import CheckSpec, ClockSample, Gap, Measurement
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ RESULT_COLUMNS = (
     "phases",
     "fields",
     "received_ns",
+    "clock_offset_ns",
+    "clock_synced",
 )
 
 
@@ -159,6 +161,51 @@ def _initial(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration("0002_gaps_and_clocks")
+def _gaps_and_clocks(db: sqlite_utils.Database) -> None:
+    # The agent's clock estimate in force when each probe ran (agent minus collector).
+    db.execute("ALTER TABLE results ADD COLUMN clock_offset_ns INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE results ADD COLUMN clock_synced INTEGER NOT NULL DEFAULT 0")
+    # Spool evictions, one row per check of a gap record: the loss is evidence too.
+    db.execute(
+        """
+        CREATE TABLE gaps (
+            agent_id INTEGER NOT NULL,
+            epoch INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            through_seq INTEGER NOT NULL,
+            check_id INTEGER NOT NULL,
+            from_ns INTEGER NOT NULL,
+            to_ns INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            evicted_ns INTEGER NOT NULL,
+            received_ns INTEGER NOT NULL,
+            PRIMARY KEY (agent_id, epoch, seq, check_id)
+        )
+        """
+    )
+    db.execute("CREATE INDEX gaps_check_time ON gaps(check_id, from_ns)")
+    db.execute(
+        """
+        CREATE TABLE clock_samples (
+            agent_id INTEGER NOT NULL,
+            epoch INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            t0_ns INTEGER NOT NULL,
+            t1_ns INTEGER NOT NULL,
+            t2_ns INTEGER NOT NULL,
+            t3_ns INTEGER NOT NULL,
+            offset_ns INTEGER NOT NULL,
+            rtt_ns INTEGER NOT NULL,
+            received_ns INTEGER NOT NULL,
+            PRIMARY KEY (agent_id, epoch, seq)
+        )
+        """
+    )
+    db.execute("CREATE INDEX clock_samples_agent_time ON clock_samples(agent_id, t0_ns)")
+
+
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite_utils.Database:
     """Open the database with the pragmas every connection needs."""
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -221,7 +268,35 @@ def measurement_row(
         json.dumps(dict(m.phases), separators=(",", ":")) if m.phases else "{}",
         json.dumps(dict(m.fields), separators=(",", ":"), sort_keys=True) if m.fields else "{}",
         received_ns,
+        m.clock_offset_ns,
+        int(m.clock_synced),
     )
+
+
+def gap_rows(
+    agent_id: int, epoch: int, seq: int, gap: Gap, check_rows: Mapping[str, int], received_ns: int
+) -> list[tuple[Any, ...]]:
+    """One row per check of a gap record (a gap names the checks whose results it stands for)."""
+    return [
+        (
+            agent_id,
+            epoch,
+            seq,
+            gap.through_seq,
+            check_rows[c.check_id],
+            c.from_ns,
+            c.to_ns,
+            c.count,
+            gap.reason,
+            gap.evicted_ns,
+            received_ns,
+        )
+        for c in gap.checks
+    ]
+
+
+def clock_row(agent_id: int, epoch: int, seq: int, c: ClockSample, received_ns: int) -> tuple[Any, ...]:
+    return (agent_id, epoch, seq, c.t0_ns, c.t1_ns, c.t2_ns, c.t3_ns, c.offset_ns, c.rtt_ns, received_ns)
 
 
 # ---- the writer -------------------------------------------------------------------
@@ -420,6 +495,9 @@ class Writer:
         rows: Sequence[ResultRow],
         rejections: Sequence[tuple[int, str]],
         now_ns: int,
+        *,
+        gaps: Sequence[tuple[Any, ...]] = (),
+        clocks: Sequence[tuple[Any, ...]] = (),
     ) -> IngestOutcome:
         """Store a batch once and advance the stream's contiguous acknowledgement."""
 
@@ -432,6 +510,12 @@ class Writer:
                 rows,
             )
             inserted = conn.total_changes - before
+            if gaps:
+                conn.executemany("INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", gaps)
+            if clocks:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO clock_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", clocks
+                )
             if rejections:
                 conn.executemany(
                     "INSERT OR IGNORE INTO rejections (agent_id, epoch, seq, reason, received_ns)"

@@ -12,7 +12,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 
 from protos import slaprobe_v1_pb2 as pb
-from slaprobe.model import CheckSpec, FieldScalar, Measurement
+from slaprobe.model import CheckSpec, ClockSample, FieldScalar, Gap, GapCheck, Measurement, Payload
 
 MAX_DETAIL_CHARS = 4096
 MAX_FIELD_KEY_CHARS = 64
@@ -43,16 +43,69 @@ class InvalidRecord(ValueError):
 @dataclass(frozen=True)
 class DecodedRecord:
     seq: int
-    measurement: Measurement
+    payload: Payload
+
+
+GAP_REASONS = frozenset({"spool_full", "spool_age"})
+
+
+def record_span_end(record: pb.Record) -> int:
+    """The last seq a record stands for: a gap stands for seq..through_seq."""
+    if record.WhichOneof("kind") == "gap":
+        return int(record.gap.through_seq)
+    return int(record.seq)
 
 
 def decode_record(
     record: pb.Record, *, now_ns: int, max_skew_ns: int, checks: Container[str]
 ) -> DecodedRecord:
     """Validate one record against the agent's site catalogue; raise InvalidRecord with the reason."""
-    if record.WhichOneof("kind") != "result":
-        raise InvalidRecord("record carries no result (unknown record kind from a newer agent?)")
-    r = record.result
+    kind = record.WhichOneof("kind")
+    if kind == "result":
+        return DecodedRecord(record.seq, _decode_result(record.result, now_ns, max_skew_ns, checks))
+    if kind == "gap":
+        return DecodedRecord(record.seq, _decode_gap(record, now_ns, max_skew_ns, checks))
+    if kind == "clock":
+        return DecodedRecord(record.seq, _decode_clock(record.clock))
+    raise InvalidRecord("record carries nothing we know (an unknown record kind from a newer agent?)")
+
+
+def _decode_gap(record: pb.Record, now_ns: int, max_skew_ns: int, checks: Container[str]) -> Gap:
+    g = record.gap
+    if g.through_seq < record.seq:
+        raise InvalidRecord("gap ends before it starts")
+    if g.reason not in GAP_REASONS:
+        raise InvalidRecord(f"unknown gap reason {g.reason[:40]!r}")
+    if not g.checks or len(g.checks) > 100_000:
+        raise InvalidRecord("a gap must name the checks whose results it stands for")
+    if g.evicted_ns <= 0 or g.evicted_ns > now_ns + max_skew_ns:
+        raise InvalidRecord("gap eviction time missing or in the future")
+    out = []
+    total = 0
+    for c in g.checks:
+        if c.check_id not in checks:
+            raise InvalidRecord(f"gap names unknown check {c.check_id!r} for this agent's site")
+        if c.count <= 0 or c.from_ns <= 0 or c.to_ns < c.from_ns:
+            raise InvalidRecord(f"gap for {c.check_id!r} has an empty or inverted span")
+        total += c.count
+        out.append(GapCheck(c.check_id, c.from_ns, c.to_ns, c.count))
+    if total > g.through_seq - record.seq + 1:
+        raise InvalidRecord("gap counts more results than the sequence numbers it stands for")
+    return Gap(g.through_seq, g.reason, g.evicted_ns, tuple(out))
+
+
+def _decode_clock(c: pb.ClockSample) -> ClockSample:
+    if min(c.t0_ns, c.t1_ns, c.t2_ns, c.t3_ns) <= 0:
+        raise InvalidRecord("clock sample times must be set")
+    if c.t3_ns < c.t0_ns or c.t2_ns < c.t1_ns:
+        raise InvalidRecord("clock sample times are out of order")
+    sample = ClockSample(c.t0_ns, c.t1_ns, c.t2_ns, c.t3_ns)
+    if sample.offset_ns != c.offset_ns or sample.rtt_ns != c.rtt_ns:
+        raise InvalidRecord("clock sample offset or rtt does not follow from its times")
+    return sample
+
+
+def _decode_result(r: pb.Result, now_ns: int, max_skew_ns: int, checks: Container[str]) -> Measurement:
     if r.check_id not in checks:
         raise InvalidRecord(f"unknown check {r.check_id!r} for this agent's site")
     if r.scheduled_ns <= 0 or r.started_ns <= 0:
@@ -93,19 +146,18 @@ def decode_record(
             raise InvalidRecord(f"field {key!r} has no value")
     if "\x00" in r.detail or "\x00" in r.error_kind:
         raise InvalidRecord("text fields must not contain NUL")
-    return DecodedRecord(
-        record.seq,
-        Measurement(
-            check_id=r.check_id,
-            check_revision=r.check_revision,
-            scheduled_ns=r.scheduled_ns,
-            started_ns=r.started_ns,
-            duration_ns=r.duration_ns,
-            success=r.success,
-            degraded=r.degraded,
-            error_kind=r.error_kind,
-            detail=r.detail,
-            phases=tuple(phases),
-            fields=fields,
-        ),
+    return Measurement(
+        check_id=r.check_id,
+        check_revision=r.check_revision,
+        scheduled_ns=r.scheduled_ns,
+        started_ns=r.started_ns,
+        duration_ns=r.duration_ns,
+        success=r.success,
+        degraded=r.degraded,
+        error_kind=r.error_kind,
+        detail=r.detail,
+        phases=tuple(phases),
+        fields=fields,
+        clock_offset_ns=r.clock_offset_ns,
+        clock_synced=r.clock_synced,
     )

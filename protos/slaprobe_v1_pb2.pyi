@@ -131,7 +131,7 @@ class FieldValue(_message.Message):
     def __init__(self, number: _Optional[float] = ..., text: _Optional[str] = ..., flag: _Optional[bool] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("check_id", "check_revision", "scheduled_ns", "started_ns", "duration_ns", "success", "degraded", "error_kind", "detail", "phases", "fields")
+    __slots__ = ("check_id", "check_revision", "scheduled_ns", "started_ns", "duration_ns", "success", "degraded", "error_kind", "detail", "phases", "fields", "clock_offset_ns", "clock_synced")
     class FieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,8 @@ class Result(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     PHASES_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_SYNCED_FIELD_NUMBER: _ClassVar[int]
     check_id: str
     check_revision: str
     scheduled_ns: int
@@ -161,15 +163,61 @@ class Result(_message.Message):
     detail: str
     phases: _containers.RepeatedCompositeFieldContainer[Phase]
     fields: _containers.MessageMap[str, FieldValue]
-    def __init__(self, check_id: _Optional[str] = ..., check_revision: _Optional[str] = ..., scheduled_ns: _Optional[int] = ..., started_ns: _Optional[int] = ..., duration_ns: _Optional[int] = ..., success: _Optional[bool] = ..., degraded: _Optional[bool] = ..., error_kind: _Optional[str] = ..., detail: _Optional[str] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., fields: _Optional[_Mapping[str, FieldValue]] = ...) -> None: ...
+    clock_offset_ns: int
+    clock_synced: bool
+    def __init__(self, check_id: _Optional[str] = ..., check_revision: _Optional[str] = ..., scheduled_ns: _Optional[int] = ..., started_ns: _Optional[int] = ..., duration_ns: _Optional[int] = ..., success: _Optional[bool] = ..., degraded: _Optional[bool] = ..., error_kind: _Optional[str] = ..., detail: _Optional[str] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., fields: _Optional[_Mapping[str, FieldValue]] = ..., clock_offset_ns: _Optional[int] = ..., clock_synced: _Optional[bool] = ...) -> None: ...
+
+class Gap(_message.Message):
+    __slots__ = ("through_seq", "reason", "evicted_ns", "checks")
+    THROUGH_SEQ_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_NS_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    through_seq: int
+    reason: str
+    evicted_ns: int
+    checks: _containers.RepeatedCompositeFieldContainer[GapCheck]
+    def __init__(self, through_seq: _Optional[int] = ..., reason: _Optional[str] = ..., evicted_ns: _Optional[int] = ..., checks: _Optional[_Iterable[_Union[GapCheck, _Mapping]]] = ...) -> None: ...
+
+class GapCheck(_message.Message):
+    __slots__ = ("check_id", "from_ns", "to_ns", "count")
+    CHECK_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_NS_FIELD_NUMBER: _ClassVar[int]
+    TO_NS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    check_id: str
+    from_ns: int
+    to_ns: int
+    count: int
+    def __init__(self, check_id: _Optional[str] = ..., from_ns: _Optional[int] = ..., to_ns: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ClockSample(_message.Message):
+    __slots__ = ("t0_ns", "t1_ns", "t2_ns", "t3_ns", "offset_ns", "rtt_ns")
+    T0_NS_FIELD_NUMBER: _ClassVar[int]
+    T1_NS_FIELD_NUMBER: _ClassVar[int]
+    T2_NS_FIELD_NUMBER: _ClassVar[int]
+    T3_NS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
+    RTT_NS_FIELD_NUMBER: _ClassVar[int]
+    t0_ns: int
+    t1_ns: int
+    t2_ns: int
+    t3_ns: int
+    offset_ns: int
+    rtt_ns: int
+    def __init__(self, t0_ns: _Optional[int] = ..., t1_ns: _Optional[int] = ..., t2_ns: _Optional[int] = ..., t3_ns: _Optional[int] = ..., offset_ns: _Optional[int] = ..., rtt_ns: _Optional[int] = ...) -> None: ...
 
 class Record(_message.Message):
-    __slots__ = ("seq", "result")
+    __slots__ = ("seq", "result", "gap", "clock")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
     seq: int
     result: Result
-    def __init__(self, seq: _Optional[int] = ..., result: _Optional[_Union[Result, _Mapping]] = ...) -> None: ...
+    gap: Gap
+    clock: ClockSample
+    def __init__(self, seq: _Optional[int] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., clock: _Optional[_Union[ClockSample, _Mapping]] = ...) -> None: ...
 
 class RecordBatch(_message.Message):
     __slots__ = ("agent_id", "epoch", "first_seq", "last_seq", "records")

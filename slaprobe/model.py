@@ -87,6 +87,48 @@ class Measurement:
     detail: str = ""
     phases: tuple[tuple[str, int], ...] = ()
     fields: Mapping[str, FieldScalar] = field(default_factory=dict)
+    clock_offset_ns: int = 0
+    clock_synced: bool = False
+
+
+@dataclass(frozen=True)
+class GapCheck:
+    check_id: str
+    from_ns: int
+    to_ns: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Results evicted from a full or too-old agent spool, standing for seqs ``seq..through_seq``."""
+
+    through_seq: int
+    reason: str
+    evicted_ns: int
+    checks: tuple[GapCheck, ...]
+
+
+@dataclass(frozen=True)
+class ClockSample:
+    """One NTP-style exchange (t0 agent send, t1 collector receive, t2 collector send, t3 agent receive)."""
+
+    t0_ns: int
+    t1_ns: int
+    t2_ns: int
+    t3_ns: int
+
+    @property
+    def offset_ns(self) -> int:
+        """Agent clock minus collector clock."""
+        return ((self.t0_ns - self.t1_ns) + (self.t3_ns - self.t2_ns)) // 2
+
+    @property
+    def rtt_ns(self) -> int:
+        return max(0, (self.t3_ns - self.t0_ns) - (self.t2_ns - self.t1_ns))
+
+
+Payload = Measurement | Gap | ClockSample
 
 
 @dataclass(frozen=True)
@@ -94,4 +136,9 @@ class Record:
     """A numbered entry of an agent's outgoing stream."""
 
     seq: int
-    measurement: Measurement
+    measurement: Payload
+
+    @property
+    def through_seq(self) -> int:
+        """The last seq this record stands for (a gap stands for a span)."""
+        return self.measurement.through_seq if isinstance(self.measurement, Gap) else self.seq
