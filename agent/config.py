@@ -3,14 +3,19 @@
 collector: 127.0.0.1:7431     # host:port of the collector's gRPC endpoint
 site: paris                   # the site whose checks this agent runs
 name: paris-probe-1           # unique in the fleet; defaults to the host name
-data_dir: /var/lib/slaprobe   # check cache (and, later, the spool)
+data_dir: /var/lib/slaprobe   # check cache and the durable spool (spool.db)
 batch_max: 1000               # records per message at most
+heartbeat: 15s                # liveness and clock exchange with the collector
+keepalive: 20s                # gRPC ping interval; a dead path is noticed within ~1.5x this
+spool:
+  max_size: 512MiB            # beyond this size or age the oldest unsent results are evicted
+  max_age: 7d                 # and replaced by a gap record that is delivered in their place
 """
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from slaprobe.configfile import Fields, Node, load_yaml_file
@@ -24,6 +29,9 @@ class AgentConfig:
     data_dir: Path
     batch_max: int = 1000
     heartbeat_s: float = 15.0
+    keepalive_s: float = 20.0
+    spool_max_bytes: int = 512 * 1024 * 1024
+    spool_max_age_s: float = 7 * 86400.0
     source: str = ""
 
 
@@ -44,8 +52,17 @@ def parse_agent_config(root: Node, base_dir: Path | None = None) -> AgentConfig:
         data_dir=data_dir,
         batch_max=f.int("batch_max", 1000, min=1, max=10_000),
         heartbeat_s=f.duration("heartbeat", 15.0, min=1.0, max=300.0),
+        keepalive_s=f.duration("keepalive", 20.0, min=1.0, max=600.0),
         source=root.source,
     )
+    spool = f.mapping("spool")
+    if spool is not None:
+        cfg = replace(
+            cfg,
+            spool_max_bytes=spool.size("max_size", cfg.spool_max_bytes, min=16 * 1024),
+            spool_max_age_s=spool.duration("max_age", cfg.spool_max_age_s, min=1.0),
+        )
+        spool.finish()
     f.finish()
     return cfg
 

@@ -20,16 +20,15 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import grpc
 
 from agent.outbox import Outbox
-from agent.wire import batch_to_pb, check_from_pb
+from agent.wire import batch_bytes, check_from_pb
 from protos import slaprobe_v1_pb2 as pb
 from protos import slaprobe_v1_pb2_grpc as pb_grpc
 from slaprobe import __version__
-from slaprobe.model import CheckSpec
+from slaprobe.model import CheckSpec, ClockSample
 
 log = logging.getLogger(__name__)
 
@@ -76,33 +75,47 @@ class Backoff:
         self.attempt = 0
 
 
-@dataclass(frozen=True)
-class ClockSample:
-    """One NTP-style exchange: offset = agent clock minus collector clock."""
+def _most_serious(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """A fatal gRPC status wins, then any gRPC error, then the first failure."""
+    leaves: list[BaseException] = []
 
-    offset_ns: int
-    rtt_ns: int
+    def walk(g: BaseExceptionGroup[BaseException]) -> None:
+        for e in g.exceptions:
+            if isinstance(e, BaseExceptionGroup):
+                walk(e)
+            else:
+                leaves.append(e)
 
-    @classmethod
-    def from_exchange(cls, t0: int, t1: int, t2: int, t3: int) -> ClockSample:
-        # t0 agent send, t1 collector receive, t2 collector send, t3 agent receive.
-        offset = ((t0 - t1) + (t3 - t2)) // 2
-        rtt = (t3 - t0) - (t2 - t1)
-        return cls(offset, max(0, rtt))
+    walk(group)
+    for e in leaves:
+        if isinstance(e, grpc.aio.AioRpcError) and is_fatal(e.code()):
+            return e
+    for e in leaves:
+        if isinstance(e, grpc.aio.AioRpcError):
+            return e
+    return leaves[0]
 
+
+PUSH_METHOD = "/slaprobe.v1.Collector/PushRecords"
 
 ChangeHandler = Callable[[bool, list[CheckSpec], list[str]], None]
 
 
-def channel_options() -> list[tuple[str, int]]:
+def channel_options(keepalive_s: float = 20.0) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ("grpc.max_send_message_length", 16 * 1024 * 1024),
         # Notice a dead path (no FIN, no RST) within a minute: ping every 20 s, give up after 10 s.
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(max(1.0, keepalive_s / 2) * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # Without this, gRPC sends at most one ping per 5 minutes while no data flows: exactly when
+        # a path has silently died.
+        ("grpc.http2.min_sent_ping_interval_without_data_ms", int(keepalive_s * 1000)),
+        # A session owns its connection: without this, a new channel would share the old (possibly
+        # silently dead) connection through gRPC's global subchannel pool.
+        ("grpc.use_local_subchannel_pool", 1),
         # Our own backoff decides when to reconnect.
         ("grpc.initial_reconnect_backoff_ms", 1000),
         ("grpc.max_reconnect_backoff_ms", 30_000),
@@ -123,7 +136,9 @@ class CollectorLink:
         heartbeat_s: float = 15.0,
         backoff: Backoff | None = None,
         window_records: int = 50_000,
+        keepalive_s: float = 20.0,
     ) -> None:
+        self.keepalive_s = keepalive_s
         self.address = address
         self.agent_id = agent_id
         self.site = site
@@ -143,7 +158,12 @@ class CollectorLink:
         """Connect, and reconnect, until cancelled or refused for good (FatalLinkError)."""
         while True:
             try:
-                await self._session()
+                try:
+                    await self._session()
+                except BaseExceptionGroup as group:
+                    # One call of the session failed and the task group cancelled the rest:
+                    # judge the session by its most serious failure.
+                    raise _most_serious(group) from None
                 log.warning("collector %s ended the session", self.address)
             except FatalLinkError:
                 raise
@@ -155,6 +175,9 @@ class CollectorLink:
                 log.warning("collector %s unavailable (%s: %s)", self.address, exc.code().name, exc.details())
             except (OSError, grpc.RpcError) as exc:
                 log.warning("collector %s unreachable: %s", self.address, exc)
+            except Exception as exc:
+                # A bug in a session must not stop an agent that keeps probing: log it loudly, retry.
+                log.exception("collector session failed unexpectedly: %s", exc)
             finally:
                 self.connected.clear()
             delay = self.backoff.next_delay()
@@ -162,8 +185,12 @@ class CollectorLink:
             await asyncio.sleep(delay)
 
     async def _session(self) -> None:
-        async with grpc.aio.insecure_channel(self.address, options=channel_options()) as channel:
+        async with grpc.aio.insecure_channel(
+            self.address, options=channel_options(self.keepalive_s)
+        ) as channel:
             stub = pb_grpc.CollectorStub(channel)
+            # Connect first, so connection setup does not skew the clock exchange below.
+            await asyncio.wait_for(channel.channel_ready(), timeout=15.0)
             t0 = time.time_ns()
             reply = await stub.Register(
                 pb.RegisterRequest(
@@ -176,9 +203,8 @@ class CollectorLink:
                 ),
                 timeout=15.0,
             )
-            t3 = time.time_ns()
-            self.clock = ClockSample.from_exchange(
-                t0, reply.collector_receive_ns, reply.collector_transmit_ns, t3
+            clock = self._clock_sample(
+                t0, reply.collector_receive_ns, reply.collector_transmit_ns, time.time_ns()
             )
             self.outbox.ack(reply.acked_seq)
             self.sessions += 1
@@ -186,13 +212,13 @@ class CollectorLink:
                 "registered with collector %s (version %s); clock offset %+.1f ms, rtt %.1f ms; %d records to send",
                 self.address,
                 reply.collector_version,
-                self.clock.offset_ns / 1e6,
-                self.clock.rtt_ns / 1e6,
+                clock.offset_ns / 1e6,
+                clock.rtt_ns / 1e6,
                 self.outbox.depth,
             )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._watch(stub))
-                tg.create_task(self._push(stub))
+                tg.create_task(self._push(channel))
                 tg.create_task(self._heartbeat(stub))
 
     async def _watch(self, stub: pb_grpc.CollectorStub) -> None:
@@ -216,8 +242,12 @@ class CollectorLink:
                 self.backoff.reset()
         raise ConnectionError("check stream closed by the collector")
 
-    async def _push(self, stub: pb_grpc.CollectorStub) -> None:
-        call = stub.PushRecords()
+    async def _push(self, channel: grpc.aio.Channel) -> None:
+        # Raw bytes up: batches are assembled from the records' stored encoding (agent/wire.py).
+        push: grpc.aio.StreamStreamMultiCallable[bytes, pb.BatchAck] = channel.stream_stream(
+            PUSH_METHOD, request_serializer=None, response_deserializer=pb.BatchAck.FromString
+        )
+        call = push()
         sent = self.outbox.acked_seq
 
         async def read_acks() -> None:
@@ -240,12 +270,21 @@ class CollectorLink:
                     self._acked_event.clear()
                     await self._acked_event.wait()
                     continue
-                records = self.outbox.read(max(sent, self.outbox.acked_seq), self.batch_max)
+                start = max(sent, self.outbox.acked_seq)
+                records = await self.outbox.read(start, self.batch_max)
                 if not records:
-                    await self.outbox.wait_beyond(sent)
+                    await self.outbox.wait_beyond(start)
                     continue
-                await call.write(batch_to_pb(self.agent_id, self.outbox.epoch, records))
-                sent = records[-1].seq
+                await call.write(
+                    batch_bytes(
+                        self.agent_id,
+                        self.outbox.epoch,
+                        records[0].seq,
+                        records[-1].through_seq,
+                        [r.data for r in records],
+                    )
+                )
+                sent = records[-1].through_seq
 
     async def _heartbeat(self, stub: pb_grpc.CollectorStub) -> None:
         while True:
@@ -263,9 +302,13 @@ class CollectorLink:
                     clock_offset_ns=sample.offset_ns if sample else 0,
                     clock_rtt_ns=sample.rtt_ns if sample else 0,
                 ),
-                timeout=15.0,
+                timeout=max(5.0, self.heartbeat_s),
             )
-            t3 = time.time_ns()
-            self.clock = ClockSample.from_exchange(
-                t0, reply.collector_receive_ns, reply.collector_transmit_ns, t3
-            )
+            self._clock_sample(t0, reply.collector_receive_ns, reply.collector_transmit_ns, time.time_ns())
+
+    def _clock_sample(self, t0: int, t1: int, t2: int, t3: int) -> ClockSample:
+        """Keep the latest estimate and record the exchange itself as evidence."""
+        sample = ClockSample(t0, t1, t2, t3)
+        self.clock = sample
+        self.outbox.append(sample)
+        return sample

@@ -12,22 +12,25 @@ import contextlib
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.link import CollectorLink
-from agent.outbox import MemoryOutbox, Outbox
+from agent.outbox import Outbox
 from agent.runner import CheckRunner, Clock
-from probes import build_prober
+from agent.spool import Spool, SpoolLimits
+from probes import Prober, build_prober
 from slaprobe.configfile import ConfigError, Node
 from slaprobe.model import CheckSpec, Measurement
 
 log = logging.getLogger(__name__)
 
 CHECK_CACHE = "checks.json"
+SPOOL_FILE = "spool.db"
 
 
-def build_runner_prober(spec: CheckSpec):  # type: ignore[no-untyped-def]
+def build_runner_prober(spec: CheckSpec) -> Prober:
     source = f"check {spec.id!r} from the collector"
     return build_prober(
         Node(spec.type, source, None, "type"),
@@ -41,7 +44,10 @@ class Agent:
         self, config: AgentConfig, *, outbox: Outbox | None = None, clock: Clock | None = None
     ) -> None:
         self.config = config
-        self.outbox: Outbox = outbox or MemoryOutbox()
+        self.outbox: Outbox = outbox or Spool(
+            config.data_dir / SPOOL_FILE,
+            SpoolLimits(max_bytes=config.spool_max_bytes, max_age_s=config.spool_max_age_s),
+        )
         self.clock = clock
         self.checks: dict[str, CheckSpec] = {}
         self._runners: dict[str, asyncio.Task[None]] = {}
@@ -54,6 +60,7 @@ class Agent:
             on_changes=self.apply_changes,
             batch_max=config.batch_max,
             heartbeat_s=config.heartbeat_s,
+            keepalive_s=config.keepalive_s,
         )
         self.produced = 0
 
@@ -90,8 +97,8 @@ class Agent:
             )
             self._save_cache()
 
-    def _start_runner(self, spec: CheckSpec, prober: object) -> None:
-        runner = CheckRunner(spec, prober, self._emit, self.clock)  # type: ignore[arg-type]
+    def _start_runner(self, spec: CheckSpec, prober: Prober) -> None:
+        runner = CheckRunner(spec, prober, self._emit, self.clock)
         task = asyncio.get_running_loop().create_task(runner.run_forever(), name=f"check:{spec.id}")
         self._runners[spec.id] = task
 
@@ -101,6 +108,10 @@ class Agent:
             task.cancel()
 
     def _emit(self, m: Measurement) -> None:
+        clock = self.link.clock
+        if clock is not None:
+            # The offset in force when the probe ran travels with the result (clock evidence).
+            m = replace(m, clock_offset_ns=clock.offset_ns, clock_synced=True)
         self.outbox.append(m)
         self.produced += 1
 
@@ -143,6 +154,8 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Probe and deliver until ``stop`` is set; then try briefly to deliver what is left."""
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.outbox, Spool):
+            await self.outbox.open()
         cached = self._load_cache()
         if cached:
             log.info("resuming %d cached checks until the collector answers", len(cached))
@@ -162,6 +175,8 @@ class Agent:
                 link_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await link_task
+            # Everything appended is committed to the spool before we exit: nothing is lost.
+            await self.outbox.close()
 
     async def _drain(self, link_task: asyncio.Task[None], timeout_s: float) -> None:
         """Give the link a moment to deliver the last records before exit."""
@@ -170,4 +185,5 @@ class Agent:
         while self.outbox.depth and loop.time() < deadline and not link_task.done():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if self.outbox.depth:
-            log.warning("exiting with %d undelivered records", self.outbox.depth)
+            where = "kept in the spool for the next start" if isinstance(self.outbox, Spool) else "LOST"
+            log.warning("exiting with %d undelivered records (%s)", self.outbox.depth, where)

@@ -1,17 +1,16 @@
 """The outbox: where produced records wait until the collector acknowledges them.
 
-This is the seam the durable disk spool slots into. The contract:
+The contract every outbox keeps (the memory one for tests and ``--no-spool``,
+the durable disk spool in ``agent/spool.py`` for production):
 
-* :meth:`Outbox.append` numbers a measurement with the next ``seq`` of the
-  current ``epoch`` and keeps it; from then on it counts as produced.
-* :meth:`Outbox.read` returns records after a given seq, in order, so the
-  sender can (re)stream from wherever the collector's acknowledgement is.
+* :meth:`Outbox.append` numbers a payload with the next ``seq`` of the
+  current ``epoch`` and keeps it. Records become readable once stored.
+* :meth:`Outbox.read` returns stored records from a given seq on, in order,
+  so the sender can (re)stream from wherever the collector's ack is. A
+  record may stand for a span of seqs (a gap record); ``read`` returns the
+  record whose span holds ``after_seq + 1`` so a stream never has a hole.
 * :meth:`Outbox.ack` forgets records up to a seq: only the collector's
   acknowledgement, which it sends after committing to disk, may do that.
-
-:class:`MemoryOutbox` keeps everything in memory: an agent restart loses
-what was unacknowledged and starts a new epoch (so sequence numbers of the
-old and new process never collide).
 """
 
 from __future__ import annotations
@@ -19,9 +18,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Protocol
 
-from slaprobe.model import Measurement, Record
+from agent.wire import encode_record
+from slaprobe.model import Gap, Measurement, Payload
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One record as stored and sent: its seq span and its encoded bytes."""
+
+    seq: int
+    through_seq: int
+    data: bytes
 
 
 class Outbox(Protocol):
@@ -32,29 +42,45 @@ class Outbox(Protocol):
     def acked_seq(self) -> int: ...
 
     @property
-    def last_seq(self) -> int: ...
+    def last_seq(self) -> int:
+        """The highest seq stored (readable)."""
+        ...
 
     @property
-    def depth(self) -> int: ...
+    def depth(self) -> int:
+        """Sequence numbers stored but not yet acknowledged."""
+        ...
 
     @property
     def oldest_unacked_ns(self) -> int: ...
 
-    def append(self, measurement: Measurement) -> int: ...
+    def append(self, payload: Payload) -> int: ...
 
-    def read(self, after_seq: int, limit: int) -> list[Record]: ...
+    async def read(self, after_seq: int, limit: int) -> list[Stored]: ...
 
     def ack(self, seq: int) -> None: ...
 
     async def wait_beyond(self, seq: int) -> None:
-        """Return once a record with a seq above ``seq`` exists."""
+        """Return once a record with a seq above ``seq`` is stored."""
         ...
+
+    async def close(self) -> None: ...
+
+
+def scheduled_ns_of(payload: Payload) -> int:
+    if isinstance(payload, Measurement):
+        return payload.scheduled_ns
+    if isinstance(payload, Gap):
+        return min((c.from_ns for c in payload.checks), default=0)
+    return payload.t0_ns
 
 
 class MemoryOutbox:
+    """Everything in memory: a restart loses what was unacknowledged and starts a new epoch."""
+
     def __init__(self, epoch: int | None = None) -> None:
         self._epoch = epoch if epoch is not None else time.time_ns()
-        self._records: deque[Record] = deque()
+        self._records: deque[tuple[Stored, int]] = deque()
         self._last = 0
         self._acked = 0
         self._grew = asyncio.Event()
@@ -73,33 +99,40 @@ class MemoryOutbox:
 
     @property
     def depth(self) -> int:
-        return len(self._records)
+        return self._last - self._acked
 
     @property
     def oldest_unacked_ns(self) -> int:
-        return self._records[0].measurement.scheduled_ns if self._records else 0
+        return self._records[0][1] if self._records else 0
 
-    def append(self, measurement: Measurement) -> int:
+    def append(self, payload: Payload) -> int:
         self._last += 1
-        self._records.append(Record(self._last, measurement))
+        self._records.append(
+            (Stored(self._last, self._last, encode_record(self._last, payload)), scheduled_ns_of(payload))
+        )
         self._grew.set()
         return self._last
 
-    def read(self, after_seq: int, limit: int) -> list[Record]:
-        if not self._records or after_seq >= self._last:
-            return []
-        start = max(0, after_seq + 1 - self._records[0].seq)
-        end = min(len(self._records), start + limit)
-        return [self._records[i] for i in range(start, end)]
+    async def read(self, after_seq: int, limit: int) -> list[Stored]:
+        out = []
+        for stored, _ in self._records:
+            if stored.through_seq > after_seq:
+                out.append(stored)
+                if len(out) >= limit:
+                    break
+        return out
 
     def ack(self, seq: int) -> None:
         if seq <= self._acked:
             return
         self._acked = min(seq, self._last)
-        while self._records and self._records[0].seq <= self._acked:
+        while self._records and self._records[0][0].through_seq <= self._acked:
             self._records.popleft()
 
     async def wait_beyond(self, seq: int) -> None:
         while self._last <= seq:
             self._grew.clear()
             await self._grew.wait()
+
+    async def close(self) -> None:
+        return None

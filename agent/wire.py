@@ -1,4 +1,12 @@
-"""Protobuf ↔ domain conversion for the agent: the only agent module that builds generated types."""
+"""Protobuf ↔ domain conversion for the agent: the only agent module that builds generated types.
+
+Records are encoded once, when they enter the outbox, and stored as the
+exact bytes of a ``slaprobe.v1.Record``. A batch is then assembled by
+concatenating those bytes behind a small header (protobuf's encoding of a
+repeated message field is just tag, length, bytes), so draining a backlog of
+a million spooled records costs no decode/re-encode, and the bytes the agent
+sends are the bytes it stored.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,9 @@ import json
 from collections.abc import Sequence
 
 from protos import slaprobe_v1_pb2 as pb
-from slaprobe.model import CheckSpec, Measurement, Record
+from slaprobe.model import CheckSpec, ClockSample, Gap, GapCheck, Measurement, Payload
+
+_RECORDS_TAG = b"\x2a"  # field 5 (records), wire type 2 (length-delimited)
 
 
 def check_from_pb(c: pb.Check) -> CheckSpec:
@@ -48,14 +58,69 @@ def result_to_pb(m: Measurement) -> pb.Result:
         detail=m.detail,
         phases=[pb.Phase(name=n, duration_ns=d) for n, d in m.phases],
         fields={k: _field(v) for k, v in m.fields.items()},
+        clock_offset_ns=m.clock_offset_ns,
+        clock_synced=m.clock_synced,
     )
 
 
-def batch_to_pb(agent_id: str, epoch: int, records: Sequence[Record]) -> pb.RecordBatch:
-    return pb.RecordBatch(
-        agent_id=agent_id,
-        epoch=epoch,
-        first_seq=records[0].seq,
-        last_seq=records[-1].seq,
-        records=[pb.Record(seq=r.seq, result=result_to_pb(r.measurement)) for r in records],
+def gap_to_pb(g: Gap) -> pb.Gap:
+    return pb.Gap(
+        through_seq=g.through_seq,
+        reason=g.reason,
+        evicted_ns=g.evicted_ns,
+        checks=[
+            pb.GapCheck(check_id=c.check_id, from_ns=c.from_ns, to_ns=c.to_ns, count=c.count)
+            for c in g.checks
+        ],
     )
+
+
+def clock_to_pb(c: ClockSample) -> pb.ClockSample:
+    return pb.ClockSample(
+        t0_ns=c.t0_ns, t1_ns=c.t1_ns, t2_ns=c.t2_ns, t3_ns=c.t3_ns, offset_ns=c.offset_ns, rtt_ns=c.rtt_ns
+    )
+
+
+def encode_record(seq: int, payload: Payload) -> bytes:
+    """The stored and sent form of one record."""
+    if isinstance(payload, Measurement):
+        return pb.Record(seq=seq, result=result_to_pb(payload)).SerializeToString()
+    if isinstance(payload, Gap):
+        return pb.Record(seq=seq, gap=gap_to_pb(payload)).SerializeToString()
+    return pb.Record(seq=seq, clock=clock_to_pb(payload)).SerializeToString()
+
+
+def decode_gap(data: bytes) -> Gap:
+    """Read back a stored gap record (the spool merges older gaps into new evictions)."""
+    g = pb.Record.FromString(data).gap
+    return Gap(
+        g.through_seq,
+        g.reason,
+        g.evicted_ns,
+        tuple(GapCheck(c.check_id, c.from_ns, c.to_ns, c.count) for c in g.checks),
+    )
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def batch_bytes(agent_id: str, epoch: int, first_seq: int, last_seq: int, records: Sequence[bytes]) -> bytes:
+    """A serialized ``RecordBatch`` made of already-encoded records."""
+    header = pb.RecordBatch(
+        agent_id=agent_id, epoch=epoch, first_seq=first_seq, last_seq=last_seq
+    ).SerializeToString()
+    parts = [header]
+    for r in records:
+        parts.append(_RECORDS_TAG)
+        parts.append(_varint(len(r)))
+        parts.append(r)
+    return b"".join(parts)

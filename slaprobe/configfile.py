@@ -214,6 +214,28 @@ def parse_duration(text: str) -> float:
     return total
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
+_SIZE_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "TiB": 2**40,
+}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``512MiB``, ``2GB``, ``100KiB`` into bytes; bare numbers are refused like durations."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"expected a size with a unit such as 512MiB or 2GB, got {text!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
 class Fields:
     """Reads a mapping node key by key; :meth:`finish` rejects unread keys."""
 
@@ -325,6 +347,20 @@ class Fields:
                 n.fail(f"must be at least {format_duration(min)}")
             if max is not None and v > max:
                 n.fail(f"must be at most {format_duration(max)}")
+            return v
+
+        return self._take(key, default, conv)
+
+    def size(self, key: builtins.str, default: Any = _MISSING, *, min: builtins.int = 0) -> Any:
+        def conv(n: Node) -> builtins.int:
+            if not isinstance(n.value, str):
+                n.fail(f"expected a size with a unit such as 512MiB or 2GB, got {_describe(n.value)}")
+            try:
+                v = parse_size(n.value)
+            except ValueError as exc:
+                n.fail(str(exc))
+            if v < min:
+                n.fail(f"must be at least {min} bytes")
             return v
 
         return self._take(key, default, conv)
