@@ -287,8 +287,12 @@ class CollectorLink:
                 sent = records[-1].through_seq
 
     async def _heartbeat(self, stub: pb_grpc.CollectorStub) -> None:
+        """Report liveness, spool and clock at once (the fleet view needs them), then periodically."""
+        first = True
         while True:
-            await asyncio.sleep(self.heartbeat_s)
+            if not first:
+                await asyncio.sleep(self.heartbeat_s)
+            first = False
             sample = self.clock
             t0 = time.time_ns()
             reply = await stub.Heartbeat(

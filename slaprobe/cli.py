@@ -197,6 +197,112 @@ def agent_run(
     _run_async(run)
 
 
+@agent.command("list")
+@click.option(
+    "--db",
+    "db_path",
+    default=DEFAULT_DB,
+    show_default=True,
+    envvar="SLAPROBE_DB",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The collector's database.",
+)
+@click.option("--site", help="Only agents of this site.")
+@click.option(
+    "--silent-after",
+    default="1m",
+    show_default=True,
+    help="An agent not heard from for this long is shown as silent.",
+)
+@format_option
+def agent_list(db_path: Path, site: str | None, silent_after: str, fmt: str) -> None:
+    """The fleet as the collector sees it: last contact, version, clock, spool.
+
+    \b
+    Columns: state (online or silent), last seen, software version, clock
+    offset (agent minus collector) and round trip of the last exchange, spool
+    depth (records produced but not yet acknowledged) and the age of the
+    oldest of them, as the agent last reported.
+
+    \b
+    Example:
+      slaprobe agent list --db slaprobe.db
+    """
+    from collector.store import Reader
+
+    silent_ns = int(_duration(silent_after, "--silent-after") * 1e9)
+    try:
+        reader = Reader(db_path)
+    except FileNotFoundError:
+        raise click.ClickException(
+            f"no database at {db_path}: start a collector with --db {db_path} first"
+        ) from None
+    try:
+        agents = [a for a in reader.agents() if site is None or a["site"] == site]
+    finally:
+        reader.close()
+    now = time.time_ns()
+    rows = []
+    for a in agents:
+        seen = a["last_seen_ns"] or 0
+        oldest = a["oldest_unsent_ns"]
+        rows.append(
+            {
+                "name": a["name"],
+                "site": a["site"],
+                "state": "online" if now - seen <= silent_ns else "silent",
+                "last_seen": _iso_ns(seen),
+                "last_seen_ago_s": round((now - seen) / 1e9, 1),
+                "version": a["version"],
+                "hostname": a["hostname"],
+                "clock_offset_ms": None
+                if a["clock_offset_ns"] is None
+                else round(a["clock_offset_ns"] / 1e6, 3),
+                "clock_rtt_ms": None if a["clock_rtt_ns"] is None else round(a["clock_rtt_ns"] / 1e6, 3),
+                "spool_depth": a["spool_depth"],
+                "oldest_unsent_age_s": None if not oldest else round((now - oldest) / 1e9, 1),
+            }
+        )
+    if fmt == "json":
+        click.echo(render_json({"agents": rows}))
+        return
+    headers = [
+        "name",
+        "site",
+        "state",
+        "last seen",
+        "version",
+        "clock offset",
+        "rtt",
+        "spool",
+        "oldest unsent",
+    ]
+    table = [
+        [
+            r["name"],
+            r["site"],
+            r["state"],
+            f"{_fmt_duration(r['last_seen_ago_s'])} ago",
+            r["version"],
+            "-" if r["clock_offset_ms"] is None else f"{r['clock_offset_ms']:+.1f} ms",
+            "-" if r["clock_rtt_ms"] is None else f"{r['clock_rtt_ms']:.1f} ms",
+            r["spool_depth"],
+            "-" if r["oldest_unsent_age_s"] is None else _fmt_duration(r["oldest_unsent_age_s"]),
+        ]
+        for r in rows
+    ]
+    if fmt == "csv":
+        click.echo(render_csv(headers, table), nl=False)
+    elif not rows:
+        click.echo("no agents have registered yet")
+    else:
+        click.echo(render_table(headers, table, "lllrlrrrr"))
+
+
+def _iso_ns(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def _hostname() -> str:
     import socket
 

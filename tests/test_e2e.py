@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from slaprobe import __version__
 from tests.procs import query, run_cli, start_agent, start_collector, wait_for
 
 INTERVAL_S = 1.0
@@ -141,3 +142,10 @@ sites:
     )
     for (ns,) in downs:
         assert t_down - 1e9 <= ns <= t_up + 1e9
+
+    # The fleet view knows the agent, its version and its clock.
+    out = run_cli("agent", "list", "--db", str(db), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    (a,) = json.loads(out.stdout)["agents"]
+    assert (a["name"], a["site"], a["version"]) == ("agent-1", "lab", __version__)
+    assert a["clock_rtt_ms"] is not None and abs(a["clock_offset_ms"]) < 1000
