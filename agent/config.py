@@ -6,6 +6,8 @@ name: paris-probe-1           # unique in the fleet; defaults to the host name
 data_dir: /var/lib/slaprobe   # check cache and the durable spool (spool.db)
 batch_max: 1000               # records per message at most
 heartbeat: 15s                # liveness and clock exchange with the collector
+tls_dir: /var/lib/slaprobe/tls  # agent.key, agent.crt, ca.crt from `slaprobe agent enroll` (default data_dir/tls)
+insecure: false               # true: plaintext to a collector run with --insecure (never in production)
 keepalive: 20s                # gRPC ping interval; a dead path is noticed within ~1.5x this
 spool:
   max_size: 512MiB            # beyond this size or age the oldest unsent results are evicted
@@ -32,7 +34,13 @@ class AgentConfig:
     keepalive_s: float = 20.0
     spool_max_bytes: int = 512 * 1024 * 1024
     spool_max_age_s: float = 7 * 86400.0
+    insecure: bool = False
+    tls_dir: Path | None = None  # default: data_dir/tls
     source: str = ""
+
+    @property
+    def tls_path(self) -> Path:
+        return self.tls_dir if self.tls_dir is not None else self.data_dir / "tls"
 
 
 def parse_agent_config(root: Node, base_dir: Path | None = None) -> AgentConfig:
@@ -53,6 +61,8 @@ def parse_agent_config(root: Node, base_dir: Path | None = None) -> AgentConfig:
         batch_max=f.int("batch_max", 1000, min=1, max=10_000),
         heartbeat_s=f.duration("heartbeat", 15.0, min=1.0, max=300.0),
         keepalive_s=f.duration("keepalive", 20.0, min=1.0, max=600.0),
+        insecure=f.bool("insecure", False),
+        tls_dir=_path(f.str("tls_dir", None), base_dir),
         source=root.source,
     )
     spool = f.mapping("spool")
@@ -65,6 +75,13 @@ def parse_agent_config(root: Node, base_dir: Path | None = None) -> AgentConfig:
         spool.finish()
     f.finish()
     return cfg
+
+
+def _path(value: str | None, base_dir: Path | None) -> Path | None:
+    if value is None:
+        return None
+    p = Path(value)
+    return (base_dir / p).resolve() if not p.is_absolute() and base_dir is not None else p
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:

@@ -20,9 +20,11 @@ import random
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import grpc
 
+from agent.identity import IdentityError, TlsFiles, renew
 from agent.outbox import Outbox
 from agent.wire import batch_bytes, check_from_pb
 from protos import slaprobe_v1_pb2 as pb
@@ -49,6 +51,10 @@ def is_fatal(code: grpc.StatusCode | None) -> bool:
 
 class FatalLinkError(Exception):
     """The collector refused us for a reason retrying will not fix."""
+
+
+class CertificateRenewed(Exception):
+    """The session ends so the next one uses the renewed certificate."""
 
 
 class Backoff:
@@ -137,8 +143,10 @@ class CollectorLink:
         backoff: Backoff | None = None,
         window_records: int = 50_000,
         keepalive_s: float = 20.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.keepalive_s = keepalive_s
+        self.tls = tls
         self.address = address
         self.agent_id = agent_id
         self.site = site
@@ -165,6 +173,15 @@ class CollectorLink:
                     # judge the session by its most serious failure.
                     raise _most_serious(group) from None
                 log.warning("collector %s ended the session", self.address)
+            except CertificateRenewed:
+                log.info(
+                    "certificate renewed (valid until %s); reconnecting with it",
+                    self.tls and self.tls.not_after(),
+                )
+                self.connected.clear()
+                continue
+            except IdentityError as exc:
+                raise FatalLinkError(str(exc)) from exc
             except FatalLinkError:
                 raise
             except grpc.aio.AioRpcError as exc:
@@ -184,10 +201,15 @@ class CollectorLink:
             log.info("reconnecting in %.1f s (%d records waiting)", delay, self.outbox.depth)
             await asyncio.sleep(delay)
 
+    def _channel(self) -> grpc.aio.Channel:
+        options = channel_options(self.keepalive_s)
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.address, options=options)
+        # Credentials are read per session, so a renewed certificate is used from the next one on.
+        return grpc.aio.secure_channel(self.address, self.tls.credentials(), options=options)
+
     async def _session(self) -> None:
-        async with grpc.aio.insecure_channel(
-            self.address, options=channel_options(self.keepalive_s)
-        ) as channel:
+        async with self._channel() as channel:
             stub = pb_grpc.CollectorStub(channel)
             # Connect first, so connection setup does not skew the clock exchange below.
             await asyncio.wait_for(channel.channel_ready(), timeout=15.0)
@@ -220,6 +242,7 @@ class CollectorLink:
                 tg.create_task(self._watch(stub))
                 tg.create_task(self._push(channel))
                 tg.create_task(self._heartbeat(stub))
+                tg.create_task(self._renewal(channel))
 
     async def _watch(self, stub: pb_grpc.CollectorStub) -> None:
         known = self.known_checks()
@@ -309,6 +332,19 @@ class CollectorLink:
                 timeout=max(5.0, self.heartbeat_s),
             )
             self._clock_sample(t0, reply.collector_receive_ns, reply.collector_transmit_ns, time.time_ns())
+
+    async def _renewal(self, channel: grpc.aio.Channel) -> None:
+        """Renew the client certificate once two thirds of its life have passed, then reconnect."""
+        if self.tls is None:
+            await asyncio.Event().wait()
+            return
+        while True:
+            wait = (self.tls.renew_at() - datetime.now(UTC)).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 3600.0))
+                continue
+            await renew(channel, self.tls)
+            raise CertificateRenewed()
 
     def _clock_sample(self, t0: int, t1: int, t2: int, t3: int) -> ClockSample:
         """Keep the latest estimate and record the exchange itself as evidence."""

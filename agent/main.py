@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from agent.config import AgentConfig
+from agent.identity import TlsFiles
 from agent.link import CollectorLink
 from agent.outbox import Outbox
 from agent.runner import CheckRunner, Clock
@@ -61,6 +62,7 @@ class Agent:
             batch_max=config.batch_max,
             heartbeat_s=config.heartbeat_s,
             keepalive_s=config.keepalive_s,
+            tls=None if config.insecure else TlsFiles(config.tls_path),
         )
         self.produced = 0
 

@@ -12,12 +12,20 @@ Format (see ``examples/catalogue.yaml`` and the README's reference)::
     defaults:            # optional, applied to every check
       interval: 30s
       timeout: 5s
+    reporting:           # optional, collector-wide (collector/sla/definitions.py)
+      clock_bound: 100ms
+      retention: {raw: 90d, rollups: 400d}
     sites:
       <site name>:
         description: text
-        sla:
-          availability: 99.9%
+        sla:             # the whole site as one service, "(site)"; every SLA key (see
+          availability: 99.9%           # collector/sla/definitions.py) is allowed here
           latency: {percentile: 95, threshold: 300ms}
+        services:        # optional: named groups of the site's checks, each with its SLA
+          <service name>:
+            description: text
+            checks: [<check name>, ...]
+            sla: {...}
         checks:
           <check name>:
             type: http | tcp | ...
@@ -31,9 +39,18 @@ Format (see ``examples/catalogue.yaml`` and the README's reference)::
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from collector.sla.definitions import (
+    SITE_SERVICE,
+    LatencyPercentile,
+    Reporting,
+    SlaDefinition,
+    check_slice,
+    parse_reporting,
+    parse_sla,
+)
 from probes import build_prober
 from slaprobe.configfile import Fields, Node, load_yaml_file, load_yaml_text
 from slaprobe.model import CheckSpec, check_id
@@ -76,11 +93,25 @@ class SlaTarget:
 
 
 @dataclass(frozen=True)
+class Service:
+    """A named group of a site's checks with its SLA (``(site)``: all of them, from the site's sla)."""
+
+    name: str
+    description: str
+    checks: tuple[str, ...]  # check names within the site
+    sla: SlaDefinition
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     description: str
     sla: SlaTarget
     checks: tuple[CheckSpec, ...]
+    services: tuple[Service, ...] = ()
+
+    def service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -88,6 +119,7 @@ class Catalogue:
     sites: dict[str, Site]
     source: str
     text: str
+    reporting: Reporting = field(default_factory=Reporting)
 
     @property
     def digest(self) -> str:
@@ -127,6 +159,7 @@ def _parse(root: Node, text: str) -> Catalogue:
             d.duration("timeout", 5.0, min=0.001),
         )
         d.finish()
+    reporting = parse_reporting(doc.mapping("reporting"))
     sites_fields = doc.mapping("sites", required=True)
     assert sites_fields is not None
     sites: dict[str, Site] = {}
@@ -137,14 +170,15 @@ def _parse(root: Node, text: str) -> Catalogue:
     if not sites:
         sites_fields.node.fail("define at least one site")
     doc.finish()
-    return Catalogue(sites, root.source, text)
+    return Catalogue(sites, root.source, text, reporting)
 
 
 def _parse_site(name: str, node: Node, defaults: _Defaults) -> Site:
     _check_name(node, name, "site")
     f = Fields(node, "a site (a mapping with 'checks')")
     description = f.str("description", "", nonempty=False)
-    sla = _parse_sla(f.mapping("sla"))
+    sla_fields = f.mapping("sla")
+    site_sla = parse_sla(sla_fields)
     checks_fields = f.mapping("checks", required=True)
     assert checks_fields is not None
     checks = []
@@ -154,31 +188,99 @@ def _parse_site(name: str, node: Node, defaults: _Defaults) -> Site:
         checks.append(_parse_check(name, check_name, check_node, defaults))
     if not checks:
         checks_fields.node.fail("define at least one check")
+    services_fields = f.mapping("services")
     f.finish()
-    return Site(name, description, sla, tuple(checks))
+    by_name = {c.name: c for c in checks}
+    services: list[tuple[Service, Node]] = []
+    if sla_fields is not None or services_fields is None:
+        where = sla_fields.node if sla_fields is not None else node
+        services.append((Service(SITE_SERVICE, description, tuple(by_name), site_sla), where))
+    if services_fields is not None:
+        for service_name in services_fields:
+            service_node = services_fields.raw(service_name)
+            assert service_node is not None
+            services.append((_parse_service(name, service_name, service_node, by_name), service_node))
+    for service, where in services:
+        sla_node = _child(where, "sla") if service.name != SITE_SERVICE else where
+        check_slice(service.sla, [by_name[c].interval_ms for c in service.checks], _slice_node(sla_node))
+    checks = _apply_degraded_after(services, checks)
+    return Site(name, description, _legacy_target(site_sla), tuple(checks), tuple(s for s, _ in services))
 
 
-def _parse_sla(f: Fields | None) -> SlaTarget:
-    if f is None:
-        return SlaTarget()
-    availability = f.percent("availability", None)
-    latency = None
-    lat = f.mapping("latency")
-    if lat is not None:
-        percentile = lat.number("percentile", min=0.0, max=100.0)
-        if percentile <= 0 or percentile >= 100:
-            node = lat.raw("percentile")
-            assert node is not None
-            node.fail("must be above 0 and below 100, for example 95 or 99.9")
-        threshold = lat.duration("threshold", min=0.0)
-        if threshold <= 0:
-            node = lat.raw("threshold")
-            assert node is not None
-            node.fail("must be longer than 0ms")
-        lat.finish()
-        latency = LatencyObjective(percentile, threshold * 1000.0)
+def _legacy_target(sla: SlaDefinition) -> SlaTarget:
+    """The site row's summary (stored in ``sites.sla``): availability and the first percentile."""
+    first = next((o for o in sla.latency if isinstance(o, LatencyPercentile)), None)
+    latency = None if first is None else LatencyObjective(first.percentile, first.threshold_ms)
+    return SlaTarget(sla.availability, latency)
+
+
+def _parse_service(site: str, name: str, node: Node, checks: dict[str, CheckSpec]) -> Service:
+    _check_name(node, name, "service")
+    if name == SITE_SERVICE:
+        node.fail(f"{SITE_SERVICE!r} is the name of the site-wide service (the site's 'sla'); choose another")
+    f = Fields(node, "a service (a mapping with 'checks')")
+    description = f.str("description", "", nonempty=False)
+    names_node = f.raw("checks")
+    if names_node is None or names_node.value is None:
+        node.fail("required field 'checks' is missing")
+    names = f.str_list("checks")
+    if not names:
+        names_node.fail("list at least one of the site's checks")
+    seen: set[str] = set()
+    for item, check_name in zip(names_node.value, names, strict=True):
+        if check_name not in checks:
+            item.fail(f"no check named {check_name!r} in site {site!r} (its checks: {', '.join(checks)})")
+        if check_name in seen:
+            item.fail(f"{check_name!r} is listed twice")
+        seen.add(check_name)
+    sla = parse_sla(f.mapping("sla"))
     f.finish()
-    return SlaTarget(availability, latency)
+    return Service(name, description, tuple(names), sla)
+
+
+def _child(node: Node, key: str) -> Node:
+    value = node.value.get(key) if node.is_mapping else None
+    return value if value is not None else node
+
+
+def _slice_node(sla_node: Node) -> Node:
+    counting = _child(sla_node, "counting")
+    return _child(counting, "slice") if counting is not sla_node else sla_node
+
+
+def _apply_degraded_after(
+    services: list[tuple[Service, Node]], checks: list[CheckSpec]
+) -> list[CheckSpec]:
+    """An SLA's ``degraded_after`` becomes its checks' (the agent flags each result)."""
+    chosen: dict[str, tuple[int, str]] = {}
+    for service, where in services:
+        ms = service.sla.degraded_after_ms
+        if ms is None:
+            continue
+        sla_node = _child(where, "sla") if service.name != SITE_SERVICE else where
+        at = _child(sla_node, "degraded_after")
+        for c in checks:
+            if c.name not in service.checks:
+                continue
+            if c.degraded_after_ms and c.degraded_after_ms != ms:
+                at.fail(
+                    f"check {c.name!r} sets its own degraded_after ({c.degraded_after_ms:g}ms); "
+                    "set it in one place"
+                )
+            if c.name in chosen and chosen[c.name][0] != ms:
+                at.fail(
+                    f"check {c.name!r} is also in service {chosen[c.name][1]!r} with degraded_after"
+                    f" {chosen[c.name][0]:g}ms; a check has one degraded threshold"
+                )
+            if ms >= c.timeout_ms:
+                at.fail(
+                    f"must be shorter than the timeout of check {c.name!r} ({c.timeout_ms / 1000:g}s)"
+                )
+            chosen[c.name] = (ms, service.name)
+    return [
+        replace(c, degraded_after_ms=chosen[c.name][0]).with_revision() if c.name in chosen else c
+        for c in checks
+    ]
 
 
 def _parse_check(site: str, name: str, node: Node, defaults: _Defaults) -> CheckSpec:

@@ -20,8 +20,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from collector.catalogue import Catalogue, load_catalogue
 from collector.hub import CatalogueHub
+from slaprobe.pki import CollectorPki
 from collector.service import CollectorService
-from collector.store import Writer
+from collector.store import Reader, Writer
 from slaprobe.configfile import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,12 @@ class CollectorSettings:
     max_message_bytes: int = 16 * 1024 * 1024
     grace_s: float = 5.0
     max_future_skew_s: float = 300.0
+    # Mutual TLS is the default: tls_dir holds what `slaprobe collector init` made.
+    tls_dir: Path | None = None
+    insecure: bool = False
+    enroll_listen: str | None = "127.0.0.1:7432"
+    cert_days: float = 90.0
+    revocation_poll_s: float = 1.0
 
 
 def grpc_server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -52,6 +59,24 @@ def grpc_server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def _listen(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials | None) -> int:
+    try:
+        port = server.add_insecure_port(address) if creds is None else server.add_secure_port(address, creds)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from exc
+    if not port:
+        raise OSError(f"cannot listen on {address} (in use, or not an address of this host)")
+    return int(port)
+
+
+def _read_revocations(db_path: Path) -> set[str]:
+    reader = Reader(db_path)
+    try:
+        return reader.revoked_names()
+    finally:
+        reader.close()
+
+
 class Collector:
     def __init__(self, settings: CollectorSettings) -> None:
         self.settings = settings
@@ -61,38 +86,72 @@ class Collector:
         self._health: health.aio.HealthServicer | None = None
         self.service: CollectorService | None = None
         self.hub: CatalogueHub | None = None
+        self.enroll_port = 0
+        self._revocations: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Load and persist the catalogue, open storage, start serving; return the bound port."""
+        s = self.settings
+        pki: CollectorPki | None = None
+        if not s.insecure:
+            if s.tls_dir is None or not CollectorPki(s.tls_dir).exists():
+                raise OSError(
+                    f"no TLS material in {s.tls_dir or '(no --tls-dir given)'}: run `slaprobe collector init"
+                    " --tls-dir DIR` first, or pass --insecure to serve plaintext (not for production)"
+                )
+            pki = CollectorPki(s.tls_dir)
+        else:
+            log.warning("serving WITHOUT TLS (--insecure): anyone who reaches the port can push results")
         catalogue = await asyncio.to_thread(load_catalogue, self.settings.catalogue_path)
         await self.writer.start()
         try:
             refs = await self.writer.persist_catalogue(catalogue, time.time_ns())
             self.hub = CatalogueHub(catalogue, refs)
             self.service = CollectorService(
-                self.hub, self.writer, max_future_skew_ns=int(self.settings.max_future_skew_s * 1e9)
+                self.hub,
+                self.writer,
+                max_future_skew_ns=int(self.settings.max_future_skew_s * 1e9),
+                pki=pki,
+                require_identity=pki is not None,
+                cert_days=s.cert_days,
             )
+            self.service.set_revoked(await asyncio.to_thread(_read_revocations, s.db_path))
             server = grpc.aio.server(options=grpc_server_options(self.settings.max_message_bytes))
             self.service.add_to(server)
             self._health = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-            try:
-                self.port = server.add_insecure_port(self.settings.listen)
-            except RuntimeError as exc:
-                raise OSError(f"cannot listen on {self.settings.listen}: {exc}") from exc
-            if not self.port:
-                raise OSError(f"cannot listen on {self.settings.listen}")
+            if pki is None:
+                self.port = _listen(server, s.listen, None)
+            else:
+                key, chain = pki.server_pair()
+                self.port = _listen(
+                    server,
+                    s.listen,
+                    grpc.ssl_server_credentials(
+                        [(key, chain)], root_certificates=pki.ca_cert_pem(), require_client_auth=True
+                    ),
+                )
+                if s.enroll_listen:
+                    # Enrolment: server-authenticated TLS without a client certificate. Every other
+                    # call reached through this port has no peer identity and is refused.
+                    self.enroll_port = _listen(
+                        server, s.enroll_listen, grpc.ssl_server_credentials([(key, chain)])
+                    )
             await server.start()
             self._server = server
+            self._revocations = asyncio.create_task(self._watch_revocations())
             await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
             await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
             await self.writer.close()
             raise
+        if self.enroll_port:
+            log.info("enrolment endpoint on %s (port %d)", s.enroll_listen, self.enroll_port)
         log.info(
-            "collector listening on %s (port %d), %d sites, %d checks, database %s",
+            "collector listening on %s (port %d, %s), %d sites, %d checks, database %s",
             self.settings.listen,
             self.port,
+            "plaintext" if pki is None else "mutual TLS",
             len(catalogue.sites),
             len(catalogue.all_checks()),
             self.settings.db_path,
@@ -112,7 +171,19 @@ class Collector:
         log.info("catalogue reloaded (%s); %d agent streams updated", catalogue.digest[:12], told)
         return True
 
+    async def _watch_revocations(self) -> None:
+        """Apply `slaprobe agent revoke` (written to the database by the CLI) within a second."""
+        assert self.service is not None
+        while True:
+            await asyncio.sleep(self.settings.revocation_poll_s)
+            try:
+                self.service.set_revoked(await asyncio.to_thread(_read_revocations, self.settings.db_path))
+            except Exception:
+                log.exception("cannot read revocations; keeping the current list")
+
     async def stop(self) -> None:
+        if self._revocations is not None:
+            self._revocations.cancel()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self.service is not None:

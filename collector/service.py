@@ -16,14 +16,23 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from collector.hub import CatalogueHub
-from collector.store import IngestOutcome, ResultRow, Writer, clock_row, gap_rows, measurement_row
+from slaprobe.pki import AgentIdentity, CollectorPki, PkiError, cert_not_after, cert_serial
+from collector.store import (
+    IngestOutcome,
+    ResultRow,
+    TokenRefused,
+    Writer,
+    clock_row,
+    gap_rows,
+    measurement_row,
+)
 from collector.wire import InvalidRecord, check_to_pb, decode_record, record_span_end
 from protos import slaprobe_v1_pb2 as pb
 from protos import slaprobe_v1_pb2_grpc as pb_grpc
@@ -44,6 +53,7 @@ class AgentSession:
     name: str
     site: str
     epoch: int
+    revoked: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class CollectorService:
@@ -54,7 +64,14 @@ class CollectorService:
         *,
         clock: Callable[[], int] = time.time_ns,
         max_future_skew_ns: int = 300 * 1_000_000_000,
+        pki: CollectorPki | None = None,
+        require_identity: bool = True,
+        cert_days: float = 90.0,
     ) -> None:
+        self.pki = pki
+        self.require_identity = require_identity
+        self.cert_days = cert_days
+        self.revoked: set[str] = set()
         self.hub = hub
         self.writer = writer
         self.clock = clock
@@ -86,6 +103,16 @@ class CollectorService:
                 request_deserializer=pb.HeartbeatRequest.FromString,
                 response_serializer=pb.HeartbeatResponse.SerializeToString,
             ),
+            "Enroll": grpc.unary_unary_rpc_method_handler(
+                self.Enroll,
+                request_deserializer=pb.EnrollRequest.FromString,
+                response_serializer=pb.EnrollResponse.SerializeToString,
+            ),
+            "Renew": grpc.unary_unary_rpc_method_handler(
+                self.Renew,
+                request_deserializer=pb.RenewRequest.FromString,
+                response_serializer=pb.RenewResponse.SerializeToString,
+            ),
         }
         assert set(handlers) == set(pb.DESCRIPTOR.services_by_name["Collector"].methods_by_name)
         server.add_generic_rpc_handlers(
@@ -95,11 +122,69 @@ class CollectorService:
 
     # ---- Register -----------------------------------------------------------
 
+    # ---- identity -------------------------------------------------------------
+
+    async def _identity(
+        self, context: Context, claimed_name: str, claimed_site: str | None = None
+    ) -> AgentIdentity:
+        """Who is calling: from the verified client certificate (mTLS), or, only with --insecure, the payload.
+
+        A payload naming another agent or site than the certificate is refused: agent A cannot
+        speak for agent B. A revoked agent is refused whatever it presents.
+        """
+        if self.require_identity:
+            uris = (
+                context.auth_context().get("peer_uri")
+                or context.auth_context().get("x509_subject_alternative_name")
+                or []
+            )
+            ident = next(
+                (
+                    i
+                    for i in (AgentIdentity.from_uri(u.decode("utf-8", "replace")) for u in uris)
+                    if i is not None
+                ),
+                None,
+            )
+            if ident is None:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, "no agent certificate: enrol this agent first"
+                )
+            assert ident is not None
+            if claimed_name and claimed_name != ident.name:
+                log.warning("certificate of %r used to speak for %r: refused", ident.name, claimed_name)
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this certificate is for agent {ident.name!r}, not {claimed_name!r}",
+                )
+            if claimed_site is not None and claimed_site != ident.site:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"agent {ident.name!r} is enrolled for site {ident.site!r}, not {claimed_site!r}",
+                )
+        else:
+            if not claimed_name or len(claimed_name) > 200 or "\x00" in claimed_name:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "agent_id must be 1-200 characters, no NUL"
+                )
+            ident = AgentIdentity(claimed_site or "", claimed_name)
+        if ident.name in self.revoked:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"agent {ident.name!r} is revoked")
+        return ident
+
+    def set_revoked(self, names: set[str]) -> None:
+        """Apply the revocation list: new revocations close the agent's open streams at once."""
+        for name in names - self.revoked:
+            session = self.sessions.pop(name, None)
+            if session is not None:
+                session.revoked.set()
+                log.warning("agent %r revoked: its streams are closed", name)
+        self.revoked = set(names)
+
     async def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
         received = self.clock()
-        name = request.agent_id
-        if not name or len(name) > 200 or "\x00" in name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent_id must be 1-200 characters, no NUL")
+        ident = await self._identity(context, request.agent_id, request.site)
+        name = ident.name
         if not self.hub.has_site(request.site):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
@@ -125,7 +210,8 @@ class CollectorService:
         )
 
     async def _session(self, agent_id: str, context: Context) -> AgentSession:
-        session = self.sessions.get(agent_id)
+        ident = await self._identity(context, agent_id)
+        session = self.sessions.get(ident.name)
         if session is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "register first")
         assert session is not None
@@ -146,12 +232,17 @@ class CollectorService:
                 deletes=list(first.deletes),
             )
             stop = asyncio.ensure_future(self.stopping.wait())
+            revoked = asyncio.ensure_future(session.revoked.wait())
             try:
                 while True:
                     get = asyncio.ensure_future(sub.queue.get())
-                    done, _ = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait({get, stop, revoked}, return_when=asyncio.FIRST_COMPLETED)
                     if get not in done:
                         get.cancel()
+                        if revoked in done:
+                            await context.abort(
+                                grpc.StatusCode.PERMISSION_DENIED, f"agent {session.name!r} is revoked"
+                            )
                         return
                     change = get.result()
                     yield pb.CheckChanges(
@@ -161,6 +252,7 @@ class CollectorService:
                     )
             finally:
                 stop.cancel()
+                revoked.cancel()
         finally:
             self.hub.unsubscribe(sub)
 
@@ -176,10 +268,21 @@ class CollectorService:
                     return
                 await context.write(await fut)
 
+        # With mTLS the caller is known before its first batch, so a revocation can end an idle stream.
+        revoked = (
+            asyncio.ensure_future((await self._session("", context)).revoked.wait())
+            if self.require_identity
+            else asyncio.get_running_loop().create_future()
+        )
         acker = asyncio.create_task(write_acks())
         try:
             while not self.stopping.is_set():
-                raw = await context.read()
+                read = asyncio.ensure_future(context.read())
+                await asyncio.wait({read, revoked}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this agent has been revoked")
+                raw = read.result()
                 if raw is grpc.aio.EOF:
                     break
                 assert isinstance(raw, bytes)
@@ -201,6 +304,7 @@ class CollectorService:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "storage failed; resend unacknowledged records")
         finally:
             acker.cancel()
+            revoked.cancel()
 
     async def _accept(self, raw: bytes, context: Context) -> asyncio.Future[pb.BatchAck]:
         """Decode and validate a batch; return a future of its ack (resolved after commit)."""
@@ -274,6 +378,52 @@ class CollectorService:
 
         asyncio.ensure_future(ingest).add_done_callback(to_ack)
         return done
+
+    # ---- Enroll and Renew -------------------------------------------------------
+
+    async def Enroll(self, request: pb.EnrollRequest, context: Context) -> pb.EnrollResponse:
+        if self.pki is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this collector runs without TLS (--insecure)")
+        assert self.pki is not None
+        name = request.name
+        if len(name) > 200 or "\x00" in name or len(request.token) > 200 or len(request.csr_pem) > 16384:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed enrolment request")
+        now = self.clock()
+        # Sign first (no side effects), then consume the token atomically with the record of the certificate.
+        provisional = AgentIdentity("", name)
+        try:
+            consumed = await self.writer.consume_token(request.token, name, "", 0, now, dry_run=True)
+            provisional = AgentIdentity(*consumed)
+            cert = self.pki.issue_agent_cert(request.csr_pem, provisional, days=self.cert_days)
+            site, agent = await self.writer.consume_token(
+                request.token, name, cert_serial(cert), int(cert_not_after(cert).timestamp() * 1e9), now
+            )
+        except TokenRefused as exc:
+            log.warning("enrolment refused: %s", exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except PkiError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        log.info("agent %r enrolled for site %r", agent, site)
+        return pb.EnrollResponse(cert_pem=cert, ca_pem=self.pki.ca_cert_pem(), site=site, name=agent)
+
+    async def Renew(self, request: pb.RenewRequest, context: Context) -> pb.RenewResponse:
+        if self.pki is None or not self.require_identity:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this collector runs without TLS (--insecure)")
+        assert self.pki is not None
+        ident = await self._identity(context, "")
+        try:
+            cert = self.pki.issue_agent_cert(request.csr_pem, ident, days=self.cert_days)
+        except PkiError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self.writer.record_certificate(
+            cert_serial(cert),
+            ident.name,
+            ident.site,
+            int(cert_not_after(cert).timestamp() * 1e9),
+            self.clock(),
+        )
+        log.info("agent %r renewed its certificate", ident.name)
+        return pb.RenewResponse(cert_pem=cert)
 
     # ---- Heartbeat ----------------------------------------------------------
 

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -204,6 +205,41 @@ def _gaps_and_clocks(db: sqlite_utils.Database) -> None:
         """
     )
     db.execute("CREATE INDEX clock_samples_agent_time ON clock_samples(agent_id, t0_ns)")
+
+
+@migration("0003_identity")
+def _identity(db: sqlite_utils.Database) -> None:
+    # One-time join tokens; only a hash is stored, so a database leak does not leak tokens.
+    db.execute(
+        """
+        CREATE TABLE join_tokens (
+            token_hash TEXT PRIMARY KEY,
+            site TEXT NOT NULL,
+            name TEXT,
+            created_ns INTEGER NOT NULL,
+            created_by TEXT NOT NULL,
+            expires_ns INTEGER NOT NULL,
+            used_ns INTEGER,
+            used_by TEXT
+        )
+        """
+    )
+    db.execute(
+        "CREATE TABLE revocations (name TEXT PRIMARY KEY, revoked_ns INTEGER NOT NULL,"
+        " revoked_by TEXT NOT NULL, reason TEXT NOT NULL)"
+    )
+    db.execute(
+        """
+        CREATE TABLE certificates (
+            serial TEXT PRIMARY KEY,
+            agent_name TEXT NOT NULL,
+            site TEXT NOT NULL,
+            issued_ns INTEGER NOT NULL,
+            not_after_ns INTEGER NOT NULL,
+            reason TEXT NOT NULL
+        )
+        """
+    )
 
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite_utils.Database:
@@ -403,7 +439,8 @@ class Writer:
                 except Exception as exc:
                     db.execute(f"ROLLBACK TO job{i}")
                     job.error = exc
-                    log.exception("storage job failed; its batch is not acknowledged")
+                    if not isinstance(exc, JobRefused):
+                        log.exception("storage job failed; its batch is not acknowledged")
                 db.execute(f"RELEASE job{i}")
             db.execute("COMMIT")
             self.commits += 1
@@ -534,6 +571,57 @@ class Writer:
             return IngestOutcome(state.acked, inserted, len(rows) - inserted)
 
         return await self.submit(apply, rows=max(1, len(rows)))
+
+    async def consume_token(
+        self, token: str, name: str, serial: str, not_after_ns: int, now_ns: int, *, dry_run: bool = False
+    ) -> tuple[str, str]:
+        """Use a join token once; record the certificate issued. Return (site, name) or raise TokenRefused.
+
+        ``dry_run`` checks without using the token (to learn the identity to put in the certificate).
+        """
+
+        def apply(db: sqlite_utils.Database) -> tuple[str, str]:
+            row = db.execute(
+                "SELECT site, name, expires_ns, used_ns FROM join_tokens WHERE token_hash = ?",
+                [token_hash(token)],
+            ).fetchone()
+            if row is None:
+                raise TokenRefused("unknown join token")
+            site, fixed_name, expires, used = row
+            if used is not None:
+                raise TokenRefused("join token already used")
+            if now_ns >= expires:
+                raise TokenRefused("join token expired")
+            agent = fixed_name or name
+            if not agent:
+                raise TokenRefused("the agent needs a name (the token does not fix one)")
+            if fixed_name and name and name != fixed_name:
+                raise TokenRefused(f"this token is for agent {fixed_name!r}")
+            if db.execute("SELECT 1 FROM revocations WHERE name = ?", [agent]).fetchone():
+                raise TokenRefused(f"agent {agent!r} is revoked")
+            if dry_run:
+                return str(site), str(agent)
+            db.execute(
+                "UPDATE join_tokens SET used_ns = ?, used_by = ? WHERE token_hash = ?",
+                [now_ns, agent, token_hash(token)],
+            )
+            db.execute(
+                "INSERT INTO certificates VALUES (?, ?, ?, ?, ?, 'enrol')",
+                [serial, agent, site, now_ns, not_after_ns],
+            )
+            return str(site), str(agent)
+
+        return await self.submit(apply)
+
+    async def record_certificate(
+        self, serial: str, name: str, site: str, not_after_ns: int, now_ns: int
+    ) -> None:
+        await self.submit(
+            lambda db: db.execute(
+                "INSERT INTO certificates VALUES (?, ?, ?, ?, ?, 'renew')",
+                [serial, name, site, now_ns, not_after_ns],
+            )
+        )
 
     def _stream(self, db: sqlite_utils.Database, agent_id: int, epoch: int) -> _StreamState:
         key = (agent_id, epoch)
@@ -669,6 +757,60 @@ class SlotSample:
     error_kind: str
 
 
+# ---- identity administration (used by the CLI, synchronously, beside a running collector) ----
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class JobRefused(Exception):
+    """A storage job that refused its input on purpose (not a failure of the store)."""
+
+
+class TokenRefused(JobRefused):
+    """A join token that is unknown, used or expired; the message says which."""
+
+
+def _immediate(db: sqlite_utils.Database) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+immediate = contextlib.contextmanager(_immediate)
+
+
+def create_token(
+    db: sqlite_utils.Database, token: str, site: str, name: str | None, ttl_ns: int, by: str, now_ns: int
+) -> None:
+    with immediate(db):
+        db.execute(
+            "INSERT INTO join_tokens (token_hash, site, name, created_ns, created_by, expires_ns)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [token_hash(token), site, name, now_ns, by, now_ns + ttl_ns],
+        )
+
+
+def revoke(db: sqlite_utils.Database, name: str, by: str, reason: str, now_ns: int) -> bool:
+    """Revoke an agent by name; return False if it was already revoked."""
+    with immediate(db):
+        cur = db.execute(
+            "INSERT OR IGNORE INTO revocations (name, revoked_ns, revoked_by, reason) VALUES (?, ?, ?, ?)",
+            [name, now_ns, by, reason],
+        )
+        return bool(cur.rowcount)
+
+
+def unrevoke(db: sqlite_utils.Database, name: str) -> bool:
+    with immediate(db):
+        return bool(db.execute("DELETE FROM revocations WHERE name = ?", [name]).rowcount)
+
+
 class Reader:
     """Read-side queries for reports and the CLI (its own connection, never writes)."""
 
@@ -707,6 +849,9 @@ class Reader:
         )
         for agent_id, scheduled, ok, duration, kind in cur:
             yield SlotSample(agent_id, scheduled, bool(ok), duration, kind)
+
+    def revoked_names(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT name FROM revocations").fetchall()}
 
     def agents(self) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM agents ORDER BY site, name"))

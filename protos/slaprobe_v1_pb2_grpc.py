@@ -54,6 +54,16 @@ class CollectorStub:
                 request_serializer=protos_dot_slaprobe__v1__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=protos_dot_slaprobe__v1__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.Enroll = channel.unary_unary(
+                '/slaprobe.v1.Collector/Enroll',
+                request_serializer=protos_dot_slaprobe__v1__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=protos_dot_slaprobe__v1__pb2.EnrollResponse.FromString,
+                _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/slaprobe.v1.Collector/Renew',
+                request_serializer=protos_dot_slaprobe__v1__pb2.RenewRequest.SerializeToString,
+                response_deserializer=protos_dot_slaprobe__v1__pb2.RenewResponse.FromString,
+                _registered_method=True)
 
 
 class CollectorServicer:
@@ -89,6 +99,24 @@ class CollectorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Enroll(self, request, context):
+        """Enrolment, on the collector's enrolment endpoint (TLS, no client
+        certificate): a one-time join token and a certificate request buy a
+        client certificate naming the agent and its site. A used, expired or
+        unknown token is refused with PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Renew(self, request, context):
+        """Renewal, on the agent endpoint with the current certificate: a new
+        certificate for the same identity, before the old one expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +139,16 @@ def add_CollectorServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=protos_dot_slaprobe__v1__pb2.HeartbeatRequest.FromString,
                     response_serializer=protos_dot_slaprobe__v1__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=protos_dot_slaprobe__v1__pb2.EnrollRequest.FromString,
+                    response_serializer=protos_dot_slaprobe__v1__pb2.EnrollResponse.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=protos_dot_slaprobe__v1__pb2.RenewRequest.FromString,
+                    response_serializer=protos_dot_slaprobe__v1__pb2.RenewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +259,60 @@ class Collector:
             '/slaprobe.v1.Collector/Heartbeat',
             protos_dot_slaprobe__v1__pb2.HeartbeatRequest.SerializeToString,
             protos_dot_slaprobe__v1__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slaprobe.v1.Collector/Enroll',
+            protos_dot_slaprobe__v1__pb2.EnrollRequest.SerializeToString,
+            protos_dot_slaprobe__v1__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slaprobe.v1.Collector/Renew',
+            protos_dot_slaprobe__v1__pb2.RenewRequest.SerializeToString,
+            protos_dot_slaprobe__v1__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,

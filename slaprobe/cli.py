@@ -27,6 +27,7 @@ log = logging.getLogger("slaprobe")
 
 DEFAULT_DB = "slaprobe.db"
 DEFAULT_LISTEN = "127.0.0.1:7431"
+DEFAULT_ENROLL_LISTEN = "127.0.0.1:7432"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -75,8 +76,32 @@ def collector() -> None:
 @click.option(
     "--grace", default="5s", show_default=True, help="How long in-flight calls may finish at shutdown."
 )
+@click.option(
+    "--tls-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SLAPROBE_TLS_DIR",
+    help="CA and server certificate from `slaprobe collector init` (mutual TLS, the default).",
+)
+@click.option(
+    "--enroll-listen",
+    default=DEFAULT_ENROLL_LISTEN,
+    show_default=True,
+    help="host:port of the enrolment endpoint (TLS without client certificate; only enrolment is served there).",
+)
+@click.option(
+    "--insecure", is_flag=True, help="Serve plaintext without agent identities (tests and labs only)."
+)
 @click.option("-v", "--verbose", count=True, help="More logging (twice for gRPC internals).")
-def collector_serve(catalogue_path: Path, db_path: Path, listen: str, grace: str, verbose: int) -> None:
+def collector_serve(
+    catalogue_path: Path,
+    db_path: Path,
+    listen: str,
+    grace: str,
+    tls_dir: Path | None,
+    enroll_listen: str,
+    insecure: bool,
+    verbose: int,
+) -> None:
     """Serve agents: push their checks, store their results.
 
     SIGHUP reloads the catalogue (a broken one is refused and the old one
@@ -89,7 +114,15 @@ def collector_serve(catalogue_path: Path, db_path: Path, listen: str, grace: str
     from collector.server import Collector, CollectorSettings
 
     setup_logging(verbose)
-    settings = CollectorSettings(catalogue_path, db_path, listen, grace_s=_duration(grace, "--grace"))
+    settings = CollectorSettings(
+        catalogue_path,
+        db_path,
+        listen,
+        grace_s=_duration(grace, "--grace"),
+        tls_dir=tls_dir,
+        insecure=insecure,
+        enroll_listen=enroll_listen or None,
+    )
 
     async def run() -> None:
         c = Collector(settings)
@@ -113,6 +146,42 @@ def collector_serve(catalogue_path: Path, db_path: Path, listen: str, grace: str
     _run_async(run)
 
 
+@collector.command("init")
+@click.option(
+    "--tls-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SLAPROBE_TLS_DIR",
+    help="Where to create the CA, the server certificate and the evidence-signing key.",
+)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    help="A name or address agents use to reach the collector (repeatable). Default: localhost, 127.0.0.1, ::1 and this host's name.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing CA (every agent must enrol again).")
+def collector_init(tls_dir: Path, hosts: tuple[str, ...], force: bool) -> None:
+    """Create the collector's CA, server certificate and evidence-signing key.
+
+    Keys are created 0600 in a 0700 directory. Existing files are kept:
+    running init twice changes nothing unless --force is given.
+
+    \b
+    Example:
+      slaprobe collector init --tls-dir /etc/slaprobe/tls --host collector.example.net
+    """
+    from slaprobe.pki import CollectorPki
+
+    created = CollectorPki(tls_dir).init(list(hosts), force=force)
+    if created:
+        click.echo(f"created in {tls_dir}: {', '.join(created)}")
+    else:
+        click.echo(
+            f"{tls_dir} already holds a CA and server certificate; nothing changed (use --force to replace)"
+        )
+
+
 # ---- agent ---------------------------------------------------------------------------
 
 
@@ -133,6 +202,11 @@ def agent() -> None:
 @click.option("--site", help="Site whose checks to run (overrides the file).")
 @click.option("--name", help="Agent name, unique in the fleet (overrides the file).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plaintext, no certificate (only against a collector run with --insecure).",
+)
 @click.option("-v", "--verbose", count=True, help="More logging.")
 def agent_run(
     config_path: Path | None,
@@ -140,6 +214,7 @@ def agent_run(
     site: str | None,
     name: str | None,
     data_dir: Path | None,
+    insecure: bool,
     verbose: int,
 ) -> None:
     """Run the checks of one site and stream results to the collector.
@@ -174,6 +249,8 @@ def agent_run(
         overrides["name"] = name
     if data_dir:
         overrides["data_dir"] = data_dir
+    if insecure:
+        overrides["insecure"] = True
     if overrides:
         from dataclasses import replace
 
@@ -195,6 +272,219 @@ def agent_run(
         log.info("agent stopped after %d results", a.produced)
 
     _run_async(run)
+
+
+@agent.group("token")
+def agent_token() -> None:
+    """One-time join tokens for enrolling agents."""
+
+
+@agent_token.command("create")
+@click.option("--site", required=True, help="The site the enrolled agent will belong to.")
+@click.option("--name", help="Fix the agent's name (default: the agent chooses at enrolment).")
+@click.option("--ttl", default="1h", show_default=True, help="How long the token can be used (once).")
+@click.option(
+    "--db",
+    "db_path",
+    default=DEFAULT_DB,
+    show_default=True,
+    envvar="SLAPROBE_DB",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The collector's database.",
+)
+@click.option(
+    "--tls-dir",
+    required=True,
+    envvar="SLAPROBE_TLS_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The collector's TLS directory (its CA certificate goes into the join file).",
+)
+@click.option(
+    "--collector",
+    "collector_addr",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    help="host:port agents use for the collector's agent endpoint.",
+)
+@click.option(
+    "--enroll",
+    "enroll_addr",
+    default=DEFAULT_ENROLL_LISTEN,
+    show_default=True,
+    help="host:port agents use for the enrolment endpoint.",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Join file to write (created 0600); '-' prints it.",
+)
+@click.option("--by", default=None, help="Who creates the token (default: $USER).")
+def agent_token_create(
+    site: str,
+    name: str | None,
+    ttl: str,
+    db_path: Path,
+    tls_dir: Path,
+    collector_addr: str,
+    enroll_addr: str,
+    output: Path,
+    by: str | None,
+) -> None:
+    """Create a one-time, expiring join token and write it with the CA into a join file.
+
+    Copy the join file to the agent host and run `slaprobe agent enroll
+    --join FILE` there. The token works once, before it expires; only its
+    hash is stored.
+
+    \b
+    Example:
+      slaprobe agent token create --site paris --ttl 1h --tls-dir /etc/slaprobe/tls -o paris-1.join
+    """
+    import getpass
+
+    from agent.identity import JoinBundle
+    from collector.store import create_token, open_store
+    from slaprobe.pki import CollectorPki, new_token, write_private
+
+    pki = CollectorPki(tls_dir)
+    if not pki.exists():
+        raise click.ClickException(
+            f"no CA in {tls_dir}: run `slaprobe collector init --tls-dir {tls_dir}` first"
+        )
+    ttl_s = _duration(ttl, "--ttl")
+    token = new_token()
+    db = open_store(db_path)
+    try:
+        known_sites = {r[0] for r in db.execute("SELECT name FROM sites").fetchall()}
+        if site not in known_sites:
+            hint = (
+                f"; known sites: {', '.join(sorted(known_sites))}"
+                if known_sites
+                else " (start the collector once first)"
+            )
+            raise click.ClickException(f"site {site!r} is not in the collector's catalogue{hint}")
+        create_token(db, token, site, name, int(ttl_s * 1e9), by or getpass.getuser(), time.time_ns())
+    finally:
+        db.conn.close()
+    bundle = JoinBundle(collector_addr, enroll_addr, site, token, pki.ca_cert_pem(), name)
+    if str(output) == "-":
+        click.echo(bundle.to_json())
+    else:
+        write_private(output, bundle.to_json().encode())
+        click.echo(f"join file for site {site!r} written to {output} (valid {ttl}, once)")
+
+
+@agent.command("enroll")
+@click.option(
+    "--join",
+    "join_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLAPROBE_JOIN",
+    help="The join file from `slaprobe agent token create`.",
+)
+@click.option("--name", help="This agent's name (default: the token's, else the host name).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("slaprobe-agent-data"),
+    show_default=True,
+    help="Data directory; the key and certificates go to DATA_DIR/tls.",
+)
+@click.option(
+    "--write-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write an agent configuration file for `slaprobe agent run --config`.",
+)
+def agent_enroll(join_path: Path, name: str | None, data_dir: Path, write_config: Path | None) -> None:
+    """Enrol this agent: make its key, present the one-time token, store its certificate.
+
+    \b
+    Example:
+      slaprobe agent enroll --join paris-1.join --data-dir /var/lib/slaprobe --write-config /etc/slaprobe/agent.yaml
+    """
+    from agent.identity import IdentityError, JoinBundle, TlsFiles, enroll
+
+    try:
+        bundle = JoinBundle.load(join_path)
+        chosen = name or bundle.name or _hostname()
+        site, agent_name = asyncio.run(enroll(bundle, chosen, TlsFiles(data_dir / "tls")))
+    except IdentityError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"enrolled as agent {agent_name!r} of site {site!r}; certificate in {data_dir / 'tls'}")
+    if write_config is not None:
+        import json as _json
+
+        write_config.write_text(
+            f"collector: {_json.dumps(bundle.collector)}\nsite: {_json.dumps(site)}\n"
+            f"name: {_json.dumps(agent_name)}\ndata_dir: {_json.dumps(str(data_dir.resolve()))}\n",
+            encoding="utf-8",
+        )
+        click.echo(f"configuration written to {write_config}")
+
+
+@agent.command("revoke")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why (recorded with who and when).")
+@click.option("--by", default=None, help="Who revokes (default: $USER).")
+@click.option(
+    "--db",
+    "db_path",
+    default=DEFAULT_DB,
+    show_default=True,
+    envvar="SLAPROBE_DB",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The collector's database.",
+)
+def agent_revoke(name: str, reason: str, by: str | None, db_path: Path) -> None:
+    """Block an agent at once: its open streams are closed within a second, and it stays blocked
+    across collector restarts until `slaprobe agent unrevoke`.
+
+    \b
+    Example:
+      slaprobe agent revoke paris-probe-1 --reason "host decommissioned"
+    """
+    import getpass
+
+    from collector.store import open_store, revoke
+
+    db = _open_existing(db_path, open_store)
+    try:
+        done = revoke(db, name, by or getpass.getuser(), reason, time.time_ns())
+    finally:
+        db.conn.close()
+    click.echo(f"agent {name!r} revoked" if done else f"agent {name!r} was already revoked")
+
+
+@agent.command("unrevoke")
+@click.argument("name")
+@click.option(
+    "--db",
+    "db_path",
+    default=DEFAULT_DB,
+    show_default=True,
+    envvar="SLAPROBE_DB",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The collector's database.",
+)
+def agent_unrevoke(name: str, db_path: Path) -> None:
+    """Lift a revocation (the agent may connect again with a valid certificate)."""
+    from collector.store import open_store, unrevoke
+
+    db = _open_existing(db_path, open_store)
+    try:
+        done = unrevoke(db, name)
+    finally:
+        db.conn.close()
+    click.echo(f"agent {name!r} may connect again" if done else f"agent {name!r} was not revoked")
+
+
+def _open_existing(db_path: Path, opener: Any) -> Any:
+    if not db_path.exists():
+        raise click.ClickException(f"no database at {db_path}: start a collector with --db {db_path} first")
+    return opener(db_path)
 
 
 @agent.command("list")

@@ -132,6 +132,7 @@ def _convert(node: yaml.Node, source: str, path: str) -> Node:
             # Keys are names: keep the text as written. Constructing them would turn a site
             # named `no` or `off` into "False" and a check named `1.50` into "1.5".
             key = str(key_node.value)
+            _check_text(key, source, key_node.start_mark.line + 1, path)
             if key == "<<":
                 raise ConfigError(
                     source, key_node.start_mark.line + 1, path, "YAML merge keys (<<) are not supported"
@@ -158,7 +159,21 @@ def _convert(node: yaml.Node, source: str, path: str) -> Node:
     if not isinstance(value, str | int | float | bool | type(None)):
         # Dates and timestamps: keep the text as written; fields parse it themselves.
         value = str(node.value)
+    if isinstance(value, str):
+        _check_text(value, source, line, path)
     return Node(value, source, line, path)
+
+
+def _check_text(text: str, source: str, line: int | None, path: str) -> None:
+    """Refuse text that cannot be stored or shown faithfully (lone surrogates, NUL)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            source, line, path, "invalid Unicode (a lone surrogate, e.g. a \\ud83d escape without its pair)"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(source, line, path, "text must not contain NUL")
 
 
 def load_yaml_text(text: str, source: str) -> Node:

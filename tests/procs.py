@@ -64,28 +64,56 @@ def start_collector(
     db: Path | None = None,
     listen: str = "127.0.0.1:0",
     extra: list[str] | None = None,
+    tls_dir: Path | None = None,
 ) -> tuple[Proc, int]:
+    """Start a collector: mutual TLS with ``tls_dir`` (enrolment on a free port), else --insecure."""
     cat = tmp / "catalogue.yaml"
     cat.write_text(catalogue)
     db = db or tmp / "slaprobe.db"
+    security = ["--tls-dir", str(tls_dir), "--enroll-listen", "127.0.0.1:0"] if tls_dir else ["--insecure"]
     proc = spawn(
-        ["collector", "serve", "--catalogue", str(cat), "--db", str(db), "--listen", listen, *(extra or [])],
+        [
+            "collector",
+            "serve",
+            "--catalogue",
+            str(cat),
+            "--db",
+            str(db),
+            "--listen",
+            listen,
+            *security,
+            *(extra or []),
+        ],
         tmp / "collector.log",
     )
 
     def port() -> int | None:
         if not proc.alive():
             raise AssertionError(f"collector exited:\n{proc.log()}")
-        m = re.search(r"collector listening on .* \(port (\d+)\)", proc.log())
+        m = re.search(r"collector listening on .* \(port (\d+),", proc.log())
         return int(m.group(1)) if m else None
 
     return proc, wait_for(port, 20, "the collector to listen")
 
 
+def enroll_port(proc: Proc) -> int:
+    m = re.search(r"enrolment endpoint on .* \(port (\d+)\)", proc.log())
+    assert m, proc.log()
+    return int(m.group(1))
+
+
 def start_agent(
-    tmp: Path, port: int, site: str, name: str = "agent-1", extra: list[str] | None = None
+    tmp: Path,
+    port: int,
+    site: str,
+    name: str = "agent-1",
+    extra: list[str] | None = None,
+    *,
+    tls: bool = False,
 ) -> Proc:
+    """Start an agent; without ``tls`` it runs --insecure (its data dir must hold enrolment otherwise)."""
     data = tmp / f"data-{name}"
+    extra = [*(extra or []), *([] if tls else ["--insecure"])]
     return spawn(
         [
             "agent",

@@ -75,7 +75,7 @@ def start_agent(tmp: Path, port: int, site: str, name: str, extra_yaml: str = ""
     cfg = tmp / f"agent-{name}.yaml"
     cfg.write_text(
         f"collector: 127.0.0.1:{port}\nsite: {site}\nname: {name}\ndata_dir: data-{name}\n"
-        f"heartbeat: 2s\n{extra_yaml}"
+        f"heartbeat: 2s\ninsecure: true\n{extra_yaml}"
     )
     return spawn(["agent", "run", "--config", str(cfg)], tmp / f"agent-{name}.log")
 

@@ -31,7 +31,7 @@ sites:
 async def collector(tmp_path: Path) -> AsyncIterator[Collector]:
     cat = tmp_path / "cat.yaml"
     cat.write_text(CAT)
-    c = Collector(CollectorSettings(cat, tmp_path / "s.db", "127.0.0.1:0", grace_s=1))
+    c = Collector(CollectorSettings(cat, tmp_path / "s.db", "127.0.0.1:0", grace_s=1, insecure=True))
     await c.start()
     yield c
     await c.stop()

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from collector.catalogue import parse_catalogue
-from collector.store import Writer, measurement_row, open_store
+from collector.store import MIGRATIONS, Writer, measurement_row, open_store
 from slaprobe.model import Measurement
 
 CAT = """
@@ -104,7 +104,8 @@ async def test_catalogue_history_opens_and_closes_versions(tmp_path: Path) -> No
 def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     db = open_store(tmp_path / "s.db")
     names = [r[0] for r in db.execute("SELECT name FROM _migrations").fetchall()]
-    assert names == ["0001_initial", "0002_gaps_and_clocks"]
+    assert names == [name for name, _ in MIGRATIONS]
+    assert names[:3] == ["0001_initial", "0002_gaps_and_clocks", "0003_identity"]
     db.conn.close()
     db = open_store(tmp_path / "s.db")  # second open applies nothing
     assert [r[0] for r in db.execute("SELECT name FROM _migrations").fetchall()] == names

@@ -1,0 +1,13 @@
+"""The SLA engine: definitions, slices and quorum, rollup-backed history, budgets, incidents, what-if.
+
+Modules, one job each:
+
+* ``definitions``: SLA values read from the catalogue (objectives, window, service hours,
+  maintenance, counting rules) and their validation;
+* ``histogram``: the fixed latency buckets and the clock-offset ladder both scoring paths share;
+* ``timeline``: windows, service hours and maintenance in the SLA's time zone → instants;
+* ``engine``: slots → per-slice states (quorum, degraded, gaps) → time accounts and latency;
+* ``report``: compliance rows, error budget, burn rates and forecast, incidents, what-if.
+
+Data comes from a source in ``collector/rollups.py`` (the storage layer): raw rows or rollups.
+"""
