@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "demo-data"
 WEB_PORT = 8765
 COLLECTOR = "127.0.0.1:7431"
+ENROLL = "127.0.0.1:7432"
 RUN_S = 40
 OUTAGE_AT_S, OUTAGE_S = 14, 10
 
@@ -46,12 +47,21 @@ class DemoApp(BaseHTTPRequestHandler):
         pass
 
 
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A probe cancelled at shutdown closes its connection mid-response; that is not news.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class WebApp:
     def __init__(self) -> None:
-        self.server: ThreadingHTTPServer | None = None
+        self.server: QuietServer | None = None
 
     def start(self) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", WEB_PORT), DemoApp)
+        self.server = QuietServer(("127.0.0.1", WEB_PORT), DemoApp)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
@@ -83,6 +93,17 @@ def slaprobe(*args: str, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def run(*args: str) -> None:
+    """A one-shot slaprobe command; its output goes to the demo log, a failure stops the demo."""
+    out = subprocess.run(
+        [sys.executable, "-m", "slaprobe", *args], capture_output=True, text=True, check=False
+    )
+    with (DATA / "setup.log").open("a") as log:
+        log.write(f"$ slaprobe {' '.join(args)}\n{out.stdout}{out.stderr}")
+    if out.returncode != 0:
+        raise SystemExit(f"demo: slaprobe {args[0]} {args[1]} failed:\n{out.stderr}")
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -94,7 +115,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> int:
-    for port in (WEB_PORT, int(COLLECTOR.rsplit(":", 1)[1])):
+    for port in (WEB_PORT, int(COLLECTOR.rsplit(":", 1)[1]), int(ENROLL.rsplit(":", 1)[1])):
         if not port_free(port):
             print(
                 f"demo: port {port} on 127.0.0.1 is in use; stop whatever holds it and retry", file=sys.stderr
@@ -109,6 +130,9 @@ def main() -> int:
     try:
         web.start()
         say(f"web app up on http://127.0.0.1:{WEB_PORT}/")
+        tls = DATA / "tls"
+        run("collector", "init", "--tls-dir", str(tls), "--host", "127.0.0.1", "--host", "localhost")
+        say("collector CA and server certificate created in demo-data/tls (mutual TLS, as in production)")
         procs.append(
             slaprobe(
                 "collector",
@@ -119,6 +143,10 @@ def main() -> int:
                 str(db),
                 "--listen",
                 COLLECTOR,
+                "--enroll-listen",
+                ENROLL,
+                "--tls-dir",
+                str(tls),
                 log=DATA / "collector.log",
             )
         )
@@ -126,7 +154,42 @@ def main() -> int:
         if procs[0].poll() is not None:
             print((DATA / "collector.log").read_text(), file=sys.stderr)
             return 1
-        say(f"collector serving on {COLLECTOR}, storing in {db.relative_to(ROOT)}")
+        say(
+            f"collector serving agents on {COLLECTOR} (enrolment on {ENROLL}), storing in {db.relative_to(ROOT)}"
+        )
+        join = DATA / "demo-lab.join"
+        run(
+            "agent",
+            "token",
+            "create",
+            "--site",
+            "demo-lab",
+            "--ttl",
+            "10m",
+            "--db",
+            str(db),
+            "--tls-dir",
+            str(tls),
+            "--collector",
+            COLLECTOR,
+            "--enroll",
+            ENROLL,
+            "-o",
+            str(join),
+        )
+        run(
+            "agent",
+            "enroll",
+            "--join",
+            str(join),
+            "--name",
+            "demo-agent-1",
+            "--data-dir",
+            str(DATA / "agent"),
+        )
+        say(
+            "agent enrolled with a one-time token: it holds its own key and a certificate naming it and its site"
+        )
         procs.append(
             slaprobe("agent", "run", "--config", str(ROOT / "examples/agent.yaml"), log=DATA / "agent.log")
         )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from slaprobe import __version__
-from tests.procs import query, run_cli, start_agent, start_collector, wait_for
+from tests.procs import enroll_port, query, run_cli, start_agent, start_collector, wait_for
 
 INTERVAL_S = 1.0
 
@@ -87,11 +87,45 @@ sites:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
+    # Production setup, as the README gives it: a CA, a join token, an enrolled agent, mutual TLS.
+    tls = tmp_path / "tls"
+    assert run_cli("collector", "init", "--tls-dir", str(tls), "--host", "127.0.0.1").returncode == 0
     collector, port = start_collector(
-        tmp_path, catalogue.replace("{collector_port}", str(free)), listen=f"127.0.0.1:{free}"
+        tmp_path, catalogue.replace("{collector_port}", str(free)), listen=f"127.0.0.1:{free}", tls_dir=tls
     )
     db = tmp_path / "slaprobe.db"
-    agent = start_agent(tmp_path, port, "lab")
+    join = tmp_path / "lab.join"
+    out = run_cli(
+        "agent",
+        "token",
+        "create",
+        "--site",
+        "lab",
+        "--db",
+        str(db),
+        "--tls-dir",
+        str(tls),
+        "--collector",
+        f"127.0.0.1:{port}",
+        "--enroll",
+        f"127.0.0.1:{enroll_port(collector)}",
+        "-o",
+        str(join),
+    )
+    assert out.returncode == 0, out.stderr
+    assert join.stat().st_mode & 0o777 == 0o600
+    out = run_cli(
+        "agent",
+        "enroll",
+        "--join",
+        str(join),
+        "--name",
+        "agent-1",
+        "--data-dir",
+        str(tmp_path / "data-agent-1"),
+    )
+    assert out.returncode == 0, out.stderr
+    agent = start_agent(tmp_path, port, "lab", tls=True)
     try:
         first = wait_for(
             lambda: query(db, "SELECT min(scheduled_ns) FROM results")[0][0], 30, "the first stored result"
