@@ -52,7 +52,7 @@ from collector.sla.definitions import (
     parse_sla,
 )
 from probes import build_prober
-from slaprobe.configfile import Fields, Node, load_yaml_file, load_yaml_text
+from slaprobe.configfile import Fields, Node, format_duration, load_yaml_file, load_yaml_text
 from slaprobe.model import CheckSpec, check_id
 
 MIN_INTERVAL_S = 1.0
@@ -248,9 +248,7 @@ def _slice_node(sla_node: Node) -> Node:
     return _child(counting, "slice") if counting is not sla_node else sla_node
 
 
-def _apply_degraded_after(
-    services: list[tuple[Service, Node]], checks: list[CheckSpec]
-) -> list[CheckSpec]:
+def _apply_degraded_after(services: list[tuple[Service, Node]], checks: list[CheckSpec]) -> list[CheckSpec]:
     """An SLA's ``degraded_after`` becomes its checks' (the agent flags each result)."""
     chosen: dict[str, tuple[int, str]] = {}
     for service, where in services:
@@ -264,18 +262,17 @@ def _apply_degraded_after(
                 continue
             if c.degraded_after_ms and c.degraded_after_ms != ms:
                 at.fail(
-                    f"check {c.name!r} sets its own degraded_after ({c.degraded_after_ms:g}ms); "
+                    f"check {c.name!r} sets its own degraded_after"
+                    f" ({format_duration(c.degraded_after_ms / 1000)}); "
                     "set it in one place"
                 )
             if c.name in chosen and chosen[c.name][0] != ms:
                 at.fail(
                     f"check {c.name!r} is also in service {chosen[c.name][1]!r} with degraded_after"
-                    f" {chosen[c.name][0]:g}ms; a check has one degraded threshold"
+                    f" {format_duration(chosen[c.name][0] / 1000)}; a check has one degraded threshold"
                 )
             if ms >= c.timeout_ms:
-                at.fail(
-                    f"must be shorter than the timeout of check {c.name!r} ({c.timeout_ms / 1000:g}s)"
-                )
+                at.fail(f"must be shorter than the timeout of check {c.name!r} ({c.timeout_ms / 1000:g}s)")
             chosen[c.name] = (ms, service.name)
     return [
         replace(c, degraded_after_ms=chosen[c.name][0]).with_revision() if c.name in chosen else c

@@ -31,13 +31,14 @@ named ``(site)``) or a service's ``sla:``::
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from collector.sla.histogram import CLOCK_LADDER_NS, format_ns, is_latency_edge
-from slaprobe.configfile import ConfigError, Fields, Node, format_duration
+from slaprobe.configfile import Fields, Node, format_duration
 
 __all__ = [
     "DAY_NAMES",
@@ -181,7 +182,9 @@ def parse_reporting(f: Fields | None) -> Reporting:
     bound_ns = round(bound_s * NS_PER_S)
     if bound_ns not in CLOCK_LADDER_NS:
         _node(f, "clock_bound").fail(
-            "must be one of " + ", ".join(format_ns(v) for v in CLOCK_LADDER_NS) + " (the steps rollups count)"
+            "must be one of "
+            + ", ".join(format_ns(v) for v in CLOCK_LADDER_NS)
+            + " (the steps rollups count)"
         )
     raw_days, rollup_days = 90, MIN_ROLLUP_RETENTION_DAYS
     r = f.mapping("retention")
@@ -394,7 +397,7 @@ def _parse_service_hours(f: Fields | None) -> ServiceHours:
                 item.fail(f"expected a range of times such as 08:00-18:00 (quoted), got {item.value!r}")
             ranges.append(_range(item, item.value, wrap=False))
         ranges.sort()
-        for (a1, b1), (a2, b2) in zip(ranges, ranges[1:], strict=False):
+        for (a1, b1), (a2, b2) in itertools.pairwise(ranges):
             if a2 < b1:
                 hours_node.fail(f"ranges overlap ({_hhmm(a1)}-{_hhmm(b1)} and {_hhmm(a2)}-{_hhmm(b2)})")
     holidays: set[date] = set()
@@ -497,7 +500,3 @@ def check_slice(sla: SlaDefinition, intervals_ms: list[int], where: Node) -> Non
 
 def _hhmm(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
-
-
-def config_error(node: Node, message: str) -> ConfigError:
-    return node.error(message)
