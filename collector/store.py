@@ -242,6 +242,29 @@ def _identity(db: sqlite_utils.Database) -> None:
     )
 
 
+
+@migration("0004_maintenance")
+def _maintenance(db: sqlite_utils.Database) -> None:
+    # Ad-hoc maintenance windows added from the CLI; service NULL: every service of the site.
+    # Cancelled windows stay (who cancelled, when): the report's evidence.
+    db.execute(
+        """
+        CREATE TABLE maintenance (
+            id INTEGER PRIMARY KEY,
+            site TEXT NOT NULL,
+            service TEXT,
+            from_ns INTEGER NOT NULL,
+            to_ns INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_ns INTEGER NOT NULL,
+            cancelled_by TEXT,
+            cancelled_ns INTEGER
+        )
+        """
+    )
+    db.execute("CREATE INDEX maintenance_site_time ON maintenance(site, from_ns)")
+
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite_utils.Database:
     """Open the database with the pragmas every connection needs."""
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -811,6 +834,39 @@ def unrevoke(db: sqlite_utils.Database, name: str) -> bool:
         return bool(db.execute("DELETE FROM revocations WHERE name = ?", [name]).rowcount)
 
 
+
+# ---- maintenance windows (the CLI writes them beside a running collector) ----
+
+
+def add_maintenance(
+    db: sqlite_utils.Database,
+    site: str,
+    service: str | None,
+    from_ns: int,
+    to_ns: int,
+    reason: str,
+    by: str,
+    now_ns: int,
+) -> int:
+    """Record an ad-hoc maintenance window; return its id."""
+    with immediate(db):
+        cur = db.execute(
+            "INSERT INTO maintenance (site, service, from_ns, to_ns, reason, created_by, created_ns)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [site, service, from_ns, to_ns, reason, by, now_ns],
+        )
+        return int(cur.lastrowid or 0)
+
+
+def cancel_maintenance(db: sqlite_utils.Database, window_id: int, by: str, now_ns: int) -> bool:
+    """Cancel a window (it no longer counts; the record stays); False if unknown or already cancelled."""
+    with immediate(db):
+        cur = db.execute(
+            "UPDATE maintenance SET cancelled_by = ?, cancelled_ns = ? WHERE id = ? AND cancelled_ns IS NULL",
+            [by, now_ns, window_id],
+        )
+        return bool(cur.rowcount)
+
 class Reader:
     """Read-side queries for reports and the CLI (its own connection, never writes)."""
 
@@ -855,3 +911,33 @@ class Reader:
 
     def agents(self) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM agents ORDER BY site, name"))
+
+    def agent_names(self) -> dict[int, str]:
+        return {int(r[0]): str(r[1]) for r in self.db.execute("SELECT id, name FROM agents").fetchall()}
+
+    def catalogue_text(self) -> tuple[str, str] | None:
+        """(source, text) of the catalogue the collector loaded last."""
+        row = self.db.execute("SELECT source, text FROM catalogue_versions ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def maintenance_windows(
+        self,
+        site: str | None,
+        service: str | None,
+        start_ns: int,
+        end_ns: int,
+        *,
+        include_cancelled: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Ad-hoc windows overlapping [start, end) for a service (its own and the site's)."""
+        sql = "SELECT * FROM maintenance WHERE from_ns < ? AND to_ns > ?"
+        args: list[Any] = [end_ns, start_ns]
+        if site is not None:
+            sql += " AND site = ?"
+            args.append(site)
+        if service is not None:
+            sql += " AND (service IS NULL OR service = ?)"
+            args.append(service)
+        if not include_cancelled:
+            sql += " AND cancelled_ns IS NULL"
+        return list(self.db.query(sql + " ORDER BY from_ns, id", args))
