@@ -230,7 +230,7 @@ def test_arbitrary_config_documents_give_a_config_error_or_a_catalogue(doc: obje
     if isinstance(outcome, ConfigError):
         assert str(outcome).startswith("fuzz.yaml")
     else:
-        assert outcome.sites  # type: ignore[attr-defined]
+        assert outcome.sites
 
 
 @settings(max_examples=200, deadline=None)
