@@ -155,7 +155,12 @@ def _convert(node: yaml.Node, source: str, path: str) -> Node:
             line,
             path,
         )
-    value = _SCALARS.construct_object(node)
+    try:
+        value = _SCALARS.construct_object(node)
+    except yaml.YAMLError as exc:  # e.g. an unknown tag such as !0
+        raise ConfigError(
+            source, line, path, f"unsupported YAML value: {getattr(exc, 'problem', None) or exc}"
+        ) from None
     if not isinstance(value, str | int | float | bool | type(None)):
         # Dates and timestamps: keep the text as written; fields parse it themselves.
         value = str(node.value)
