@@ -174,7 +174,8 @@ class CollectorPki:
         not_before: dt.datetime | None = None,
     ) -> x509.Certificate:
         ca, ca_key = self._ca()
-        start = not_before or (_now() - dt.timedelta(minutes=5))
+        # Backdated a little for clocks slightly behind ours, never by a large part of the lifetime.
+        start = not_before or (_now() - min(dt.timedelta(minutes=5), dt.timedelta(days=days) * 0.05))
         return (
             x509.CertificateBuilder()
             .subject_name(subject)

@@ -326,3 +326,65 @@ async def test_names_with_sql_and_path_metacharacters_round_trip_byte_exact(tmp_
         assert sorted(r[0] for r in db.execute("SELECT name FROM checks")) == sorted(s + "/c" for s in NASTY)
         assert db.execute("SELECT count(*) FROM results").fetchone()[0] == len(NASTY)
     assert not (tmp_path / "etc").exists()
+
+
+@pytest.mark.slow
+async def test_agent_renews_its_certificate_before_expiry_without_losing_results(tmp_path: Path) -> None:
+    """A 30-second certificate: the agent renews at two thirds of its life and keeps delivering."""
+    from agent.config import AgentConfig
+    from agent.main import Agent
+
+    lab = Lab(tmp_path)
+    (tmp_path / "cat.yaml").write_text(CAT.replace("interval: 10s, timeout: 1s", "interval: 1s, timeout: 500ms"))
+    lab.collector = Collector(
+        CollectorSettings(
+            tmp_path / "cat.yaml",
+            lab.db,
+            "127.0.0.1:0",
+            grace_s=1,
+            tls_dir=tmp_path / "tls",
+            enroll_listen="127.0.0.1:0",
+            cert_days=30 / 86400,
+        )
+    )
+    await lab.collector.start()
+    data = tmp_path / "agent"
+    try:
+        await enroll(lab.bundle(lab.token()), "renewer", TlsFiles(data / "tls"))
+        first_cert = (data / "tls" / "agent.crt").read_bytes()
+        agent = Agent(
+            AgentConfig(collector=lab.address, site="lab", name="renewer", data_dir=data, heartbeat_s=2)
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        deadline = time.monotonic() + 45
+        while lab.count("certificates") < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+        assert lab.count("certificates") >= 2, "the agent did not renew its certificate"
+        assert (data / "tls" / "agent.crt").read_bytes() != first_cert
+        renewed_at = time.time_ns()
+        while time.monotonic() < deadline:
+            with sqlite3.connect(lab.db) as c:
+                if c.execute(
+                    "SELECT count(*) FROM results WHERE received_ns > ?", (renewed_at + 2 * 10**9,)
+                ).fetchone()[0]:
+                    break
+            await asyncio.sleep(0.5)
+        stop.set()
+        await task
+        epoch, produced = agent.outbox.epoch, agent.outbox.last_seq
+        assert agent.outbox.depth == 0
+    finally:
+        await lab.stop()
+    with sqlite3.connect(lab.db) as c:
+        held = {
+            s
+            for (s,) in c.execute(
+                "SELECT seq FROM results WHERE epoch = ? UNION ALL"
+                " SELECT seq FROM clock_samples WHERE epoch = ?",
+                (epoch, epoch),
+            )
+        }
+        after = c.execute("SELECT count(*) FROM results WHERE received_ns > ?", (renewed_at,)).fetchone()[0]
+    assert held == set(range(1, produced + 1)), "a result was lost across the renewal"
+    assert after > 0, "nothing was delivered with the renewed certificate"
