@@ -1,6 +1,6 @@
 """Probes: one module per probe type behind the :class:`~probes.base.Prober` seam."""
 
-from .base import ErrorKind, PhaseTrace, ProbeFailure, ProbeResult, Prober, run_probe
+from .base import ErrorKind, PhaseTrace, ProbeFailure, Prober, ProbeResult, run_probe
 from .registry import PROBERS, build_prober
 
 __all__ = [

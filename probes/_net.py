@@ -7,19 +7,24 @@ thing in every probe (``resolve``, ``connect``, ``tls``).
 from __future__ import annotations
 
 import asyncio
+import calendar
 import errno
 import ipaddress
+import os
+import re
 import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from slaprobe.configfile import Fields, Node
 
 from .base import ErrorKind, PhaseTrace, ProbeFailure
 
 IpVersion = Literal["any", "ipv4", "ipv6"]
+
+SockAddr = tuple[str, int] | tuple[str, int, int, int]
 
 _FAMILIES = {"any": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 
@@ -47,6 +52,8 @@ def parse_host_port(node: Node, default_port: int | None = None) -> HostPort:
     if not isinstance(text, str) or not text.strip():
         node.fail("expected host:port")
     text = text.strip()
+    if "://" in text:
+        node.fail(f"expected host:port without a scheme, got {text!r}")
     host: str
     port_text: str | None
     if text.startswith("["):
@@ -58,21 +65,50 @@ def parse_host_port(node: Node, default_port: int | None = None) -> HostPort:
         if rest and not rest.startswith(":"):
             node.fail(f"expected ':port' after ']' in {text!r}")
         port_text = rest[1:] if rest else None
+        if host and not _is_ipv6(host):
+            node.fail(f"only IPv6 addresses go in brackets, got [{host}] in {text!r}")
     elif text.count(":") == 1:
         host, port_text = text.split(":")
     elif ":" in text:
-        node.fail(f"IPv6 addresses need brackets: [{text}]:port")
+        node.fail(f"IPv6 addresses need brackets, as in [2001:db8::1]:443; got {text!r}")
     else:
         host, port_text = text, None
     if not host:
         node.fail(f"missing host in {text!r}")
+    check_host(node, host)
     if port_text is None:
         if default_port is None:
             node.fail(f"missing port in {text!r}; write host:port")
         return HostPort(host, default_port)
-    if not port_text.isdigit() or not (0 < int(port_text) < 65536):
+    # isdigit() alone accepts characters such as '²' that int() then rejects.
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not (0 < int(port_text) < 65536):
         node.fail(f"port must be a number from 1 to 65535, got {port_text!r}")
     return HostPort(host, int(port_text))
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
+def check_host(node: Node, host: str) -> None:
+    """Reject host names that could only fail at probe time (the resolver encodes them as IDNA)."""
+    if any(c.isspace() or ord(c) < 0x20 or c in "/\\@?#[]" for c in host):
+        node.fail(f"invalid host name {host!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return
+    try:
+        host.encode("idna")
+    except UnicodeError as exc:
+        if "label empty or too long" in str(exc):
+            node.fail(f"invalid host name {host!r}: each part between dots needs 1-63 characters")
+        node.fail(f"invalid host name {host!r}: {exc}")
 
 
 def read_ip_version(settings: Fields) -> IpVersion:
@@ -80,9 +116,7 @@ def read_ip_version(settings: Fields) -> IpVersion:
     return value
 
 
-async def resolve(
-    target: HostPort, ip_version: IpVersion, trace: PhaseTrace
-) -> tuple[int, tuple[str, int] | tuple[str, int, int, int]]:
+async def resolve(target: HostPort, ip_version: IpVersion, trace: PhaseTrace) -> tuple[int, SockAddr]:
     """Return (family, sockaddr) for the first usable address."""
     trace.enter("resolve")
     if target.is_ip_literal:
@@ -92,7 +126,7 @@ async def resolve(
             raise ProbeFailure(ErrorKind.DNS, f"{target.host} is not an IPv4 address (ip_version: ipv4)")
         if ip_version == "ipv6" and family != socket.AF_INET6:
             raise ProbeFailure(ErrorKind.DNS, f"{target.host} is not an IPv6 address (ip_version: ipv6)")
-        sockaddr: tuple[str, int] | tuple[str, int, int, int] = (
+        sockaddr: SockAddr = (
             (target.host, target.port, 0, 0) if family == socket.AF_INET6 else (target.host, target.port)
         )
         trace.fields["ip"] = target.host
@@ -104,33 +138,43 @@ async def resolve(
         )
     except socket.gaierror as exc:
         raise ProbeFailure(ErrorKind.DNS, f"cannot resolve {target.host}: {exc.strerror}") from exc
-    if not infos:
-        raise ProbeFailure(ErrorKind.DNS, f"no addresses for {target.host}")
-    family, _, _, _, sockaddr = infos[0]
-    trace.fields["ip"] = str(sockaddr[0])
-    return family, sockaddr
+    except UnicodeError as exc:  # the resolver encodes names as IDNA; bad labels fail here
+        raise ProbeFailure(ErrorKind.DNS, f"cannot resolve {target.host}: {exc}") from exc
+    for family, _, _, _, raw in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            sockaddr = cast(SockAddr, raw)
+            trace.fields["ip"] = str(sockaddr[0])
+            return family, sockaddr
+    raise ProbeFailure(ErrorKind.DNS, f"no addresses for {target.host}")
 
 
-async def connect(family: int, sockaddr: tuple[str, int] | tuple[str, int, int, int], trace: PhaseTrace) -> socket.socket:
+async def connect(family: int, sockaddr: SockAddr, trace: PhaseTrace) -> socket.socket:
     """Open a fresh TCP connection (never pooled: pooling would hide connect time)."""
     trace.enter("connect")
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setblocking(False)
+    sock: socket.socket | None = None
     try:
+        # Inside the try: without IPv6 support, creating the socket already fails (EAFNOSUPPORT).
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, sockaddr)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except BaseException as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
+        where = _fmt(sockaddr)
         if isinstance(exc, ConnectionRefusedError):
-            raise ProbeFailure(ErrorKind.REFUSED, f"connection refused by {_fmt(sockaddr)}") from exc
+            raise ProbeFailure(ErrorKind.REFUSED, f"connection refused by {where}") from exc
         if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
             kind = ErrorKind.RESET if exc.errno == errno.ECONNRESET else ErrorKind.UNREACHABLE
-            raise ProbeFailure(kind, f"cannot connect to {_fmt(sockaddr)}: {exc.strerror or exc}") from exc
+            # asyncio's strerror is "Connect call failed (addr)": name the errno instead.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            detail = f"cannot connect to {where}: {reason}"
+            raise ProbeFailure(kind, detail) from exc
         raise
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
-def _fmt(sockaddr: tuple[str, int] | tuple[str, int, int, int]) -> str:
+def _fmt(sockaddr: SockAddr) -> str:
     host, port = sockaddr[0], sockaddr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -168,12 +212,65 @@ async def start_tls(
         raise ProbeFailure(ErrorKind.TLS, f"certificate rejected: {exc.verify_message}") from exc
     except ssl.SSLError as exc:
         raise ProbeFailure(ErrorKind.TLS, f"TLS handshake failed: {exc.reason or exc}") from exc
-    except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as exc:
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
         raise ProbeFailure(ErrorKind.RESET, "connection closed during the TLS handshake") from exc
     ssl_object = writer.get_extra_info("ssl_object")
     if ssl_object is not None:
         trace.fields["tls_version"] = str(ssl_object.version())
+        expires: float | None = None
         cert = ssl_object.getpeercert()
         if cert and "notAfter" in cert:
             expires = ssl.cert_time_to_seconds(str(cert["notAfter"]))
+        else:
+            # Without verification (tls_verify: false) the parsed form is empty; the
+            # expiry of an internal, self-signed certificate still matters.
+            der = ssl_object.getpeercert(binary_form=True)
+            if der:
+                expires = der_not_after(der)
+        if expires is not None:
             trace.fields["cert_days_left"] = round((expires - time.time()) / 86400.0, 3)
+
+
+def der_not_after(der: bytes) -> float | None:
+    """The notAfter of a DER X.509 certificate as a POSIX time; None if it cannot be read."""
+    try:
+        _, cert, _ = _der_tlv(der, 0)  # Certificate ::= SEQUENCE
+        _, pos, end = _der_tlv(der, cert)  # tbsCertificate ::= SEQUENCE
+        children: list[tuple[int, int, int]] = []
+        while pos < end and len(children) < 5:
+            tag, start, pos = _der_tlv(der, pos)
+            children.append((tag, start, pos))
+        if children and children[0][0] == 0xA0:  # [0] EXPLICIT version
+            children.pop(0)
+        # serialNumber, signature, issuer, validity
+        _, validity, validity_end = children[3]
+        _, _, pos = _der_tlv(der, validity)  # notBefore
+        tag, start, stop = _der_tlv(der, pos)  # notAfter
+        if stop > validity_end:
+            return None
+        text = der[start:stop].decode("ascii")
+        if tag == 0x17 and len(text) == 13 and text.endswith("Z"):  # UTCTime YYMMDDHHMMSSZ
+            year = int(text[:2])
+            text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+        elif not (tag == 0x18 and len(text) == 15 and text.endswith("Z")):  # GeneralizedTime
+            return None
+        fields = [int(text[0:4]), *(int(text[i : i + 2]) for i in range(4, 14, 2))]
+        return float(calendar.timegm((*fields, 0, 0, 0)))
+    except (IndexError, ValueError):
+        return None
+
+
+def _der_tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, content start, content end) of the DER element at ``pos``."""
+    tag = data[pos]
+    length = data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        size = length & 0x7F
+        if not 0 < size <= 4:
+            raise ValueError("unsupported DER length")
+        length = int.from_bytes(data[pos : pos + size], "big")
+        pos += size
+    if pos + length > len(data):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length

@@ -18,17 +18,35 @@ import asyncio
 import re
 import ssl
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import h11
 
 from slaprobe import __version__
 from slaprobe.configfile import Fields, Node
 
-from ._net import HostPort, IpVersion, TlsOptions, connect, read_ip_version, resolve, start_tls
-from .base import ErrorKind, PhaseTrace, ProbeFailure, ProbeResult, Prober
+from ._net import (
+    HostPort,
+    IpVersion,
+    TlsOptions,
+    check_host,
+    connect,
+    read_ip_version,
+    resolve,
+    start_tls,
+)
+from .base import ErrorKind, PhaseTrace, ProbeFailure, Prober, ProbeResult
 
 _READ_SIZE = 65536
+
+# Characters left as they are when a configured path is percent-encoded: the
+# reserved set plus '%' (so paths already encoded stay as written).
+_PATH_SAFE = "!$&'()*+,/:;=?@[]~%"
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A header value may not carry line breaks (request smuggling) or other control characters.
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_RESERVED_HEADERS = ("connection", "content-length", "transfer-encoding")
 
 
 @dataclass(frozen=True)
@@ -102,9 +120,7 @@ class HttpProber(Prober):
         self.https = https
         self.path = path
         self.settings = settings
-        self._host_header = (
-            endpoint.host if endpoint.port == (443 if https else 80) else str(endpoint)
-        ).encode("idna" if not endpoint.is_ip_literal and not endpoint.host.isascii() else "ascii")
+        self._host_header = _host_header(endpoint, https)
         self._ssl: ssl.SSLContext | None = None
 
     @classmethod
@@ -112,38 +128,46 @@ class HttpProber(Prober):
         url = target.value
         if not isinstance(url, str):
             target.fail("expected a URL such as https://example.com/health")
-        parts = urlsplit(url.strip())
+        url = url.strip()
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # e.g. an unclosed '[' around an IPv6 address
+            target.fail(f"invalid URL {url!r}: {exc}")
         if parts.scheme not in ("http", "https"):
             target.fail(f"expected an http:// or https:// URL, got {url!r}")
+        hostport = parts.netloc.rpartition("@")[2]
+        if hostport.count(":") > 1 and not hostport.startswith("["):
+            target.fail(f"IPv6 addresses need brackets, as in https://[2001:db8::1]:8443/; got {url!r}")
         if not parts.hostname:
             target.fail(f"missing host in {url!r}")
+        check_host(target, parts.hostname)
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
+            explicit_port = parts.port
         except ValueError:
             target.fail(f"invalid port in {url!r}")
+        if explicit_port == 0:  # urlsplit accepts 0; `or` below would silently turn it into 80
+            target.fail(f"invalid port in {url!r}")
+        port = explicit_port or (443 if parts.scheme == "https" else 80)
         if parts.username or parts.password:
             target.fail("credentials in the URL would be stored and shown; use headers with a secret instead")
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
+        # h11 sends the target as ASCII without spaces: encode the rest here, not at probe time.
+        path = quote(path, safe=_PATH_SAFE)
+        endpoint = HostPort(parts.hostname, port)
+        https = parts.scheme == "https"
 
         method = settings.str("method", "GET").upper()
         if not re.fullmatch(r"[A-Z]+", method):
             raw = settings.raw("method")
             assert raw is not None
             raw.fail(f"not an HTTP method: {method!r}")
-        headers = settings.str_map("headers", {})
-        for name in headers:
-            if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
-                raw = settings.raw("headers")
-                assert raw is not None
-                raw.fail(f"invalid header name {name!r}")
-        lowered = {k.lower() for k in headers}
-        for reserved in ("connection", "content-length", "transfer-encoding"):
-            if reserved in lowered:
-                raw = settings.raw("headers")
-                assert raw is not None
-                raw.fail(f"{reserved} is set by the probe (a fresh connection per run)")
+        headers: dict[str, str] = settings.str_map("headers", {})
+        if headers:
+            headers_node = settings.raw("headers")
+            assert headers_node is not None
+            headers = _check_headers(headers_node, headers)
         body: str = settings.str("body", "", nonempty=False)
         parsed = HttpSettings(
             method=method,
@@ -156,7 +180,7 @@ class HttpProber(Prober):
             ip_version=read_ip_version(settings),
             max_body_bytes=settings.int("max_body_bytes", 1 << 20, min=0),
         )
-        return cls(url.strip(), HostPort(parts.hostname, port), parts.scheme == "https", path, parsed)
+        return cls(url, endpoint, https, path, parsed)
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -166,11 +190,15 @@ class HttpProber(Prober):
 
     def _request(self, conn: h11.Connection) -> bytes:
         s = self.settings
-        headers: list[tuple[bytes, bytes]] = [
+        defaults = [
             (b"Host", self._host_header),
             (b"User-Agent", f"slaprobe/{__version__}".encode()),
             (b"Accept", b"*/*"),
         ]
+        # A configured Host, User-Agent or Accept replaces ours: sending both would
+        # be two Host headers (h11 refuses) or an ambiguous request.
+        overridden = {k.lower().encode() for k, _ in s.headers}
+        headers = [(k, v) for k, v in defaults if k.lower() not in overridden]
         headers.extend((k.encode(), v.encode()) for k, v in s.headers)
         if s.body or s.method in ("POST", "PUT", "PATCH"):
             headers.append((b"Content-Length", str(len(s.body)).encode()))
@@ -200,8 +228,10 @@ class HttpProber(Prober):
             try:
                 writer.write(self._request(conn))
                 first = await reader.read(_READ_SIZE)
-            except (ConnectionResetError, BrokenPipeError) as exc:
+            except ConnectionError as exc:
                 raise ProbeFailure(ErrorKind.RESET, "connection reset before any response") from exc
+            except ssl.SSLError as exc:
+                raise ProbeFailure(ErrorKind.TLS, f"TLS error before any response: {exc}") from exc
             if not first:
                 raise ProbeFailure(ErrorKind.RESET, "connection closed before any response")
             trace.enter("transfer")
@@ -217,7 +247,8 @@ class HttpProber(Prober):
             fields["body_truncated"] = True
         if not any(status in r for r in s.valid_status):
             expected = ", ".join(str(r) for r in s.valid_status)
-            return ProbeResult(False, phases, ErrorKind.STATUS, f"HTTP {status} (expected {expected})", fields)
+            detail = f"HTTP {status} (expected {expected})"
+            return ProbeResult(False, phases, ErrorKind.STATUS, detail, fields)
         for pattern in s.body_matches:
             if not pattern.search(body):
                 detail = f"body does not match {pattern.pattern.decode()!r}"
@@ -236,6 +267,11 @@ class HttpProber(Prober):
         size = 0
         status = 0
         version = ""
+        # A peer that is not HTTP (SSH, SMTP, a TLS server) is told apart by its
+        # first bytes; h11 alone would wait for a blank line that never comes.
+        head = first
+        _check_http_start(head)
+        eof = False
         conn.receive_data(first)
         try:
             while True:
@@ -243,8 +279,16 @@ class HttpProber(Prober):
                 if event is h11.NEED_DATA:
                     try:
                         data = await reader.read(_READ_SIZE)
-                    except ConnectionResetError as exc:
-                        raise ProbeFailure(ErrorKind.RESET, "connection reset during the response") from exc
+                    except ConnectionError as exc:
+                        detail = "connection reset during the response"
+                        raise ProbeFailure(ErrorKind.RESET, detail) from exc
+                    except ssl.SSLError as exc:
+                        detail = f"TLS error during the response: {exc}"
+                        raise ProbeFailure(ErrorKind.TLS, detail) from exc
+                    if len(head) < 5:
+                        head += data
+                        _check_http_start(head)
+                    eof = not data
                     conn.receive_data(data)
                 elif isinstance(event, h11.Response):
                     status = event.status_code
@@ -260,9 +304,51 @@ class HttpProber(Prober):
                         return status, version, b"".join(chunks), True
                 elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                     return status, version, b"".join(chunks), False
-                else:  # pragma: no cover - h11 has no other client-side events
-                    raise ProbeFailure(ErrorKind.PROTOCOL, f"unexpected HTTP event {type(event).__name__}")
+                else:  # h11.PAUSED: a 2xx answer to a configured CONNECT
+                    detail = f"unexpected HTTP event {type(event).__name__}"
+                    raise ProbeFailure(ErrorKind.PROTOCOL, detail)
         except h11.RemoteProtocolError as exc:
-            if "closed" in str(exc):
-                raise ProbeFailure(ErrorKind.RESET, f"connection closed mid-response: {exc}") from exc
+            # Data already received was parsed before the end of stream was fed in,
+            # so an error raised after EOF means the response was cut short.
+            if eof:
+                detail = f"connection closed mid-response: {exc}"
+                raise ProbeFailure(ErrorKind.RESET, detail) from exc
             raise ProbeFailure(ErrorKind.PROTOCOL, f"malformed HTTP response: {exc}") from exc
+
+
+def _check_http_start(head: bytes) -> None:
+    if not b"HTTP/".startswith(head[:5]):
+        raise ProbeFailure(ErrorKind.PROTOCOL, f"not an HTTP response: {head[:40]!r}")
+
+
+def _host_header(endpoint: HostPort, https: bool) -> bytes:
+    host = endpoint.host
+    if endpoint.is_ip_literal:
+        if ":" in host:
+            host = f"[{host}]"  # IPv6 literals are bracketed in Host as in URLs
+    elif not host.isascii():
+        host = host.encode("idna").decode("ascii")
+    if endpoint.port != (443 if https else 80):
+        host = f"{host}:{endpoint.port}"
+    return host.encode("ascii")
+
+
+def _check_headers(node: Node, headers: dict[str, str]) -> dict[str, str]:
+    """Validate configured headers, naming the offending one; return them with values trimmed."""
+    items: dict[str, Node] = node.value
+    checked: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for name, value in headers.items():
+        item = items[name]
+        if not _HEADER_NAME.fullmatch(name):
+            item.fail(f"invalid header name {name!r}")
+        if name.lower() in seen:
+            item.fail(f"duplicate header: {seen[name.lower()]!r} is already set (case is ignored)")
+        seen[name.lower()] = name
+        if name.lower() in _RESERVED_HEADERS:
+            item.fail(f"{name.lower()} is set by the probe (a fresh connection per run)")
+        if _HEADER_VALUE_BAD.search(value):
+            item.fail("header values must not contain line breaks or control characters")
+        # Surrounding whitespace is not part of a header value, and h11 refuses to send it.
+        checked[name] = value.strip(" \t")
+    return checked

@@ -5,7 +5,7 @@ from __future__ import annotations
 from slaprobe.configfile import Fields, Node
 
 from ._net import HostPort, IpVersion, connect, parse_host_port, read_ip_version, resolve
-from .base import PhaseTrace, ProbeResult, Prober
+from .base import PhaseTrace, Prober, ProbeResult
 
 
 class TcpProber(Prober):
