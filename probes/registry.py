@@ -5,10 +5,12 @@ from __future__ import annotations
 from slaprobe.configfile import Fields, Node
 
 from .base import Prober
+from .dns import DnsProber
 from .http import HttpProber
 from .tcp import TcpProber
 
 PROBERS: dict[str, type[Prober]] = {
+    DnsProber.type_name: DnsProber,
     HttpProber.type_name: HttpProber,
     TcpProber.type_name: TcpProber,
 }
