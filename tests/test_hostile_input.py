@@ -132,6 +132,7 @@ class Background:
         asyncio.run_coroutine_threadsafe(self.collector.stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
 
 
 @pytest.fixture(scope="module")
