@@ -20,6 +20,7 @@ import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from probes._net import parse_host_port
 from slaprobe.configfile import Fields, Node, load_yaml_file
 
 
@@ -46,10 +47,9 @@ class AgentConfig:
 def parse_agent_config(root: Node, base_dir: Path | None = None) -> AgentConfig:
     f = Fields(root, "an agent configuration (a mapping)")
     collector = f.str("collector")
-    if ":" not in collector.strip("[]") and not collector.startswith("unix:"):
-        node = f.raw("collector")
-        assert node is not None
-        node.fail(f"expected host:port, got {collector!r}")
+    collector_node = f.raw("collector")
+    assert collector_node is not None
+    parse_host_port(collector_node)  # validates host, port and IPv6 brackets, naming the field
     data_dir = Path(f.str("data_dir", "slaprobe-agent-data"))
     if not data_dir.is_absolute() and base_dir is not None:
         data_dir = (base_dir / data_dir).resolve()

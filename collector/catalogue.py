@@ -52,7 +52,7 @@ from collector.sla.definitions import (
     parse_sla,
 )
 from probes import build_prober
-from slaprobe.configfile import Fields, Node, format_duration, load_yaml_file, load_yaml_text
+from slaprobe.configfile import ConfigError, Fields, Node, format_duration, load_yaml_file, load_yaml_text
 from slaprobe.model import CheckSpec, check_id
 
 MIN_INTERVAL_S = 1.0
@@ -150,6 +150,10 @@ class _Defaults:
 
 
 def _parse(root: Node, text: str) -> Catalogue:
+    if root.value == {} and root.line == 1 and not any(
+        line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()
+    ):
+        raise ConfigError(root.source, 1, "", "the file is empty: a catalogue needs a 'sites' section")
     doc = Fields(root, "a catalogue (a mapping with 'sites')")
     defaults = _Defaults(30.0, 5.0)
     d = doc.mapping("defaults")
@@ -295,8 +299,13 @@ def _parse_check(site: str, name: str, node: Node, defaults: _Defaults) -> Check
     settings_node = f.raw("settings")
     f.finish()
     if timeout >= interval:
-        where = f.raw("timeout") or f.raw("interval") or node
-        where.fail(f"timeout ({timeout:g}s) must be shorter than the interval ({interval:g}s)")
+        own_timeout, own_interval = f.raw("timeout"), f.raw("interval")
+        where = own_timeout or own_interval or node
+        t_from = "" if own_timeout else ", from defaults"
+        i_from = "" if own_interval else ", from defaults"
+        where.fail(
+            f"timeout ({timeout:g}s{t_from}) must be shorter than the interval ({interval:g}s{i_from})"
+        )
     if degraded_after and degraded_after >= timeout:
         degraded_node = f.raw("degraded_after")
         assert degraded_node is not None
