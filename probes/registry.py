@@ -8,11 +8,13 @@ from .base import Prober
 from .dns import DnsProber
 from .http import HttpProber
 from .tcp import TcpProber
+from .tls import TlsProber
 
 PROBERS: dict[str, type[Prober]] = {
     DnsProber.type_name: DnsProber,
     HttpProber.type_name: HttpProber,
     TcpProber.type_name: TcpProber,
+    TlsProber.type_name: TlsProber,
 }
 
 
