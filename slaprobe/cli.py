@@ -21,7 +21,7 @@ import click
 from slaprobe import __version__
 from slaprobe.configfile import ConfigError, Fields, load_yaml_file, parse_duration
 from slaprobe.logs import setup_logging
-from slaprobe.output import format_option, render_csv, render_json, render_table
+from slaprobe.output import db_option, format_option, render_csv, render_json, render_table
 
 log = logging.getLogger("slaprobe")
 
@@ -283,15 +283,7 @@ def agent_token() -> None:
 @click.option("--site", required=True, help="The site the enrolled agent will belong to.")
 @click.option("--name", help="Fix the agent's name (default: the agent chooses at enrolment).")
 @click.option("--ttl", default="1h", show_default=True, help="How long the token can be used (once).")
-@click.option(
-    "--db",
-    "db_path",
-    default=DEFAULT_DB,
-    show_default=True,
-    envvar="SLAPROBE_DB",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The collector's database.",
-)
+@db_option
 @click.option(
     "--tls-dir",
     required=True,
@@ -429,15 +421,7 @@ def agent_enroll(join_path: Path, name: str | None, data_dir: Path, write_config
 @click.argument("name")
 @click.option("--reason", required=True, help="Why (recorded with who and when).")
 @click.option("--by", default=None, help="Who revokes (default: $USER).")
-@click.option(
-    "--db",
-    "db_path",
-    default=DEFAULT_DB,
-    show_default=True,
-    envvar="SLAPROBE_DB",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The collector's database.",
-)
+@db_option
 def agent_revoke(name: str, reason: str, by: str | None, db_path: Path) -> None:
     """Block an agent at once: its open streams are closed within a second, and it stays blocked
     across collector restarts until `slaprobe agent unrevoke`.
@@ -460,15 +444,7 @@ def agent_revoke(name: str, reason: str, by: str | None, db_path: Path) -> None:
 
 @agent.command("unrevoke")
 @click.argument("name")
-@click.option(
-    "--db",
-    "db_path",
-    default=DEFAULT_DB,
-    show_default=True,
-    envvar="SLAPROBE_DB",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The collector's database.",
-)
+@db_option
 def agent_unrevoke(name: str, db_path: Path) -> None:
     """Lift a revocation (the agent may connect again with a valid certificate)."""
     from collector.store import open_store, unrevoke
@@ -488,15 +464,7 @@ def _open_existing(db_path: Path, opener: Any) -> Any:
 
 
 @agent.command("list")
-@click.option(
-    "--db",
-    "db_path",
-    default=DEFAULT_DB,
-    show_default=True,
-    envvar="SLAPROBE_DB",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The collector's database.",
-)
+@db_option
 @click.option("--site", help="Only agents of this site.")
 @click.option(
     "--silent-after",
@@ -715,15 +683,7 @@ def _fmt_duration(seconds: float) -> str:
 
 
 @main.command("compliance")
-@click.option(
-    "--db",
-    "db_path",
-    default=DEFAULT_DB,
-    show_default=True,
-    envvar="SLAPROBE_DB",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The collector's database.",
-)
+@db_option
 @click.option("--site", help="Only this site.")
 @click.option("--period", help="A calendar month, e.g. 2026-10 (UTC). Default: this month.")
 @click.option("--from", "start", help="Start (ISO 8601; UTC when no zone is given).")

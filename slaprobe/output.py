@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -21,6 +22,19 @@ def format_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         default="table",
         show_default=True,
         help="table for people, json for programs, csv for spreadsheets.",
+    )(fn)
+
+
+def db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--db``: the collector's database, for every command that reads or administers it."""
+    return click.option(
+        "--db",
+        "db_path",
+        default="slaprobe.db",
+        show_default=True,
+        envvar="SLAPROBE_DB",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The collector's database.",
     )(fn)
 
 
