@@ -6,12 +6,14 @@ from slaprobe.configfile import Fields, Node
 
 from .base import Prober
 from .dns import DnsProber
+from .grpc_health import GrpcHealthProber
 from .http import HttpProber
 from .tcp import TcpProber
 from .tls import TlsProber
 
 PROBERS: dict[str, type[Prober]] = {
     DnsProber.type_name: DnsProber,
+    GrpcHealthProber.type_name: GrpcHealthProber,
     HttpProber.type_name: HttpProber,
     TcpProber.type_name: TcpProber,
     TlsProber.type_name: TlsProber,
