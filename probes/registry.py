@@ -8,6 +8,7 @@ from .base import Prober
 from .dns import DnsProber
 from .grpc_health import GrpcHealthProber
 from .http import HttpProber
+from .icmp import IcmpProber
 from .tcp import TcpProber
 from .tls import TlsProber
 
@@ -15,6 +16,7 @@ PROBERS: dict[str, type[Prober]] = {
     DnsProber.type_name: DnsProber,
     GrpcHealthProber.type_name: GrpcHealthProber,
     HttpProber.type_name: HttpProber,
+    IcmpProber.type_name: IcmpProber,
     TcpProber.type_name: TcpProber,
     TlsProber.type_name: TlsProber,
 }
