@@ -9,6 +9,7 @@ from .dns import DnsProber
 from .grpc_health import GrpcHealthProber
 from .http import HttpProber
 from .icmp import IcmpProber
+from .ssh import SshProber
 from .tcp import TcpProber
 from .tls import TlsProber
 
@@ -17,6 +18,7 @@ PROBERS: dict[str, type[Prober]] = {
     GrpcHealthProber.type_name: GrpcHealthProber,
     HttpProber.type_name: HttpProber,
     IcmpProber.type_name: IcmpProber,
+    SshProber.type_name: SshProber,
     TcpProber.type_name: TcpProber,
     TlsProber.type_name: TlsProber,
 }
