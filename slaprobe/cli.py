@@ -812,3 +812,7 @@ def _run_async(fn: Any) -> None:
         with contextlib.suppress(Exception):
             sys.stderr.write("interrupted\n")
         raise click.exceptions.Exit(130) from None
+
+
+# `agent install | upgrade | status | uninstall` (remote hosts over SSH) live in their own module.
+from slaprobe import cli_install as _cli_install  # noqa: E402, F401
