@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test lint proto proto-check bench bench-ingest clean
+.PHONY: install system-deps demo test lint proto proto-check bench bench-ingest bench-install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,10 +38,14 @@ proto: install
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/slaprobe_v1.proto
 
 ## bench: every benchmark; figures are appended to bench/RESULTS.md
-bench: bench-ingest
+bench: bench-ingest bench-install
 
 bench-ingest: install
 	$(BIN)/python bench/ingest.py --markdown
+
+## bench-install: `slaprobe agent install` on 10 real sshd hosts at once (runs as root; needs openssh-server)
+bench-install: install system-deps
+	$(BIN)/python bench/install.py --markdown
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-data

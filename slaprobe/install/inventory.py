@@ -6,7 +6,7 @@ host::
 
     # site paris
     root@10.0.0.5                 name=paris-probe-1
-    10.0.0.6:2222                 name=paris-probe-2 site=paris-dc2
+    10.0.0.6:2222                 name=paris-probe-2 site=paris-dc2 prefix=/srv/slaprobe
     [2001:db8::7]:22  user=ops    name=paris-probe-3
 
 A plain text format, not YAML: an ops user writes it by hand or generates
@@ -20,8 +20,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from slaprobe.install.errors import InstallError
+from slaprobe.install.templates import Layout
 
-KEYS = ("user", "port", "site", "name")
+KEYS = ("user", "port", "site", "name", "prefix")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -34,6 +35,7 @@ class Target:
     user: str | None = None
     site: str | None = None
     name: str | None = None  # the agent's name; default: the host's own host name
+    prefix: str | None = None  # where it goes on this host; default: --prefix
 
     @property
     def label(self) -> str:
@@ -91,9 +93,20 @@ def load_inventory(path: Path) -> list[Target]:
                 fields[k] = v
             if "port" in fields:
                 t = replace(t, port=_port(fields.pop("port"), raw.strip()))
-            t = replace(t, user=fields.get("user", t.user), site=fields.get("site"), name=fields.get("name"))
+            t = replace(
+                t,
+                user=fields.get("user", t.user),
+                site=fields.get("site"),
+                name=fields.get("name"),
+                prefix=fields.get("prefix"),
+            )
             if t.name is not None:
                 check_name(t.name)
+            if t.prefix is not None:
+                try:
+                    Layout(t.prefix)
+                except ValueError as exc:
+                    raise InstallError(str(exc)) from None
         except InstallError as exc:
             raise InstallError(f"{path}:{n}: {exc}") from None
         targets.append(t)

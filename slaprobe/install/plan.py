@@ -198,7 +198,7 @@ async def install_host(
     t: Target, opts: InstallOptions, ssh: SshOptions, say: Progress, *, upgrade: bool = False
 ) -> HostResult:
     t0 = time.monotonic()
-    lay = opts.layout
+    lay = Layout(t.prefix) if t.prefix else opts.layout
     wh = opts.wheelhouse
     assert wh is not None
     async with await Session.open(t, ssh) as s:
@@ -368,7 +368,7 @@ async def install_host(
 
 async def uninstall_host(t: Target, opts: InstallOptions, ssh: SshOptions, say: Progress) -> HostResult:
     t0 = time.monotonic()
-    lay = opts.layout
+    lay = Layout(t.prefix) if t.prefix else opts.layout
     async with await Session.open(t, ssh) as s:
         h = Host(s, lay, opts.service_user, say)
         await h.preflight()
@@ -405,7 +405,7 @@ async def uninstall_host(t: Target, opts: InstallOptions, ssh: SshOptions, say: 
 
 async def status_host(t: Target, opts: InstallOptions, ssh: SshOptions, say: Progress) -> HostResult:
     t0 = time.monotonic()
-    lay = opts.layout
+    lay = Layout(t.prefix) if t.prefix else opts.layout
     async with await Session.open(t, ssh) as s:
         h = Host(s, lay, opts.service_user, say)
         await h.preflight()

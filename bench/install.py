@@ -1,0 +1,231 @@
+"""Benchmark: `slaprobe agent install` on 10 hosts at once, wall time and bytes sent per host.
+
+The hosts are real OpenSSH servers on loopback ports (tests/install_sshd.py),
+each with its own install prefix (``prefix=`` in the inventory), all logging
+in as root with a throwaway key; the collector is a real subprocess with
+mutual TLS. Each sshd sits behind a small TCP relay that counts the bytes the
+installer sends (client to server) and receives, so "bytes sent" is what
+went over the wire, SSH framing and encryption included.
+
+The wheelhouse is built (or found warm in the cache) before the clock
+starts: the target is "10 hosts in under 60 s with a warm wheelhouse". The
+install is then run a second time to show what an idempotent rerun costs,
+and the fleet is uninstalled.
+
+    .venv/bin/python bench/install.py [--hosts 10] [--markdown]
+"""
+
+# Run as a script, bench/ comes first on sys.path, and bench/agent.py would shadow slaprobe's agent.
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
+sys.path.insert(0, str(BENCH_DIR.parent))
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+
+from slaprobe import __version__  # noqa: E402
+from slaprobe.install import wheelhouse  # noqa: E402
+from tests.install_sshd import Sshd, available, free_port, keygen  # noqa: E402
+from tests.procs import SLAPROBE, enroll_port, run_cli, start_collector  # noqa: E402
+
+RESULTS_MD = BENCH_DIR / "RESULTS.md"
+TARGET_S = 60.0
+
+
+class Relay:
+    """A TCP relay on its own event-loop thread that counts bytes in each direction."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = upstream_port
+        self.sent = 0  # installer -> sshd
+        self.received = 0  # sshd -> installer
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+        self.ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.ready.set()
+        async with self.server:
+            with contextlib.suppress(asyncio.CancelledError):  # close() ends serve_forever this way
+                await self.server.serve_forever()
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.upstream)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, outbound: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if outbound:
+                        self.sent += len(data)
+                    else:
+                        self.received += len(data)
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(r, uw, True), pump(ur, w, False))
+
+    def reset(self) -> None:
+        self.sent = self.received = 0
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+
+
+def machine() -> str:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} vCPU, Python {platform.python_version()}, asyncssh {_asyncssh()}"
+
+
+def _asyncssh() -> str:
+    import asyncssh
+
+    return str(asyncssh.__version__)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hosts", type=int, default=10)
+    ap.add_argument("--markdown", action="store_true", help=f"append a section to {RESULTS_MD}")
+    a = ap.parse_args()
+    if (why := available()) is not None:
+        print(f"cannot run: {why}", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="slaprobe-bench-install-"))
+    tls = tmp / "tls"
+    assert run_cli("collector", "init", "--tls-dir", str(tls), "--host", "127.0.0.1").returncode == 0
+    port = free_port()
+    catalogue = (
+        "sites:\n  bench:\n    sla: {availability: 99%}\n    checks:\n      collector:\n"
+        f"        type: tcp\n        target: 127.0.0.1:{port}\n        interval: 5s\n        timeout: 1s\n"
+    )
+    collector, port = start_collector(tmp, catalogue, listen=f"127.0.0.1:{port}", tls_dir=tls)
+    key = keygen(tmp / "id_bench")
+    t0 = time.monotonic()
+    wh = wheelhouse.ensure()
+    warmup_s = time.monotonic() - t0
+    sshds = [Sshd(tmp / f"sshd-{i}", key).start() for i in range(a.hosts)]
+    relays = [Relay(s.port) for s in sshds]
+    kh = tmp / "known_hosts"
+    kh.write_text(
+        "".join(
+            s.known_hosts_line().replace(f":{s.port} ", f":{r.port} ")
+            for s, r in zip(sshds, relays, strict=True)
+        )
+    )
+    inv = tmp / "fleet.txt"
+    inv.write_text(
+        "".join(
+            f"root@127.0.0.1:{r.port} name=bench-{i} prefix={tmp}/host-{i}/opt\n"
+            for i, r in enumerate(relays)
+        )
+    )
+    common = ["--identity", str(key), "--known-hosts", str(kh), "--db", str(tmp / "slaprobe.db")]
+    install = [
+        *SLAPROBE, "agent", "install", "-i", str(inv), *common, "--tls-dir", str(tls),
+        "--collector", f"127.0.0.1:{port}", "--enroll", f"127.0.0.1:{enroll_port(collector)}",
+        "--service-user", "root", "--site", "bench", "--wheelhouse", str(wh.dir), "--format", "json",
+    ]  # fmt: skip
+    figures: dict[str, object] = {}
+    try:
+        for run in ("first", "rerun"):
+            for r in relays:
+                r.reset()
+            t = time.monotonic()
+            p = subprocess.run(install, capture_output=True, text=True, timeout=600)
+            wall = time.monotonic() - t
+            if p.returncode != 0:
+                print(p.stdout, p.stderr, file=sys.stderr)
+                return 1
+            hosts = json.loads(p.stdout)["hosts"]
+            sent = [r.sent for r in relays]
+            figures[run] = {
+                "wall_s": round(wall, 1),
+                "per_host_s_max": max(h["seconds"] for h in hosts),
+                "results": sorted({h["result"] for h in hosts}),
+                "bytes_sent_per_host_avg": sum(sent) // len(sent),
+                "bytes_received_per_host_avg": sum(r.received for r in relays) // len(relays),
+                "payload_uploaded_per_host_avg": sum(h["bytes_uploaded"] for h in hosts) // len(hosts),
+            }
+            print(f"{run}: {a.hosts} hosts in {wall:.1f}s, {figures[run]}")
+        u = subprocess.run(
+            [*SLAPROBE, "agent", "uninstall", "-i", str(inv), *common], capture_output=True, text=True
+        )
+        if u.returncode != 0:
+            print(u.stdout, u.stderr, file=sys.stderr)
+    finally:
+        for r in relays:
+            r.close()
+        for s in sshds:
+            s.stop()
+        collector.stop()
+    first = figures["first"]
+    assert isinstance(first, dict)
+    ok = first["wall_s"] < TARGET_S
+    summary = {
+        "benchmark": "install",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "hosts": a.hosts,
+        "version": __version__,
+        "wheelhouse": {"wheels": len(wh.wheels), "bytes": wh.total_bytes, "warmup_s": round(warmup_s, 1)},
+        **figures,
+        "target_s": TARGET_S,
+        "met": ok,
+    }
+    print(json.dumps(summary))
+    if a.markdown:
+        rerun = figures["rerun"]
+        assert isinstance(rerun, dict)
+        with RESULTS_MD.open("a", encoding="utf-8") as f:
+            f.write(
+                f"\n## Agent install over SSH, {summary['date'][:10]}\n\n"
+                f"Machine: {summary['machine']}. {a.hosts} OpenSSH servers on loopback, each behind a"
+                f" byte-counting relay; warm wheelhouse ({len(wh.wheels)} wheels, {wh.total_bytes / 1e6:.1f} MB);"
+                " fallback supervisor (no systemd); `bench/install.py`.\n\n"
+                "| run | wall time, all hosts | slowest host | bytes sent per host | bytes received per host | result |\n"
+                "|---|---:|---:|---:|---:|---|\n"
+                f"| first install | {first['wall_s']} s | {first['per_host_s_max']:.1f} s |"
+                f" {first['bytes_sent_per_host_avg'] / 1e6:.2f} MB | {first['bytes_received_per_host_avg'] / 1e3:.0f} kB |"
+                f" {', '.join(first['results'])} |\n"
+                f"| rerun | {rerun['wall_s']} s | {rerun['per_host_s_max']:.1f} s |"
+                f" {rerun['bytes_sent_per_host_avg'] / 1e3:.0f} kB | {rerun['bytes_received_per_host_avg'] / 1e3:.0f} kB |"
+                f" {', '.join(rerun['results'])} |\n\n"
+                f"Target: {a.hosts} hosts in under {TARGET_S:.0f} s: {'met' if ok else 'NOT met'}.\n"
+            )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
