@@ -42,6 +42,7 @@ from typing import Any, Generic, TypeVar
 
 import sqlite_utils
 
+from collector import rollups
 from collector.catalogue import Catalogue
 from collector.hub import CheckRef
 from slaprobe.model import CheckSpec, ClockSample, Gap, Measurement
@@ -242,7 +243,6 @@ def _identity(db: sqlite_utils.Database) -> None:
     )
 
 
-
 @migration("0004_maintenance")
 def _maintenance(db: sqlite_utils.Database) -> None:
     # Ad-hoc maintenance windows added from the CLI; service NULL: every service of the site.
@@ -264,6 +264,17 @@ def _maintenance(db: sqlite_utils.Database) -> None:
         """
     )
     db.execute("CREATE INDEX maintenance_site_time ON maintenance(site, from_ns)")
+
+
+@migration("0005_rollups")
+def _rollups(db: sqlite_utils.Database) -> None:
+    # Per minute/hour/day rollups kept in the transaction that stores the rows (collector/rollups.py);
+    # results already stored are rolled up here, once.
+    rollups.create_tables(db.conn)
+    folded = rollups.rebuild(db.conn, RESULT_COLUMNS)
+    if folded:
+        log.info("rolled up %d stored results", folded)
+
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite_utils.Database:
     """Open the database with the pragmas every connection needs."""
@@ -400,6 +411,8 @@ class Writer:
         self._open_error: BaseException | None = None
         self.commits = 0
         self.rows_committed = 0
+        # Rollups of the rows stored by this group's jobs, written just before its COMMIT.
+        self._rollups = rollups.Rollups(RESULT_COLUMNS)
 
     # lifecycle
 
@@ -465,6 +478,7 @@ class Writer:
                     if not isinstance(exc, JobRefused):
                         log.exception("storage job failed; its batch is not acknowledged")
                 db.execute(f"RELEASE job{i}")
+            self._rollups.flush(db.conn)
             db.execute("COMMIT")
             self.commits += 1
             self.rows_committed += sum(j.rows for j in jobs if j.error is None)
@@ -472,6 +486,7 @@ class Writer:
             # Nothing of this group is on disk: fail every job, forget stream state.
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
+            self._rollups.discard()
             self._streams = streams_before
             for job in jobs:
                 job.error = exc
@@ -563,13 +578,8 @@ class Writer:
 
         def apply(db: sqlite_utils.Database) -> IngestOutcome:
             conn = db.conn
-            before = conn.total_changes
-            conn.executemany(
-                f"INSERT OR IGNORE INTO results ({', '.join(RESULT_COLUMNS)})"
-                f" VALUES ({', '.join('?' * len(RESULT_COLUMNS))})",
-                rows,
-            )
-            inserted = conn.total_changes - before
+            stored = self._rollups.insert(conn, rows)  # the rows not already stored
+            inserted = len(stored)
             if gaps:
                 conn.executemany("INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", gaps)
             if clocks:
@@ -591,6 +601,7 @@ class Writer:
                     " ON CONFLICT(agent_id, epoch) DO UPDATE SET acked_seq = excluded.acked_seq",
                     (agent_id, epoch, state.acked),
                 )
+            self._rollups.stage(stored)  # last: a job that failed above stages nothing
             return IngestOutcome(state.acked, inserted, len(rows) - inserted)
 
         return await self.submit(apply, rows=max(1, len(rows)))
@@ -834,7 +845,6 @@ def unrevoke(db: sqlite_utils.Database, name: str) -> bool:
         return bool(db.execute("DELETE FROM revocations WHERE name = ?", [name]).rowcount)
 
 
-
 # ---- maintenance windows (the CLI writes them beside a running collector) ----
 
 
@@ -866,6 +876,7 @@ def cancel_maintenance(db: sqlite_utils.Database, window_id: int, by: str, now_n
             [by, now_ns, window_id],
         )
         return bool(cur.rowcount)
+
 
 class Reader:
     """Read-side queries for reports and the CLI (its own connection, never writes)."""
@@ -917,7 +928,9 @@ class Reader:
 
     def catalogue_text(self) -> tuple[str, str] | None:
         """(source, text) of the catalogue the collector loaded last."""
-        row = self.db.execute("SELECT source, text FROM catalogue_versions ORDER BY id DESC LIMIT 1").fetchone()
+        row = self.db.execute(
+            "SELECT source, text FROM catalogue_versions ORDER BY id DESC LIMIT 1"
+        ).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 
     def maintenance_windows(

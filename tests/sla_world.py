@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from collector import store
+from collector import rollups, store
 from collector.catalogue import Catalogue, parse_catalogue
-from collector.rollups import RawSource
+from collector.rollups import RawSource, RollupSource
 from collector.sla.report import Context, Period, ServiceReport, compliance
 from slaprobe.model import Measurement
 from slaprobe.schedule import NS_PER_MS, NS_PER_S, next_slot_at_or_after, offset_ns
@@ -42,6 +42,8 @@ class Check:
 
 
 class World:
+    source = "raw"  # which path reports read unless told: "raw" or "rollups"
+
     def __init__(self, path: Path, catalogue: str, t0: int, *, persisted_at: int | None = None) -> None:
         self.path = path
         self.t0 = t0
@@ -56,6 +58,19 @@ class World:
         self.agents: dict[str, int] = {}
         self.seq = 0
         self.pending: list[tuple[Any, ...]] = []
+        self.stored: list[tuple[Any, ...]] = []
+        self.rollups = rollups.Rollups(store.RESULT_COLUMNS)
+
+    def persist(self, catalogue: str, at_ns: int) -> None:
+        """Load another catalogue at ``at_ns`` (new check versions from then on)."""
+        self.flush()
+        self.catalogue = parse_catalogue(catalogue, "cat.yaml")
+        with store.immediate(self.db):
+            store._persist_catalogue(self.db, self.catalogue, at_ns)
+        for row, key, name in self.db.execute("SELECT id, key, name FROM checks").fetchall():
+            spec = next((c for c in self.catalogue.all_checks() if c.id == key), None)
+            if spec is not None:
+                self.checks[name] = Check(int(row), key, spec.interval_ms * NS_PER_MS)
 
     def agent(self, name: str, site: str = "lab") -> int:
         if name not in self.agents:
@@ -124,26 +139,33 @@ class World:
             [self.agent(agent), self.seq, self.seq, self.checks[check].row, from_ns, to_ns, count],
         )
 
-    def flush(self) -> None:
-        """Store the pending results the way the collector's writer does."""
-        if not self.pending:
-            return
-        rows, self.pending = self.pending, []
+    def flush(self, rows: list[tuple[Any, ...]] | None = None) -> int:
+        """Store results the way the collector's writer does (rows once, rollups in the same
+        transaction); return how many were new."""
+        if rows is None:
+            rows, self.pending = self.pending, []
+        if not rows:
+            return 0
         with store.immediate(self.db):
-            self.db.conn.executemany(
-                f"INSERT OR IGNORE INTO results ({', '.join(store.RESULT_COLUMNS)})"
-                f" VALUES ({', '.join('?' * len(store.RESULT_COLUMNS))})",
-                rows,
-            )
+            new = self.rollups.insert(self.db.conn, rows)
+            self.rollups.stage(new)
+            self.rollups.flush(self.db.conn)
+        self.stored += [tuple(r) for r in new]
+        return len(new)
+
+    def rebuild(self) -> int:
+        with store.immediate(self.db):
+            return rollups.rebuild(self.db.conn, store.RESULT_COLUMNS)
 
     def maintenance(self, from_ns: int, to_ns: int, service: str | None = None, site: str = "lab") -> int:
         return store.add_maintenance(self.db, site, service, from_ns, to_ns, "test", "tester", 0)
 
-    def context(self, now_ns: int, *, source: str = "raw") -> Context:
+    def context(self, now_ns: int, *, source: str | None = None) -> Context:
+        source = source or self.source
         self.flush()
         reader = store.Reader(self.path)
-        assert source == "raw"
-        return Context(self.catalogue, reader, RawSource(reader.db.conn), now_ns, source)
+        src = RawSource(reader.db.conn) if source == "raw" else RollupSource(reader.db.conn)
+        return Context(self.catalogue, reader, src, now_ns, source)
 
     def report(
         self,
@@ -152,7 +174,7 @@ class World:
         *,
         now_ns: int | None = None,
         service: str | None = None,
-        source: str = "raw",
+        source: str | None = None,
         with_checks: bool = False,
     ) -> list[ServiceReport]:
         ctx = self.context(end_ns + DAY if now_ns is None else now_ns, source=source)

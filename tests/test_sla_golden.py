@@ -6,6 +6,7 @@ rules"); a change in any number here is a change in the rules. Times are fixed i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -16,6 +17,16 @@ from collector.sla.definitions import ServiceHours
 from tests.sla_world import DAY, HOUR, MINUTE, World, counts, utc
 
 T0 = utc(2026, 10, 5, 8, 0)  # a Monday, 08:00 UTC
+
+
+@pytest.fixture(autouse=True, params=["raw", "rollups"])
+def path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every golden case holds on both paths: raw rows and rollups."""
+    World.source = request.param
+    yield request.param
+    World.source = "raw"
+
+
 H1 = T0 + HOUR
 
 ONE = """
@@ -144,26 +155,38 @@ def test_quorum_one_is_any_failure(tmp_path: Path) -> None:
     assert counts(r) == {"down": 1, "up": 1}
 
 
-def test_maintenance_overlapping_an_incident(tmp_path: Path) -> None:
-    w = one(tmp_path)
+@pytest.mark.parametrize(
+    ("rule", "expected", "availability"),
+    [
+        # Default: the window excuses the 10 down slices inside it; its 10 up slices still count.
+        ("downtime", {"up": 40, "down": 10, "maintenance": 10}, 80.0),
+        # "all": the window's 20 slices are removed, good and bad alike.
+        ("all", {"up": 30, "down": 10, "maintenance": 20}, 75.0),
+        # No maintenance at all: 40 up, 20 down.
+        (None, {"up": 40, "down": 20}, round(100 * 40 / 60, 4)),
+    ],
+)
+def test_maintenance_overlapping_an_incident(
+    tmp_path: Path, rule: str | None, expected: dict[str, int], availability: float
+) -> None:
+    w = one(tmp_path, "" if rule is None else f"      counting: {{maintenance: {rule}}}")
     w.results("web", [i for i in range(60) if not 10 <= i < 30])
     w.results("web", range(10, 30), ok=False, kind="refused")  # down 10..29
-    # Maintenance from slice 20's start to slice 40's start: slices 20..39 by their start.
-    w.maintenance(w.at("web", 20), w.at("web", 40))
+    if rule is not None:
+        # From slice 20's start to slice 40's start: slices 20..39 by their start.
+        w.maintenance(w.at("web", 20), w.at("web", 40))
     r = w.one(T0, H1)
-    assert counts(r) == {"up": 30, "down": 10, "maintenance": 20}
-    assert r.seconds["maintenance"] == 1200.0
-    assert r.availability == 75.0
-    # Without the maintenance: 40 up, 20 down.
-    (tmp_path / "x").mkdir()
-    w2 = one(tmp_path / "x")
-    w2.results("web", [i for i in range(60) if not 10 <= i < 30])
-    w2.results("web", range(10, 30), ok=False)
-    assert w2.one(T0, H1).availability == round(100 * 40 / 60, 4)
+    assert counts(r) == expected
+    assert r.availability == availability
+    assert r.maintenance_window_s == (0 if rule is None else 1200.0)
 
 
 def test_maintenance_from_the_catalogue_and_cancelled_windows(tmp_path: Path) -> None:
-    w = one(tmp_path, '      maintenance: [{from: "2026-10-05 08:30", to: "2026-10-05 08:40", reason: x}]')
+    w = one(
+        tmp_path,
+        '      maintenance: [{from: "2026-10-05 08:30", to: "2026-10-05 08:40", reason: x}]\n'
+        "      counting: {maintenance: all}",
+    )
     w.results("web", range(60))
     wid = w.maintenance(T0, T0 + 5 * MINUTE)
     # Slices start at the check's offset past the minute: 08:00:xx..08:04:xx start in [08:00, 08:05).

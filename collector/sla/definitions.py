@@ -27,6 +27,7 @@ named ``(site)``) or a service's ``sla:``::
       unknown: excluded             # excluded | up | down
       degraded: up                  # up | down
       partial_weight: 0             # 0..1, with quorum > 1: share of a partial slice counted down
+      maintenance: downtime         # downtime: a window excuses what would count down | all: removes its time
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ class Counting:
     unknown: str = "excluded"  # excluded | up | down
     degraded: str = "up"  # up | down
     partial_weight: float = 0.0
+    maintenance: str = "downtime"  # downtime | all
 
 
 @dataclass(frozen=True)
@@ -483,8 +485,9 @@ def _parse_counting(f: Fields | None) -> Counting:
         _node(f, "partial_weight").fail(
             "needs a quorum above 1: with quorum 1 any failure already makes the slice down"
         )
+    maintenance = f.choice("maintenance", ("downtime", "all"), "downtime")
     f.finish()
-    return Counting(slice_ms, quorum, unknown, degraded, weight)
+    return Counting(slice_ms, quorum, unknown, degraded, weight, maintenance)
 
 
 def check_slice(sla: SlaDefinition, intervals_ms: list[int], where: Node) -> None:

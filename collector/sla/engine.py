@@ -16,9 +16,10 @@ Definitions (the README states them for users):
   known state of the slots due in it over all the service's checks, in the order down,
   partial, degraded, up; with nothing known it is gap (if a slot was lost to a spool) or
   unknown; with no slot due at all (no check existed) it is unmonitored.
-* **Class**: a slice belongs to the period, to service hours and to maintenance by its
-  *start*. Order: pending (a slot in it is not due yet: ``now - timeout - 2 s``), out of
-  service hours, maintenance, then its state.
+* **Class**: a slice belongs to the period, to service hours and to maintenance windows by
+  its *start*. Pending (a slot in it is not due yet: ``now - timeout - 2 s``) comes first,
+  then out of service hours; what a maintenance window does to the slices in it is a
+  counting rule applied by the report (``report.tally``).
 
 Everything is computed on whole-period bit masks (Python ints, bit ``j - j0`` for slice
 ``j``): a month of one-minute slices is a 44,640-bit integer, and popcounts are the accounts.
@@ -81,7 +82,7 @@ class Summary:
 
     latency: Hist = field(default_factory=dict)  # successful durations, by bucket
     results: int = 0  # non-internal results
-    clock: Hist = field(default_factory=dict)  # |clock offset| by ladder step
+    clock: Hist = field(default_factory=dict)  # |clock offset| by ladder step, beyond the first
     unsynced: int = 0  # results from an agent whose clock was never synchronised
     approximate: bool = False  # some latency came from an hour only partly counted (raw expired)
 
@@ -261,20 +262,19 @@ class Evaluation:
     """Slice states and classes of one service (or check) over a period, as masks over the grid."""
 
     grid: Grid
-    state: dict[str, int]  # STATES name → mask; disjoint, their union is every slice
+    state: dict[str, int]  # STATES name + "pending" → mask; disjoint, their union is every slice
     pending: int
-    out_of_hours: int
-    maintenance: int
-    pending_eligible: int  # pending slices that will count (in hours, no maintenance)
+    out_of_hours: int  # elapsed slices starting outside service hours
+    maintenance: int  # elapsed in-hours slices starting in a maintenance window
+    pending_in_hours: int  # pending slices in service hours
+    pending_maintenance: int  # ... of which in a maintenance window
     summary: Summary
     parts: list[Part]
 
     @property
-    def counted(self) -> int:
-        return ones(self.grid.width) & ~self.pending & ~self.out_of_hours & ~self.maintenance
-
-    def count(self, state: str) -> int:
-        return popcount(self.state[state] & self.counted)
+    def in_scope(self) -> int:
+        """Elapsed slices in service hours: what the SLA speaks about."""
+        return ones(self.grid.width) & ~self.pending & ~self.out_of_hours
 
     def seconds(self, slices: int) -> float:
         return slices * self.grid.slice_ns / NS_PER_S
@@ -365,14 +365,24 @@ def evaluate(
         state["unmonitored"] &= ~state[name]
     state["pending"] = pending
     in_hours_mask = grid.mask_of(in_hours)
-    out_of_hours = everything & ~in_hours_mask
     maint_mask = grid.mask_of(maintenance)
-    ooh = out_of_hours & ~pending
-    mnt = maint_mask & ~pending & ~ooh
-    pending_eligible = pending & in_hours_mask & ~maint_mask
-    ev = Evaluation(grid, state, pending, ooh, mnt, pending_eligible, Summary(), list(parts))
+    ooh = everything & ~in_hours_mask & ~pending
+    mnt = maint_mask & in_hours_mask & ~pending
+    pending_in_hours = pending & in_hours_mask
+    ev = Evaluation(
+        grid,
+        state,
+        pending,
+        ooh,
+        mnt,
+        pending_in_hours,
+        pending_in_hours & maint_mask,
+        Summary(),
+        list(parts),
+    )
     if with_summary:
-        counted = ev.counted & ~state["unmonitored"]
+        # Latency and clock: results of in-scope slices outside maintenance windows.
+        counted = ev.in_scope & ~mnt & ~state["unmonitored"]
         spans = grid.instants(counted)
         for p in parts:
             lo, hi = p.valid_from, p.valid_to if p.valid_to is not None else due_end

@@ -28,6 +28,7 @@ import math
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
+from itertools import chain
 
 NS_PER_US = 1_000
 NS_PER_MS = 1_000_000
@@ -80,12 +81,7 @@ def encode(hist: Mapping[int, int]) -> bytes | None:
     """Sparse form for a BLOB column: (bucket, count) uint32 pairs by bucket; None when empty."""
     if not hist:
         return None
-    a = array("I")
-    for k in sorted(hist):
-        if hist[k]:
-            a.append(k)
-            a.append(hist[k])
-    return a.tobytes() if a else None
+    return array("I", chain.from_iterable(sorted(hist.items()))).tobytes()
 
 
 def decode(blob: bytes | None) -> Hist:
@@ -102,7 +98,12 @@ def merge_blobs(a: bytes | None, b: bytes | None) -> bytes | None:
         return b
     if not b:
         return a
-    return encode(add(decode(a), decode(b)))
+    h = decode(a)
+    x = array("I")
+    x.frombytes(b)
+    for k, v in zip(x[0::2], x[1::2], strict=True):
+        h[k] = h.get(k, 0) + v
+    return array("I", chain.from_iterable(sorted(h.items()))).tobytes()
 
 
 def total(hist: Mapping[int, int]) -> int:

@@ -2,14 +2,22 @@
 
 The rules, in the order they apply (README, "Counting rules"):
 
-* slices are classed pending / out of service hours / maintenance / a state (``engine``);
-* counted up time = up + partial × (1 − partial_weight) [+ degraded when degraded counts
-  up] [+ unknown and gap when unknown counts up]; counted down time = down + partial ×
-  partial_weight [+ degraded when it counts down] [+ unknown and gap when unknown counts
-  down]; unmonitored time never counts;
+* slices are pending, out of service hours, or in scope with a state (``engine``);
+* good time = up + partial × (1 − partial_weight) [+ degraded when degraded counts up]
+  [+ unknown and gap when unknown counts up]; bad time = down + partial × partial_weight
+  [+ degraded when it counts down] [+ unknown and gap when unknown counts down];
+  unmonitored time is neither;
+* maintenance (rule ``downtime``, the default): a slice in a maintenance window that would
+  bring bad time is *excused*: its bad time is removed, its good share (a partial slice's
+  1 − weight) still counts. So adding maintenance never lowers availability. Rule ``all``:
+  every slice in a window is removed, good or bad (the classic formula; removing good time
+  can then lower availability);
+* counted up = good time of the slices not removed; counted down = bad time of the slices
+  not excused;
 * availability = counted up / (counted up + counted down);
-* error budget: allowed = (1 − target) × (counted up + counted down + the pending time that
-  will count), used = counted down, remaining = allowed − used;
+* error budget: allowed = (1 − target) × (counted up + counted down + the in-hours time still
+  to come, less its maintenance windows under rule ``all``), used = counted down, remaining =
+  allowed − used;
 * latency objectives over the successful results of counted slices (``histogram``);
 * status: ``no data`` when nothing counted and no latency sample, ``breached`` when an
   objective fails, else ``met``.
@@ -134,6 +142,10 @@ def parts_for(versions: Sequence[VersionRow], names: Sequence[str]) -> list[Part
     return out
 
 
+def _overlaps(p: Part, start_ns: int, end_ns: int) -> bool:
+    return p.valid_from < end_ns and (p.valid_to is None or p.valid_to > start_ns)
+
+
 def slice_and_origin(sla: SlaDefinition, parts: Sequence[Part], names: Sequence[str]) -> tuple[int, int]:
     """Slice: the configured one, else the longest interval. Origin: one check's offset, else 0."""
     longest = max((p.interval_ns for p in parts), default=60 * NS_PER_S)
@@ -167,6 +179,7 @@ class ServiceReport:
     slices: int
     seconds: dict[str, float]
     counts: dict[str, int]
+    maintenance_window_s: float
     counted_up_s: float
     counted_down_s: float
     availability: float | None
@@ -214,6 +227,7 @@ class ServiceReport:
             "unknown_s": self.seconds["unknown"],
             "counted_up_s": self.counted_up_s,
             "counted_down_s": self.counted_down_s,
+            "maintenance_window_s": self.maintenance_window_s,
             "seconds": self.seconds,
             "counts": self.counts,
             "budget": self.budget,
@@ -255,31 +269,47 @@ ACCOUNTS = (
 )
 
 
-def accounts(ev: Evaluation) -> dict[str, int]:
-    counts = {name: ev.count(name) for name in ("up", "degraded", "partial", "down", "unknown", "gap")}
-    counts["unmonitored"] = ev.count("unmonitored")
-    counts["maintenance"] = ev.maintenance.bit_count()
-    counts["out_of_hours"] = ev.out_of_hours.bit_count()
-    counts["pending"] = ev.pending.bit_count()
-    return counts
+@dataclass
+class Tally:
+    """The accounts of one evaluation under an SLA's rules: slice counts and counted time."""
+
+    counts: dict[str, int]  # ACCOUNTS → slices; disjoint; they add up to every slice
+    up_s: float
+    down_s: float
+    maintenance_window_s: float  # in-scope time inside maintenance windows (excused or not)
 
 
-def counted_time(sla: SlaDefinition, counts: dict[str, int], slice_s: float) -> tuple[float, float]:
-    """(counted up, counted down) seconds under the SLA's counting rules."""
+def tally(ev: Evaluation, sla: SlaDefinition) -> Tally:
     c = sla.counting
     w = c.partial_weight
-    up = counts["up"] + counts["partial"] * (1 - w)
-    down = counts["down"] + counts["partial"] * w
+    st = ev.state
+    scope = ev.in_scope
+    good = st["up"]
+    bad = st["down"]
     if c.degraded == "down":
-        down += counts["degraded"]
+        bad |= st["degraded"]
     else:
-        up += counts["degraded"]
-    unknown = counts["unknown"] + counts["gap"]
+        good |= st["degraded"]
+    unknown = st["unknown"] | st["gap"]
     if c.unknown == "up":
-        up += unknown
+        good |= unknown
     elif c.unknown == "down":
-        down += unknown
-    return up * slice_s, down * slice_s
+        bad |= unknown
+    if c.maintenance == "all":
+        removed = ev.maintenance
+    else:
+        removed = ev.maintenance & (bad | (st["partial"] if w > 0 else 0))
+    kept = scope & ~removed
+    counts = {name: (st[name] & kept).bit_count() for name in ("up", "degraded", "partial", "down")}
+    counts.update({name: (st[name] & kept).bit_count() for name in ("unknown", "gap", "unmonitored")})
+    counts["maintenance"] = removed.bit_count()
+    counts["out_of_hours"] = ev.out_of_hours.bit_count()
+    counts["pending"] = ev.pending.bit_count()
+    partial_up = st["partial"] & (scope if c.maintenance == "downtime" else kept)
+    up = (good & kept).bit_count() + (1 - w) * partial_up.bit_count()
+    down = (bad & kept).bit_count() + w * (st["partial"] & kept).bit_count()
+    s = ev.grid.slice_ns / NS_PER_S
+    return Tally(counts, up * s, down * s, ev.maintenance.bit_count() * s)
 
 
 def evaluate_service(
@@ -294,9 +324,14 @@ def evaluate_service(
     """Evaluate ``service`` (or the subset ``names`` of its checks) over [start, end)."""
     sla = service.sla
     names = list(service.checks if names is None else names)
-    versions = ctx.store.check_versions(site.name, start_ns, end_ns)
-    parts = parts_for(versions, names)
-    slice_ns, origin = slice_and_origin(sla, parts, names)
+    # Versions in force during the period set the default slice and the origin; the slots
+    # counted come from every version overlapping the slices (the last may end after the period).
+    versions = ctx.store.check_versions(site.name, start_ns, end_ns + 86_400 * NS_PER_S)
+    in_period = [p for p in parts_for(versions, names) if _overlaps(p, start_ns, end_ns)]
+    slice_ns, origin = slice_and_origin(sla, in_period, names)
+    first = origin + -((origin - start_ns) // slice_ns) * slice_ns
+    last_end = origin + -((origin - end_ns) // slice_ns) * slice_ns
+    parts = [p for p in parts_for(versions, names) if _overlaps(p, first, last_end)]
     grid_start = start_ns
     grid_end = end_ns + slice_ns  # slices starting before end_ns may run past it
     in_hours = timeline.service_hours(sla.service_hours, sla.tz, grid_start - slice_ns, grid_end)
@@ -334,16 +369,19 @@ def score(
     tz = sla.tz
     ev, _, _ = evaluate_service(ctx, site, service, start_ns, end_ns, None if check is None else [check])
     slice_s = ev.grid.slice_ns / NS_PER_S
-    counts = accounts(ev)
+    t = tally(ev, sla)
+    counts = t.counts
     seconds = {k: v * slice_s for k, v in counts.items()}
-    up_s, down_s = counted_time(sla, counts, slice_s)
+    up_s, down_s = t.up_s, t.down_s
     known = up_s + down_s
     availability = None if known == 0 else round(100.0 * up_s / known, 4)
     objectives: list[Objective] = []
     breaches: list[str] = []
     budget = None
     if sla.availability is not None:
-        eligible = known + ev.pending_eligible.bit_count() * slice_s
+        # The time still to come that will count: in hours; under rule "all", not in maintenance.
+        future = ev.pending_in_hours & ~(ev.pending_maintenance if sla.counting.maintenance == "all" else 0)
+        eligible = known + future.bit_count() * slice_s
         allowed = (1 - sla.availability / 100.0) * eligible
         budget = {
             "allowed_s": round(allowed, 3),
@@ -406,7 +444,9 @@ def score(
             "unknown": c.unknown,
             "degraded": c.degraded,
             "partial_weight": c.partial_weight,
+            "maintenance": c.maintenance,
         },
+        maintenance_window_s=t.maintenance_window_s,
         slices=ev.grid.width,
         seconds=seconds,
         counts=counts,
