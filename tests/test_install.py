@@ -141,6 +141,11 @@ def test_targets_and_inventory(tmp_path: Path) -> None:
         Target("a.example", 22, "root", None, "a-1"),
         Target("b.example", 2200, "ops", "rome", "b-1"),
     ]
+    inv.write_text("c.example prefix=/srv/slaprobe\nd.example prefix=/etc\n")
+    with pytest.raises(
+        InstallError, match=r"fleet.txt:2: the prefix must be an absolute directory of its own"
+    ):
+        load_inventory(inv)
     inv.write_text("a.example colour=blue\n")
     with pytest.raises(InstallError, match=r"fleet.txt:1: expected key=value"):
         load_inventory(inv)
