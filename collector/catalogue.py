@@ -150,8 +150,10 @@ class _Defaults:
 
 
 def _parse(root: Node, text: str) -> Catalogue:
-    if root.value == {} and root.line == 1 and not any(
-        line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()
+    if (
+        root.value == {}
+        and root.line == 1
+        and not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines())
     ):
         raise ConfigError(root.source, 1, "", "the file is empty: a catalogue needs a 'sites' section")
     doc = Fields(root, "a catalogue (a mapping with 'sites')")

@@ -923,6 +923,21 @@ class Reader:
     def agents(self) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM agents ORDER BY site, name"))
 
+    def failures(self, check_ids: Sequence[int], start_ns: int, end_ns: int) -> list[tuple[Any, ...]]:
+        """Failed results (not ``internal``) scheduled in [start, end): the evidence of an incident.
+
+        Rows: (scheduled_ns, check_id, agent_id, error_kind, detail, phases JSON), by time.
+        """
+        out: list[tuple[Any, ...]] = []
+        for cid in check_ids:
+            out += self.db.execute(
+                "SELECT scheduled_ns, check_id, agent_id, error_kind, detail, phases FROM results"
+                " WHERE check_id = ? AND scheduled_ns >= ? AND scheduled_ns < ? AND ok = 0"
+                " AND error_kind != 'internal'",
+                [cid, start_ns, end_ns],
+            ).fetchall()
+        return sorted(out)
+
     def agent_names(self) -> dict[int, str]:
         return {int(r[0]): str(r[1]) for r in self.db.execute("SELECT id, name FROM agents").fetchall()}
 

@@ -614,40 +614,7 @@ def config_check(files: tuple[Path, ...]) -> None:
         raise click.exceptions.Exit(1)
 
 
-# ---- compliance ---------------------------------------------------------------------------
-
-
-def parse_period(
-    period: str | None, start: str | None, end: str | None, last: str | None, now: datetime
-) -> tuple[datetime, datetime]:
-    """Turn the period options into a UTC [start, end) pair."""
-    chosen = sum(x is not None for x in (period, last)) + (1 if (start or end) else 0)
-    if chosen > 1:
-        raise click.UsageError("use one of --period, --from/--to, or --last")
-    if last is not None:
-        return now - _timedelta(last, "--last"), now
-    if start or end:
-        s = _parse_time(start, "--from") if start else datetime(now.year, now.month, 1, tzinfo=UTC)
-        e = _parse_time(end, "--to") if end else now
-        if e <= s:
-            raise click.BadParameter("must be after --from", param_hint="--to")
-        return s, e
-    if period is None:
-        period = now.strftime("%Y-%m")
-    try:
-        first = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
-    except ValueError:
-        raise click.BadParameter(
-            f"expected a month such as 2026-10, got {period!r}", param_hint="--period"
-        ) from None
-    nxt = datetime(first.year + (first.month == 12), first.month % 12 + 1, 1, tzinfo=UTC)
-    return first, nxt
-
-
-def _timedelta(text: str, hint: str) -> Any:
-    from datetime import timedelta
-
-    return timedelta(seconds=_duration(text, hint))
+# ---- shared helpers (SLA commands live in slaprobe/cli_sla.py) -------------------------
 
 
 def _duration(text: str, hint: str) -> float:
@@ -655,20 +622,6 @@ def _duration(text: str, hint: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=hint) from None
-
-
-def _parse_time(text: str, hint: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(
-            f"expected an ISO time such as 2026-10-01T00:00Z, got {text!r}", param_hint=hint
-        ) from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def _ns(t: datetime) -> int:
-    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -680,115 +633,6 @@ def _fmt_duration(seconds: float) -> str:
         return f"{m}m{s:02d}s"
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h < 48 else f"{h // 24}d{h % 24:02d}h"
-
-
-@main.command("compliance")
-@db_option
-@click.option("--site", help="Only this site.")
-@click.option("--period", help="A calendar month, e.g. 2026-10 (UTC). Default: this month.")
-@click.option("--from", "start", help="Start (ISO 8601; UTC when no zone is given).")
-@click.option("--to", "end", help="End, exclusive (ISO 8601). Default: now.")
-@click.option("--last", help="The trailing window, e.g. 1h or 7d.")
-@click.option("--fail-on-breach", is_flag=True, help="Exit with status 3 when any site breached its SLA.")
-@format_option
-def compliance_cmd(
-    db_path: Path,
-    site: str | None,
-    period: str | None,
-    start: str | None,
-    end: str | None,
-    last: str | None,
-    fail_on_breach: bool,
-    fmt: str,
-) -> None:
-    """Per-site SLA compliance: availability, downtime, unknown time, latency, met or breached.
-
-    Slots without data are reported as unknown, never as up or down.
-
-    \b
-    Examples:
-      slaprobe compliance --period 2026-10
-      slaprobe compliance --site paris --last 24h --format json
-    """
-    from collector.scoring import compliance
-    from collector.store import Reader
-
-    now = datetime.now(UTC)
-    s, e = parse_period(period, start, end, last, now)
-    try:
-        reader = Reader(db_path)
-    except FileNotFoundError:
-        raise click.ClickException(
-            f"no database at {db_path}: start a collector with --db {db_path} first"
-        ) from None
-    try:
-        reports = compliance(reader, _ns(s), _ns(e), time.time_ns(), site)
-    finally:
-        reader.close()
-    if site is not None and not reports:
-        raise click.ClickException(f"no site named {site!r} in {db_path}")
-    period_info = {
-        "from": s.isoformat().replace("+00:00", "Z"),
-        "to": e.isoformat().replace("+00:00", "Z"),
-        "time_zone": "UTC",
-    }
-    if fmt == "json":
-        click.echo(
-            render_json(
-                {
-                    "period": period_info,
-                    "sites": [
-                        {**r.site_score.to_dict(), "checks": [c.to_dict() for c in r.checks]} for r in reports
-                    ],
-                }
-            )
-        )
-    else:
-        headers = [
-            "site",
-            "check",
-            "availability",
-            "target",
-            "up",
-            "down",
-            "unknown",
-            "downtime",
-            "unknown time",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "status",
-        ]
-        rows: list[list[Any]] = []
-        for r in reports:
-            for sc in [r.site_score, *r.checks]:
-                rows.append(
-                    [
-                        sc.site if sc.check is None else "",
-                        "(site)" if sc.check is None else sc.check,
-                        "-" if sc.availability is None else f"{sc.availability:.3f}%",
-                        "-" if sc.target_availability is None else f"{sc.target_availability:g}%",
-                        sc.up,
-                        sc.down,
-                        sc.unknown,
-                        _fmt_duration(sc.downtime_s),
-                        _fmt_duration(sc.unknown_s),
-                        sc.p50_ms,
-                        sc.p95_ms,
-                        sc.p99_ms,
-                        sc.status,
-                    ]
-                )
-        if fmt == "csv":
-            click.echo(render_csv(headers, rows), nl=False)
-        else:
-            click.echo(f"Compliance from {period_info['from']} to {period_info['to']} (UTC)")
-            click.echo(render_table(headers, rows, "llrrrrrrrrrrl"))
-            for r in reports:
-                for b in r.site_score.breaches:
-                    click.echo(f"  {r.site}: {b}")
-    if fail_on_breach and any(r.site_score.status == "breached" for r in reports):
-        raise click.exceptions.Exit(3)
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -816,3 +660,6 @@ def _run_async(fn: Any) -> None:
 
 # `agent install | upgrade | status | uninstall` (remote hosts over SSH) live in their own module.
 from slaprobe import cli_install as _cli_install  # noqa: E402, F401
+
+# `compliance`, `incidents`, `budget`, `sla whatif`, `maintenance`, `db prune` live in their own module.
+from slaprobe import cli_sla as _cli_sla  # noqa: E402, F401

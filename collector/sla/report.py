@@ -279,11 +279,10 @@ class Tally:
     maintenance_window_s: float  # in-scope time inside maintenance windows (excused or not)
 
 
-def tally(ev: Evaluation, sla: SlaDefinition) -> Tally:
+def bad_states(ev: Evaluation, sla: SlaDefinition) -> tuple[int, int]:
+    """(good, bad) slice masks under the SLA's rules, partial slices apart."""
     c = sla.counting
-    w = c.partial_weight
     st = ev.state
-    scope = ev.in_scope
     good = st["up"]
     bad = st["down"]
     if c.degraded == "down":
@@ -295,21 +294,32 @@ def tally(ev: Evaluation, sla: SlaDefinition) -> Tally:
         good |= unknown
     elif c.unknown == "down":
         bad |= unknown
-    if c.maintenance == "all":
-        removed = ev.maintenance
-    else:
-        removed = ev.maintenance & (bad | (st["partial"] if w > 0 else 0))
+    return good, bad
+
+
+def tally(ev: Evaluation, sla: SlaDefinition, within: int | None = None) -> Tally:
+    """Accounts of the slices of ``ev`` (or of those in ``within``) under the SLA's rules."""
+    c = sla.counting
+    w = c.partial_weight
+    st = ev.state
+    scope = ev.in_scope if within is None else ev.in_scope & within
+    good, bad = bad_states(ev, sla)
+    maint = ev.maintenance & scope
+    # Rule "downtime": a window removes only what would count against the SLA; "all": everything.
+    excusable = ~0 if c.maintenance == "all" else bad | (st["partial"] if w > 0 else 0)
+    removed = maint & excusable
     kept = scope & ~removed
     counts = {name: (st[name] & kept).bit_count() for name in ("up", "degraded", "partial", "down")}
     counts.update({name: (st[name] & kept).bit_count() for name in ("unknown", "gap", "unmonitored")})
+    everything = (1 << ev.grid.width) - 1 if within is None else within
     counts["maintenance"] = removed.bit_count()
-    counts["out_of_hours"] = ev.out_of_hours.bit_count()
-    counts["pending"] = ev.pending.bit_count()
+    counts["out_of_hours"] = (ev.out_of_hours & everything).bit_count()
+    counts["pending"] = (ev.pending & everything).bit_count()
     partial_up = st["partial"] & (scope if c.maintenance == "downtime" else kept)
     up = (good & kept).bit_count() + (1 - w) * partial_up.bit_count()
     down = (bad & kept).bit_count() + w * (st["partial"] & kept).bit_count()
     s = ev.grid.slice_ns / NS_PER_S
-    return Tally(counts, up * s, down * s, ev.maintenance.bit_count() * s)
+    return Tally(counts, up * s, down * s, maint.bit_count() * s)
 
 
 def evaluate_service(
