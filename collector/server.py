@@ -20,10 +20,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from collector.catalogue import Catalogue, load_catalogue
 from collector.hub import CatalogueHub
-from slaprobe.pki import CollectorPki
 from collector.service import CollectorService
 from collector.store import Reader, Writer
 from slaprobe.configfile import ConfigError
+from slaprobe.pki import CollectorPki
 
 log = logging.getLogger(__name__)
 

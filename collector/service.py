@@ -23,7 +23,6 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from collector.hub import CatalogueHub
-from slaprobe.pki import AgentIdentity, CollectorPki, PkiError, cert_not_after, cert_serial
 from collector.store import (
     IngestOutcome,
     ResultRow,
@@ -38,6 +37,7 @@ from protos import slaprobe_v1_pb2 as pb
 from protos import slaprobe_v1_pb2_grpc as pb_grpc
 from slaprobe import __version__
 from slaprobe.model import Gap, Measurement
+from slaprobe.pki import AgentIdentity, CollectorPki, PkiError, cert_not_after, cert_serial
 
 log = logging.getLogger(__name__)
 
