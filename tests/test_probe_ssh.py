@@ -348,11 +348,14 @@ async def test_a_peer_that_hangs_up_before_the_banner_is_a_reset(behaviour: Any)
     with RawTcpServer(behaviour) as srv:
         result = await probe(srv.address)
     assert result.error_kind == ErrorKind.RESET
-    assert result.detail in (
-        "connection closed before the SSH banner",
-        "connection reset before the SSH banner: Connection reset by peer",
-    )
-    assert names(result) == HANDSHAKE
+    if names(result) == HANDSHAKE:
+        assert result.detail in (
+            "connection closed before the SSH banner",
+            "connection reset before the SSH banner: Connection reset by peer",
+        )
+    else:  # on a busy machine the reset can overtake the end of the connect step
+        assert names(result) == ["resolve", "connect"]
+        assert result.detail == f"cannot connect to {srv.address}: Connection reset by peer"
 
 
 async def test_a_silent_peer_is_left_to_the_timeout_and_nothing_leaks(tmp_path: Path) -> None:
