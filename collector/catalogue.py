@@ -314,7 +314,13 @@ def _parse_check(site: str, name: str, node: Node, defaults: _Defaults) -> Check
         degraded_node.fail(
             f"must be shorter than the timeout ({timeout:g}s): a probe that slow has already failed"
         )
-    build_prober(type_node, target_node, settings_node)  # validates; raises ConfigError
+    prober = build_prober(type_node, target_node, settings_node)  # validates; raises ConfigError
+    if prober.min_timeout_s and timeout < prober.min_timeout_s:
+        where = f.raw("timeout") or settings_node or node
+        where.fail(
+            f"timeout ({timeout:g}s) is shorter than a run of this {type_node.value} check takes"
+            f" ({prober.min_timeout_s:g}s); raise the timeout or shorten the run"
+        )
     settings = settings_node.to_python() if settings_node is not None and settings_node.value else {}
     return CheckSpec(
         id=check_id(site, name),

@@ -140,6 +140,14 @@ class Prober(ABC):
         the caller rejects the keys left unread.
         """
 
+    @property
+    def min_timeout_s(self) -> float:
+        """The least timeout a run of this prober can finish in (a burst of pings, say); 0 if no floor.
+
+        The catalogue refuses a check whose timeout is shorter, instead of letting every run time out.
+        """
+        return 0.0
+
     @abstractmethod
     async def probe(self, trace: PhaseTrace) -> ProbeResult:
         """Run once. Enter phases on ``trace``; put probe-specific facts in ``trace.fields``."""

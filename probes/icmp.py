@@ -360,6 +360,10 @@ class IcmpProber(Prober):
         """The longest a run takes after resolving: keep the check's timeout above it."""
         return (self.count - 1) * self.interval + self.wait
 
+    @property
+    def min_timeout_s(self) -> float:
+        return self.burst_s
+
     @classmethod
     def from_config(cls, target: Node, settings: Fields) -> IcmpProber:
         host = _parse_host(target)

@@ -19,5 +19,6 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # grpc and asyncio are chatty at DEBUG; keep them at WARNING unless asked twice.
-    for name in ("grpc", "asyncio", "sqlite_utils"):
+    # asyncssh logs several INFO lines per connection: an SSH check would flood the agent's log.
+    for name in ("grpc", "asyncio", "sqlite_utils", "asyncssh"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)

@@ -282,12 +282,26 @@ def test_install_interrupted_rerun_unchanged_status_restart_uninstall(
     assert r.returncode == 0 and "absent" in r.stdout, r.stdout
 
 
+def _settled_log_length(sshd: Sshd, quiet_s: float = 1.0, limit_s: float = 15.0) -> int:
+    """The sshd log's length once it has stopped growing: earlier connections log late under load."""
+    deadline = time.monotonic() + limit_s
+    length, since = len(sshd.log()), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = len(sshd.log())
+        if now != length:
+            length, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+    return length
+
+
 @needs_sshd
 def test_unknown_host_is_refused_without_accept_new(
     world: dict[str, object], sshd: Sshd, tmp_path: Path
 ) -> None:
     kh, prefix = tmp_path / "known_hosts", tmp_path / "opt"
-    before = len(sshd.log())  # after the fixture's own readiness probe
+    before = _settled_log_length(sshd)  # after the fixture's own readiness probe has been logged
     r = cli("install", f"root@127.0.0.1:{sshd.port}", *install_args(world, kh, prefix))
     assert r.returncode == 1
     assert "host key of 127.0.0.1:" in r.stdout and "is unknown" in r.stdout and "--accept-new" in r.stdout, (
