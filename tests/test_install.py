@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from slaprobe import __version__
@@ -178,6 +179,18 @@ def test_supervisor_script_is_valid_sh(tmp_path: Path) -> None:
 
 # ---- against real sshd ---------------------------------------------------------------------------
 
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_processes(tmp_path: Path) -> Iterator[None]:
+    """A failed test must not leave an installed supervisor or agent running on the machine."""
+    yield
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(str(tmp_path) in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+        except psutil.Error:
+            pass
 
 @needs_sshd
 @pytest.mark.slow
