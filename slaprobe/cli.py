@@ -21,7 +21,7 @@ import click
 from slaprobe import __version__
 from slaprobe.configfile import ConfigError, Fields, load_yaml_file, parse_duration
 from slaprobe.logs import setup_logging
-from slaprobe.output import db_option, format_option, render_csv, render_json, render_table
+from slaprobe.output import db_option, format_option, render_csv, render_json, render_table, safe_output_path
 
 log = logging.getLogger("slaprobe")
 
@@ -312,6 +312,7 @@ def agent_token() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Join file to write (created 0600); '-' prints it.",
 )
+@click.option("--force", is_flag=True, help="Overwrite an existing join file.")
 @click.option("--by", default=None, help="Who creates the token (default: $USER).")
 def agent_token_create(
     site: str,
@@ -322,6 +323,7 @@ def agent_token_create(
     collector_addr: str,
     enroll_addr: str,
     output: Path,
+    force: bool,
     by: str | None,
 ) -> None:
     """Create a one-time, expiring join token and write it with the CA into a join file.
@@ -340,6 +342,8 @@ def agent_token_create(
     from collector.store import create_token, open_store
     from slaprobe.pki import CollectorPki, new_token, write_private
 
+    # Checked before the token exists: a refused path must not leave a live token behind.
+    target = None if str(output) == "-" else safe_output_path(output, force=force)
     pki = CollectorPki(tls_dir)
     if not pki.exists():
         raise click.ClickException(
@@ -364,7 +368,8 @@ def agent_token_create(
     if str(output) == "-":
         click.echo(bundle.to_json())
     else:
-        write_private(output, bundle.to_json().encode())
+        assert target is not None
+        write_private(target, bundle.to_json().encode())
         click.echo(f"join file for site {site!r} written to {output} (valid {ttl}, once)")
 
 

@@ -38,6 +38,22 @@ def db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def safe_output_path(path: Path, *, force: bool, inside: Path | None = None) -> Path:
+    """Refuse to overwrite an existing file without ``force`` or to write outside ``inside``.
+
+    Names in generated paths come from users (site and agent names are any Unicode), so a
+    path is resolved and checked before anything is written.
+    """
+    resolved = path.resolve()
+    if inside is not None and not resolved.is_relative_to(inside.resolve()):
+        raise click.ClickException(f"{path}: refusing to write outside {inside}")
+    if resolved.exists() and not force:
+        raise click.ClickException(f"{path} exists; pass --force to overwrite it")
+    if resolved.is_dir():
+        raise click.ClickException(f"{path} is a directory")
+    return resolved
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

@@ -335,7 +335,9 @@ async def test_agent_renews_its_certificate_before_expiry_without_losing_results
     from agent.main import Agent
 
     lab = Lab(tmp_path)
-    (tmp_path / "cat.yaml").write_text(CAT.replace("interval: 10s, timeout: 1s", "interval: 1s, timeout: 500ms"))
+    (tmp_path / "cat.yaml").write_text(
+        CAT.replace("interval: 10s, timeout: 1s", "interval: 1s, timeout: 500ms")
+    )
     lab.collector = Collector(
         CollectorSettings(
             tmp_path / "cat.yaml",
@@ -388,3 +390,35 @@ async def test_agent_renews_its_certificate_before_expiry_without_losing_results
         after = c.execute("SELECT count(*) FROM results WHERE received_ns > ?", (renewed_at,)).fetchone()[0]
     assert held == set(range(1, produced + 1)), "a result was lost across the renewal"
     assert after > 0, "nothing was delivered with the renewed certificate"
+
+
+async def test_join_files_are_never_silently_overwritten(lab: Lab) -> None:
+    from click.testing import CliRunner
+
+    from slaprobe.cli import main
+
+    out = lab.tmp / "lab.join"
+    args = [
+        "agent",
+        "token",
+        "create",
+        "--site",
+        "lab",
+        "--db",
+        str(lab.db),
+        "--tls-dir",
+        str(lab.tmp / "tls"),
+        "-o",
+        str(out),
+    ]
+    runner = CliRunner()
+    first = await asyncio.to_thread(runner.invoke, main, args)
+    assert first.exit_code == 0, first.output
+    content = out.read_bytes()
+    again = await asyncio.to_thread(runner.invoke, main, args)
+    assert again.exit_code == 1 and "exists; pass --force to overwrite it" in again.output
+    assert out.read_bytes() == content
+    assert lab.count("join_tokens") == 1  # the refused run created no live token
+    forced = await asyncio.to_thread(runner.invoke, main, [*args, "--force"])
+    assert forced.exit_code == 0 and out.read_bytes() != content
+    assert out.stat().st_mode & 0o777 == 0o600
