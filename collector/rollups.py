@@ -5,30 +5,33 @@ from the writer thread (rollup maintenance inside the transaction that stores th
 reports read through :class:`RawSource` or :class:`RollupSource`, both implementations of
 :class:`collector.sla.engine.Source`, which give the same answers (a property test).
 
-Rollup tables (migration ``0005_rollups``), one row per (check, bucket, agent, interval):
+Rollup tables (migrations ``0005_rollups``, ``0006_rollup_slots``):
 
-==================  =======================  ====================================================
-table               bucket                   holds
-==================  =======================  ====================================================
-``rollup_minute``   a UTC minute             checks with an interval under a minute only: the
-                                             slot bits below, counts, latency, clock
-``rollup_hour``     a UTC hour               every check: counts, latency, clock; slot bits for
-                                             checks with an interval of a minute or more
-``rollup_day``      a UTC day                every check: counts, latency, clock
-==================  =======================  ====================================================
+=================  =================================  ===============================================
+table              one row per                        holds
+=================  =================================  ===============================================
+``rollup_slots``   check, agent, interval and 60      exact slot outcomes as bits (below) and a
+                   slots' bucket: an hour at 60 s     ``clean`` flag; a partial index lists the rows
+                   or slower, 30 min at 30 s, 10 min  that are not clean
+                   at 10 s, a minute at 1 s
+``rollup_hour``    check, agent, interval, UTC hour   result counts, latency and clock histograms;
+                                                      ``present_mask``: the slot buckets of the hour
+                                                      that have rows (checks faster than a minute)
+``rollup_day``     check, agent, interval, UTC day    the same per day; ``present_mask``: the hours
+                                                      whose slot bucket has rows (a minute or slower)
+=================  =================================  ===============================================
 
-Slot bits are exact slot outcomes: bit ``i`` of ``ok_bits`` / ``fail_bits`` / ``deg_bits``
-says whether this agent had a successful / failed / degraded result for slot
-``first_slot + i`` of the check's grid (``n_due`` slots start in the bucket; at most 60, so
-they fit an INTEGER and merge with SQL ``|``). Quorum, slices, maintenance cut at any
-minute, gaps: everything is recomputed from them exactly, for any rule, at report time.
-Counts are of results (``internal`` ones apart), latency is a sparse histogram over the
-fixed buckets of :mod:`collector.sla.histogram`, clock a histogram over the offset ladder.
-
-A bucket whose rows have every due slot ok and nothing failed or degraded is *clean*: all
-its slots are up whatever the rule, so reports ask SQL for the clean buckets and only read
-the bits of the others. Retention: raw rows for ``reporting.retention.raw``, every rollup
-for ``reporting.retention.rollups`` (at least 400 days).
+Slot bits: bit ``i`` of ``ok_bits`` / ``fail_bits`` / ``deg_bits`` says whether this agent had a
+successful / failed / degraded result for slot ``first_slot + i`` of the check's grid; ``n_due``
+slots start in the bucket (at most 60, so the bits fit an INTEGER and merge with SQL ``|``).
+Quorum, slices, maintenance cut at any minute, gaps: everything is recomputed from them
+exactly, for any rule, at report time. A row is *clean* when every due slot is ok and nothing
+failed or degraded: all its slots are up whatever the rule. Reports list the buckets that
+have rows from the presence masks, read the rows that are not clean through the partial index
+and never visit the clean ones. Counts are of results (``internal`` ones apart), latency is a
+sparse histogram over the fixed buckets of :mod:`collector.sla.histogram`, clock a histogram
+over the offset ladder. Retention: raw rows for ``reporting.retention.raw``, every rollup for
+``reporting.retention.rollups`` (at least 400 days), both pruned by whole UTC days.
 """
 
 from __future__ import annotations
@@ -39,17 +42,17 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from collector.sla.engine import AgentBits, Part, Summary
+from collector.sla.engine import AgentBits, Part, Summary, runs
 from collector.sla.histogram import (
     CLOCK_LADDER_NS,
     LATENCY_EDGES_NS,
     Hist,
     add,
     clock_bucket,
-    decode,
     encode,
     latency_bucket,
     merge_blobs,
+    merge_into,
 )
 from collector.sla.timeline import Interval
 from slaprobe.schedule import NS_PER_MS, offset_ns
@@ -62,21 +65,45 @@ NS_PER_S = 1_000_000_000
 MINUTE = 60 * NS_PER_S
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
-LEVELS = (("rollup_minute", MINUTE), ("rollup_hour", HOUR), ("rollup_day", DAY))
-ROLLUP_TABLES = tuple(t for t, _ in LEVELS)
+ROLLUP_TABLES = ("rollup_slots", "rollup_hour", "rollup_day")
 CLOCK_FIRST_STEP = CLOCK_LADDER_NS[0]
+_SLOT_BUCKETS = tuple(m * MINUTE for m in (60, 30, 20, 15, 10, 5, 4, 3, 2, 1))  # divisors of an hour
 
 
-def bits_level(interval_ns: int) -> tuple[str, int]:
-    """Where a check's slot bits live: minute rows below a one-minute interval, hour rows otherwise."""
-    return ("rollup_minute", MINUTE) if interval_ns < MINUTE else ("rollup_hour", HOUR)
+def slot_bucket(interval_ns: int) -> int:
+    """The longest bucket dividing an hour that holds at most 60 slots of this interval."""
+    for size in _SLOT_BUCKETS:
+        if -(-size // interval_ns) <= 60:
+            return size
+    return MINUTE
 
 
 # ---- schema -----------------------------------------------------------------------------------
 
 
 def create_tables(conn: sqlite3.Connection) -> None:
-    for table in ROLLUP_TABLES:
+    conn.execute(
+        """
+        CREATE TABLE rollup_slots (
+            check_id INTEGER NOT NULL,
+            interval_ms INTEGER NOT NULL,
+            bucket_ns INTEGER NOT NULL,
+            agent_id INTEGER NOT NULL,
+            first_slot INTEGER NOT NULL,
+            n_due INTEGER NOT NULL,
+            ok_bits INTEGER NOT NULL,
+            fail_bits INTEGER NOT NULL,
+            deg_bits INTEGER NOT NULL,
+            clean INTEGER NOT NULL,
+            PRIMARY KEY (check_id, interval_ms, bucket_ns, agent_id)
+        ) WITHOUT ROWID
+        """
+    )
+    # Only the rows that are not clean: reports find them without scanning the clean ones.
+    conn.execute(
+        "CREATE INDEX rollup_slots_dirty ON rollup_slots(check_id, interval_ms, bucket_ns) WHERE clean = 0"
+    )
+    for table in ("rollup_hour", "rollup_day"):
         conn.execute(
             f"""
             CREATE TABLE {table} (
@@ -84,22 +111,29 @@ def create_tables(conn: sqlite3.Connection) -> None:
                 bucket_ns INTEGER NOT NULL,
                 agent_id INTEGER NOT NULL,
                 interval_ms INTEGER NOT NULL,
-                first_slot INTEGER NOT NULL,
-                n_due INTEGER NOT NULL,
-                ok_bits INTEGER NOT NULL,
-                fail_bits INTEGER NOT NULL,
-                deg_bits INTEGER NOT NULL,
                 n_ok INTEGER NOT NULL,
                 n_fail INTEGER NOT NULL,
                 n_internal INTEGER NOT NULL,
                 n_unsynced INTEGER NOT NULL,
                 lat BLOB,
                 clock BLOB,
+                present_mask INTEGER NOT NULL,
                 PRIMARY KEY (check_id, bucket_ns, agent_id, interval_ms)
             ) WITHOUT ROWID
             """
         )
-    conn.execute("CREATE TABLE rollup_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    conn.execute("CREATE TABLE IF NOT EXISTS rollup_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+
+
+def upgrade_tables(conn: sqlite3.Connection) -> bool:
+    """Replace rollup tables of an earlier layout (the first 0005); False when already current."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "rollup_slots" in tables:
+        return False
+    for table in ("rollup_minute", "rollup_hour", "rollup_day"):
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+    create_tables(conn)
+    return True
 
 
 def meta(conn: sqlite3.Connection, key: str, default: int = 0) -> int:
@@ -118,20 +152,18 @@ def set_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
 
 
 @dataclass
-class _Delta:
-    first_slot: int = 0
-    n_due: int = 0
-    ok: int = 0
-    fail: int = 0
-    deg: int = 0
+class _Counts:
     n_ok: int = 0
     n_fail: int = 0
     n_internal: int = 0
     n_unsynced: int = 0
     lat: Hist = field(default_factory=dict)
     clock: Hist = field(default_factory=dict)
+    present_mask: int = 0  # hour rows: slot buckets with rows; day rows: hours with rows
 
 
+SlotKey = tuple[int, int, int, int]  # (check, interval_ms, bucket, agent)
+CountKey = tuple[int, int, int, int]  # (check, bucket, agent, interval_ms)
 Grid = tuple[int, int, int]  # (valid_from, interval_ns, offset_ns)
 
 
@@ -203,8 +235,8 @@ class Rollups:
         if not rows:
             return 0
         self._refresh_grids(conn)
-        deltas = self._aggregate(rows)
-        self.write(conn, deltas)
+        slots, counts = self._aggregate(rows)
+        self.write(conn, slots, counts)
         return len(rows)
 
     # -- internals
@@ -246,40 +278,27 @@ class Rollups:
                 return v[0]
         return 0
 
-    def _aggregate(self, rows: Iterable[Sequence[Any]]) -> dict[tuple[int, int, int, int, int], _Delta]:
-        """Fold rows into deltas: each row once at its fine level, coarser levels from the deltas."""
+    def _aggregate(
+        self, rows: Iterable[Sequence[Any]]
+    ) -> tuple[dict[SlotKey, list[int]], dict[tuple[int, CountKey], _Counts]]:
+        """Fold rows: slot bits per 60-slot bucket, counts per hour; days from the hours."""
         ia, ic, it, idur, iok, ideg, ikind, ioff, isync = self._pick
-        # check → (interval, offset, interval_ms, fine bucket size); one version: no lookup by time.
+        # check → (interval, offset, interval_ms, slot bucket); one version: no lookup by time.
         single = {
-            c: (v[0][1], v[0][2], v[0][1] // NS_PER_MS, MINUTE if v[0][1] < MINUTE else HOUR)
+            c: (v[0][1], v[0][2], v[0][1] // NS_PER_MS, slot_bucket(v[0][1]))
             for c, v in self._grids.items()
             if len(v) == 1
         }
-        # (check, bucket, agent, interval_ms) → [first_slot, n_due, ok, fail, deg,
-        #                                         n_ok, n_fail, n_internal, n_unsynced, lat, clock]
-        fine: dict[tuple[int, int, int, int], list[Any]] = {}
+        slots: dict[SlotKey, list[int]] = {}  # → [first_slot, n_due, ok, fail, deg]
+        hours: dict[CountKey, list[Any]] = {}  # → [n_ok, n_fail, n_internal, n_unsynced, lat, clock, present]
         edges, last_edge = LATENCY_EDGES_NS, len(LATENCY_EDGES_NS) - 1
         step = CLOCK_FIRST_STEP
-
-        def entry(
-            check: int, b: int, agent: int, ims: int, interval: int, offset: int, size: int
-        ) -> list[Any]:
-            e = fine.get((check, b, agent, ims))
-            if e is None:
-                first = -((offset - b) // interval)
-                e = fine[(check, b, agent, ims)] = [
-                    first,
-                    -((offset - b - size) // interval) - first,
-                    0, 0, 0, 0, 0, 0, 0, {}, {},
-                ]  # fmt: skip
-            return e
-
-        # Sorted by check, agent and time, consecutive rows share their grid, key and bucket.
+        # Sorted by check, agent and time, consecutive rows share their grid, keys and buckets.
         cur_check = cur_agent = -1
-        lo = hi = dlo = dhi = 0  # buckets of the scheduled time (counts) and of the slot (bits)
+        lo = hi = slo = shi = 0  # the hour of the scheduled time; the slot bucket
         interval = offset = ims = size = 1
         c: list[Any] = []
-        d: list[Any] = []
+        d: list[int] = []
         grid_until = 0  # where the current version ends (0: the last one)
         for r in sorted(rows, key=itemgetter(ic, ia, it)):
             check, agent, t = r[ic], r[ia], r[it]
@@ -287,110 +306,129 @@ class Rollups:
                 g = single.get(check)
                 if g is None:
                     interval, offset = self._grid(check, t)
-                    ims, size = interval // NS_PER_MS, MINUTE if interval < MINUTE else HOUR
+                    ims, size = interval // NS_PER_MS, slot_bucket(interval)
                     grid_until = self._grid_end(check, t)
                 else:
                     interval, offset, ims, size = g
                     grid_until = 0
-                cur_check, cur_agent, hi, dhi = check, agent, 0, 0
+                cur_check, cur_agent, hi, shi = check, agent, 0, 0
+            if not lo <= t < hi:
+                lo = t - t % HOUR
+                hi = lo + HOUR
+                found = hours.get((check, lo, agent, ims))
+                if found is None:
+                    found = hours[(check, lo, agent, ims)] = [0, 0, 0, 0, {}, {}, 0]
+                c = found
+            if r[ikind] == INTERNAL:
+                c[2] += 1
+                continue
             k = (t - offset) // interval
             instant = offset + k * interval
-            if not lo <= t < hi:
-                lo = t - t % size
-                hi = lo + size
-                c = entry(check, lo, agent, ims, interval, offset, size)
-            if not dlo <= instant < dhi:
-                dlo = instant - instant % size
-                dhi = dlo + size
-                d = entry(check, dlo, agent, ims, interval, offset, size)
-            if r[ikind] == INTERNAL:
-                c[7] += 1
-                continue
+            if not slo <= instant < shi:
+                slo = instant - instant % size
+                shi = slo + size
+                known = slots.get((check, ims, slo, agent))
+                if known is None:
+                    first = -((offset - slo) // interval)
+                    n_due = -((offset - shi) // interval) - first
+                    known = slots[(check, ims, slo, agent)] = [first, n_due, 0, 0, 0]
+                d = known
             bit = 1 << (k - d[0])
             if r[iok]:
                 d[2] |= bit
                 if r[ideg]:
                     d[4] |= bit
-                c[5] += 1
-                lat = c[9]
+                c[0] += 1
+                lat = c[4]
                 lb = bisect_left(edges, r[idur])
                 if lb > last_edge:
                     lb = last_edge
                 lat[lb] = lat.get(lb, 0) + 1
             else:
                 d[3] |= bit
-                c[6] += 1
+                c[1] += 1
             off = r[ioff]
             if not -step <= off <= step:  # bucket 0 (the usual case) is implied: results minus the rest
-                clock = c[10]
+                clock = c[5]
                 cb = clock_bucket(off)
                 clock[cb] = clock.get(cb, 0) + 1
             if not r[isync]:
-                c[8] += 1
-        deltas: dict[tuple[int, int, int, int, int], _Delta] = {}
-        for (check, b, agent, ims), v in fine.items():
-            level = 0 if ims * NS_PER_MS < MINUTE else 1
-            deltas[(level, check, b, agent, ims)] = _Delta(
-                v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10]
-            )
-            coarser = ((1, HOUR), (2, DAY)) if level == 0 else ((2, DAY),)
-            for lvl, size in coarser:
-                key = (lvl, check, b - b % size, agent, ims)
-                e = deltas.get(key)
-                if e is None:
-                    e = deltas[key] = _Delta()
-                e.n_ok += v[5]
-                e.n_fail += v[6]
-                e.n_internal += v[7]
-                e.n_unsynced += v[8]
-                add(e.lat, v[9])
-                add(e.clock, v[10])
-        return deltas
+                c[3] += 1
+        counts: dict[tuple[int, CountKey], _Counts] = {}
+        for key, v in hours.items():
+            counts[(1, key)] = _Counts(v[0], v[1], v[2], v[3], v[4], v[5])
+            check, b, agent, ims = key
+            day = (2, (check, b - b % DAY, agent, ims))
+            e = counts.get(day)
+            if e is None:
+                e = counts[day] = _Counts()
+            e.n_ok += v[0]
+            e.n_fail += v[1]
+            e.n_internal += v[2]
+            e.n_unsynced += v[3]
+            add(e.lat, v[4])
+            add(e.clock, v[5])
+        # Presence: which slot buckets have rows, on the parent row (the hour, or the day).
+        for check, ims, b, agent in slots:
+            size = slot_bucket(ims * NS_PER_MS)
+            level, parent = (2, DAY) if size == HOUR else (1, HOUR)
+            key2 = (level, (check, b - b % parent, agent, ims))
+            e = counts.get(key2)
+            if e is None:
+                e = counts[key2] = _Counts()
+            e.present_mask |= 1 << (b % parent // size)
+        return slots, counts
 
-    def write(self, conn: sqlite3.Connection, deltas: dict[tuple[int, int, int, int, int], _Delta]) -> None:
+    def write(
+        self,
+        conn: sqlite3.Connection,
+        slots: dict[SlotKey, list[int]],
+        counts: dict[tuple[int, CountKey], _Counts],
+    ) -> None:
         if id(conn) not in self._functions:
             conn.create_function("hist_merge", 2, merge_blobs, deterministic=True)
             self._functions.add(id(conn))
-        by_level: list[list[tuple[Any, ...]]] = [[], [], []]
-        for (level, check, bucket, agent, ims), d in deltas.items():
+        if slots:
+            conn.executemany(
+                _UPSERT_SLOTS,
+                [
+                    (check, ims, b, agent, first, n_due, ok, fail, deg,
+                     int(not fail and not deg and ok == (1 << n_due) - 1))
+                    for (check, ims, b, agent), (first, n_due, ok, fail, deg) in slots.items()
+                ],
+            )  # fmt: skip
+        by_level: dict[int, list[tuple[Any, ...]]] = {1: [], 2: []}
+        for (level, (check, b, agent, ims)), e in counts.items():
             by_level[level].append(
-                (
-                    check,
-                    bucket,
-                    agent,
-                    ims,
-                    d.first_slot,
-                    d.n_due,
-                    d.ok,
-                    d.fail,
-                    d.deg,
-                    d.n_ok,
-                    d.n_fail,
-                    d.n_internal,
-                    d.n_unsynced,
-                    encode(d.lat),
-                    encode(d.clock),
-                )
-            )
-        for (table, _), values in zip(LEVELS, by_level, strict=True):
-            if values:
-                conn.executemany(_UPSERT.format(table=table), values)
+                (check, b, agent, ims, e.n_ok, e.n_fail, e.n_internal, e.n_unsynced,
+                 encode(e.lat), encode(e.clock), e.present_mask)
+            )  # fmt: skip
+        for level, table in ((1, "rollup_hour"), (2, "rollup_day")):
+            if by_level[level]:
+                conn.executemany(_UPSERT_COUNTS.format(table=table), by_level[level])
 
 
-_UPSERT = """
-INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (check_id, bucket_ns, agent_id, interval_ms) DO UPDATE SET
-    first_slot = CASE WHEN n_due = 0 THEN excluded.first_slot ELSE first_slot END,
-    n_due = max(n_due, excluded.n_due),
+_UPSERT_SLOTS = """
+INSERT INTO rollup_slots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (check_id, interval_ms, bucket_ns, agent_id) DO UPDATE SET
     ok_bits = ok_bits | excluded.ok_bits,
     fail_bits = fail_bits | excluded.fail_bits,
     deg_bits = deg_bits | excluded.deg_bits,
+    clean = (fail_bits | excluded.fail_bits) = 0
+        AND (deg_bits | excluded.deg_bits) = 0
+        AND (ok_bits | excluded.ok_bits) = (1 << n_due) - 1
+"""
+
+_UPSERT_COUNTS = """
+INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (check_id, bucket_ns, agent_id, interval_ms) DO UPDATE SET
     n_ok = n_ok + excluded.n_ok,
     n_fail = n_fail + excluded.n_fail,
     n_internal = n_internal + excluded.n_internal,
     n_unsynced = n_unsynced + excluded.n_unsynced,
     lat = CASE WHEN excluded.lat IS NULL THEN lat ELSE hist_merge(lat, excluded.lat) END,
-    clock = CASE WHEN excluded.clock IS NULL THEN clock ELSE hist_merge(clock, excluded.clock) END
+    clock = CASE WHEN excluded.clock IS NULL THEN clock ELSE hist_merge(clock, excluded.clock) END,
+    present_mask = present_mask | excluded.present_mask
 """
 
 
@@ -409,6 +447,9 @@ def rebuild(conn: sqlite3.Connection, columns: Sequence[str], *, chunk: int = 20
         last = batch[-1][0]
         r.stage(row[1:] for row in batch)
         done += r.flush(conn)
+
+
+# ---- the raw source (the reference path) -----------------------------------------------------------
 
 
 def _bits_to_int(b: bytearray) -> int:
@@ -503,8 +544,6 @@ def raw_summary(conn: sqlite3.Connection, check_row: int, start_ns: int, end_ns:
 
 # ---- the rollup source (reports) ---------------------------------------------------------------
 
-_CLEAN = "n_due > 0 AND fail_bits = 0 AND deg_bits = 0 AND ok_bits = (1 << n_due) - 1"
-
 
 def _buckets(start: int, end: int, size: int) -> range:
     """Buckets of ``size`` that hold instants of [start, end)."""
@@ -531,51 +570,77 @@ class RollupSource:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.raw_horizon = meta(conn, "raw_pruned_before_ns")
-        self.minute_horizon = meta(conn, "minute_pruned_before_ns")
         self.stats = {"clean_buckets": 0, "dirty_buckets": 0, "raw_pieces": 0, "approximate_pieces": 0}
 
     def slot_bits(self, part: Part, k0: int, k1: int) -> dict[int, AgentBits]:
-        table, size = bits_level(part.interval_ns)
+        size = slot_bucket(part.interval_ns)
         t0, t1 = part.instant(k0), part.instant(k1)
         buckets = _buckets(t0, t1, size)
         if not buckets:
             return {}
         ims = part.interval_ns // NS_PER_MS
-        args = (part.check_row, ims, buckets.start, t1)
-        where = "check_id = ? AND interval_ms = ? AND bucket_ns >= ? AND bucket_ns < ?"
+        cols = "bucket_ns, agent_id, first_slot, ok_bits, fail_bits, deg_bits"
+        # Rows that are not clean, through the partial index: clean ones are never visited.
         dirty_rows = self.conn.execute(
-            f"SELECT bucket_ns, agent_id, first_slot, ok_bits, fail_bits, deg_bits FROM {table}"
-            f" WHERE {where} AND bucket_ns IN (SELECT bucket_ns FROM {table} WHERE {where} AND NOT ({_CLEAN}))",
-            args + args,
+            f"SELECT {cols} FROM rollup_slots WHERE check_id = ? AND interval_ms = ? AND bucket_ns >= ?"
+            " AND bucket_ns < ? AND clean = 0",
+            (part.check_row, ims, buckets.start, t1),
         ).fetchall()
         dirty = {r[0] for r in dirty_rows}
-        (present_count,) = self.conn.execute(
-            f"SELECT count(DISTINCT bucket_ns) FROM {table} WHERE {where}", args
-        ).fetchone()
-        if present_count == len(buckets):
-            present: Iterable[int] = buckets
-        else:
-            present = [
-                r[0] for r in self.conn.execute(f"SELECT DISTINCT bucket_ns FROM {table} WHERE {where}", args)
-            ]
+        if dirty:  # the clean rows of other agents in those buckets count too (quorum)
+            marks = ",".join("?" * len(dirty))
+            dirty_rows += self.conn.execute(
+                f"SELECT {cols} FROM rollup_slots WHERE check_id = ? AND interval_ms = ?"
+                f" AND bucket_ns IN ({marks}) AND clean = 1",
+                (part.check_row, ims, *sorted(dirty)),
+            ).fetchall()
+        # Buckets with rows at all: the parent rows' presence masks (a day's hours, an hour's buckets).
+        parent, psize = ("rollup_day", DAY) if size == HOUR else ("rollup_hour", HOUR)
+        per = psize // size
+        masks: dict[int, int] = {}
+        for pb, mask in self.conn.execute(
+            f"SELECT bucket_ns, present_mask FROM {parent} WHERE check_id = ? AND interval_ms = ?"
+            " AND bucket_ns >= ? AND bucket_ns < ? AND present_mask != 0",
+            (part.check_row, ims, buckets.start - buckets.start % psize, t1),
+        ):
+            masks[pb] = masks.get(pb, 0) | mask
+        present_runs: list[list[int]] = []
+        full_mask = (1 << per) - 1
+        for pb in sorted(masks):
+            mask = masks[pb]
+            if mask == full_mask:  # the usual case: the whole parent bucket
+                if present_runs and present_runs[-1][1] == pb:
+                    present_runs[-1][1] = pb + psize
+                else:
+                    present_runs.append([pb, pb + psize])
+                continue
+            for a, b in runs(mask):
+                a, b = pb + a * size, pb + b * size
+                if present_runs and present_runs[-1][1] == a:
+                    present_runs[-1][1] = b
+                else:
+                    present_runs.append([a, b])
+        if present_runs:  # parents reach beyond the range: clip the ends
+            present_runs[0][0] = max(present_runs[0][0], buckets.start)
+            present_runs[-1][1] = min(present_runs[-1][1], buckets.stop)
+        # Clean slots: the present runs cut at the dirty buckets.
         width = k1 - k0
         full = (1 << width) - 1
         interval, offset = part.interval_ns, part.offset_ns
         clean = 0
-        run_start = run_end = None
         n_clean = 0
-        for b in present:
-            if b in dirty:
+        cuts = sorted(dirty)
+        for a, b in present_runs:
+            if b <= a:
                 continue
-            n_clean += 1
-            if run_end is not None and b == run_end:
-                run_end = b + size
-                continue
-            if run_start is not None and run_end is not None:
-                clean |= self._slots(run_start, run_end, interval, offset, k0, width)
-            run_start, run_end = b, b + size
-        if run_start is not None and run_end is not None:
-            clean |= self._slots(run_start, run_end, interval, offset, k0, width)
+            for d in [x for x in cuts if a <= x < b] if cuts else ():
+                if d > a:
+                    clean |= self._slots(a, d, interval, offset, k0, width)
+                    n_clean += (d - a) // size
+                a = d + size
+            if b > a:
+                clean |= self._slots(a, b, interval, offset, k0, width)
+                n_clean += (b - a) // size
         self.stats["clean_buckets"] += n_clean
         self.stats["dirty_buckets"] += len(dirty)
         out: dict[int, AgentBits] = {}
@@ -583,17 +648,17 @@ class RollupSource:
             out[0] = AgentBits(ok=clean & full)  # agent 0: "every agent saw these slots ok"
         for _, agent, first, ok, fail, deg in dirty_rows:
             shift = first - k0
-            a = out.get(agent)
-            if a is None:
-                a = out[agent] = AgentBits()
+            bits = out.get(agent)
+            if bits is None:
+                bits = out[agent] = AgentBits()
             if shift >= 0:
-                a.ok |= (ok << shift) & full
-                a.fail |= (fail << shift) & full
-                a.deg |= (deg << shift) & full
+                bits.ok |= (ok << shift) & full
+                bits.fail |= (fail << shift) & full
+                bits.deg |= (deg << shift) & full
             else:
-                a.ok |= (ok >> -shift) & full
-                a.fail |= (fail >> -shift) & full
-                a.deg |= (deg >> -shift) & full
+                bits.ok |= (ok >> -shift) & full
+                bits.fail |= (fail >> -shift) & full
+                bits.deg |= (deg >> -shift) & full
         return out
 
     @staticmethod
@@ -608,6 +673,8 @@ class RollupSource:
 
     def summary(self, part: Part, intervals: Sequence[Interval]) -> Summary:
         out = Summary()
+        lats: list[bytes] = []
+        clocks: list[bytes] = []
         days: list[Interval] = []
         hours: list[Interval] = []
         approx: dict[int, int] = {}  # hour → counted ns, for ragged pieces past raw retention
@@ -619,26 +686,27 @@ class RollupSource:
                 if x >= self.raw_horizon:
                     self.stats["raw_pieces"] += 1
                     raw_summary(self.conn, part.check_row, x, y, out)
-                elif part.interval_ns < MINUTE and x >= self.minute_horizon:
-                    # Minute rows: the minutes that start inside the piece.
-                    self._rows("rollup_minute", part.check_row, -(-x // MINUTE) * MINUTE, y, out)
-                    out.approximate |= x % MINUTE != 0 or y % MINUTE != 0
                 else:
                     h0 = x - x % HOUR
                     approx[h0] = approx.get(h0, 0) + (y - x)
         for a, b in days:
-            self._rows("rollup_day", part.check_row, a, b, out)
+            self._rows("rollup_day", part.check_row, a, b, out, lats, clocks)
         for a, b in hours:
-            self._rows("rollup_hour", part.check_row, a, b, out)
+            self._rows("rollup_hour", part.check_row, a, b, out, lats, clocks)
         for h0, counted in approx.items():
+            # Past raw retention, a piece of an hour counts as the whole hour when it is at least half.
             self.stats["approximate_pieces"] += 1
             out.approximate = True
             if counted * 2 >= HOUR:
-                self._rows("rollup_hour", part.check_row, h0, h0 + HOUR, out)
+                self._rows("rollup_hour", part.check_row, h0, h0 + HOUR, out, lats, clocks)
+        merge_into(out.latency, lats)
+        merge_into(out.clock, clocks)
         return out
 
-    def _rows(self, table: str, check_row: int, a: int, b: int, out: Summary) -> None:
-        lat, clock = out.latency, out.clock
+    def _rows(
+        self, table: str, check_row: int, a: int, b: int, out: Summary, lats: list[bytes], clocks: list[bytes]
+    ) -> None:
+        """Counts into ``out``; histogram blobs into ``lats`` and ``clocks`` (merged once, later)."""
         for n_ok, n_fail, n_unsynced, lat_blob, clock_blob in self.conn.execute(
             f"SELECT n_ok, n_fail, n_unsynced, lat, clock FROM {table}"
             " WHERE check_id = ? AND bucket_ns >= ? AND bucket_ns < ?",
@@ -647,9 +715,9 @@ class RollupSource:
             out.results += n_ok + n_fail
             out.unsynced += n_unsynced
             if lat_blob:
-                add(lat, decode(lat_blob))
+                lats.append(lat_blob)
             if clock_blob:
-                add(clock, decode(clock_blob))
+                clocks.append(clock_blob)
 
 
 # ---- retention ------------------------------------------------------------------------------------
@@ -658,18 +726,19 @@ class RollupSource:
 def prune(conn: sqlite3.Connection, raw_before_ns: int, rollups_before_ns: int) -> dict[str, int]:
     """Delete raw results scheduled before ``raw_before_ns`` and rollups before ``rollups_before_ns``.
 
-    Check by check, so every delete walks an index range instead of the whole table.
-    Records the horizons: reports past them use rollups alone.
+    Check by check, so every delete walks an index range instead of the whole table. Rollups
+    go by whole UTC days at every level, so a presence mask never names rows that are gone.
+    Records the raw horizon: reports past it use rollups alone.
     """
     deleted = {"results": 0, **{t: 0 for t in ROLLUP_TABLES}}
+    cut = rollups_before_ns - rollups_before_ns % DAY
     for (cid,) in conn.execute("SELECT id FROM checks").fetchall():
         deleted["results"] += conn.execute(
             "DELETE FROM results WHERE check_id = ? AND scheduled_ns < ?", (cid, raw_before_ns)
         ).rowcount
-        for table, size in LEVELS:  # whole buckets only: one straddling the cutoff stays
+        for table in ROLLUP_TABLES:
             deleted[table] += conn.execute(
-                f"DELETE FROM {table} WHERE check_id = ? AND bucket_ns <= ?", (cid, rollups_before_ns - size)
+                f"DELETE FROM {table} WHERE check_id = ? AND bucket_ns < ?", (cid, cut)
             ).rowcount
     set_meta(conn, "raw_pruned_before_ns", max(raw_before_ns, meta(conn, "raw_pruned_before_ns")))
-    set_meta(conn, "minute_pruned_before_ns", max(rollups_before_ns, meta(conn, "minute_pruned_before_ns")))
     return deleted

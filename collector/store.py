@@ -276,6 +276,15 @@ def _rollups(db: sqlite_utils.Database) -> None:
         log.info("rolled up %d stored results", folded)
 
 
+@migration("0006_rollup_slots")
+def _rollup_slots(db: sqlite_utils.Database) -> None:
+    # Slot bits in their own table, 60 slots a row, with clean flags and presence masks (reports
+    # skip clean buckets); no per-minute rows. Databases whose 0005 made this layout have nothing
+    # to do; the others get it and are rolled up again.
+    if rollups.upgrade_tables(db.conn):
+        rollups.rebuild(db.conn, RESULT_COLUMNS)
+
+
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite_utils.Database:
     """Open the database with the pragmas every connection needs."""
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)

@@ -34,6 +34,7 @@ from collector.sla.histogram import (
     from_durations,
     latency_bucket,
     merge_blobs,
+    merge_into,
     percentile_ns,
 )
 
@@ -215,6 +216,9 @@ def test_sparse_encoding_round_trips_and_merges() -> None:
     assert encode({}) is None and decode(None) == {}
     assert decode(merge_blobs(encode(h), encode({0: 1, 1: 2}))) == {0: 4, 1: 2, 455: 1, 989: 7}
     assert merge_blobs(None, encode(h)) == encode(h)
+    blobs = [b for b in (encode(h), encode({1: 5}), encode({989: 1, 0: 1})) if b is not None]
+    assert merge_into({0: 10}, blobs) == {0: 14, 1: 5, 455: 1, 989: 8}
+    assert merge_into({2: 1}, []) == {2: 1}
 
 
 def test_clock_ladder_counts_exactly_above_a_step() -> None:

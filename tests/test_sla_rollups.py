@@ -96,10 +96,9 @@ async def test_the_writer_keeps_rollups_in_the_same_transaction_exactly_once(tmp
     finally:
         await w.close()
     after = rollup_rows(db)
-    # Every result counted once: (table, check, bucket, agent, interval, first, n_due, ok, fail, deg,
-    # n_ok, n_fail, ...).
-    assert sum(r[10] + r[11] for r in after if r[0] == "rollup_day") == 60 + 360 + 10
-    assert sum(r[10] + r[11] for r in before if r[0] == "rollup_day") == 60 + 360
+    # Every result counted once: day rows are (table, check, bucket, agent, interval, n_ok, n_fail, ...).
+    assert sum(r[5] + r[6] for r in after if r[0] == "rollup_day") == 60 + 360 + 10
+    assert sum(r[5] + r[6] for r in before if r[0] == "rollup_day") == 60 + 360
     assert report(db, "rollups") == report(db, "raw")
 
 
@@ -145,10 +144,32 @@ def test_the_migration_rolls_up_results_stored_before_it(tmp_path: Path) -> None
         f"INSERT INTO results ({', '.join(store.RESULT_COLUMNS)}) VALUES ({', '.join('?' * 17)})", rows
     )
     db.conn.close()
-    assert store.migrate(store.connect(db_path))[-1:] == ["0005_rollups"]
+    assert "0005_rollups" in store.migrate(store.connect(db_path))
     assert report(db_path, "rollups") == report(db_path, "raw")
     (r,) = report(db_path, "rollups")
     assert (r["counts"]["up"], r["counts"]["down"]) == (50, 10)
+
+
+def test_rollup_tables_from_the_first_0005_are_upgraded_and_rebuilt(tmp_path: Path) -> None:
+    w = World(tmp_path / "s.db", CAT, T0, persisted_at=T0 - HOUR)
+    w.results("web", range(60))
+    w.results("web", [3], ok=False, seq=10_000)
+    w.flush()
+    expected = report(w.path, "rollups")
+    # What the first version of 0005 made: per-minute, per-hour and per-day tables, bits inside.
+    for t in rollups.ROLLUP_TABLES:
+        w.db.execute(f"DROP TABLE {t}")
+    for t in ("rollup_minute", "rollup_hour", "rollup_day"):
+        w.db.execute(
+            f"CREATE TABLE {t} (check_id, bucket_ns, agent_id, interval_ms, first_slot, n_due, ok_bits,"
+            " fail_bits, deg_bits, n_ok, n_fail, n_internal, n_unsynced, lat, clock,"
+            " PRIMARY KEY (check_id, bucket_ns, agent_id, interval_ms)) WITHOUT ROWID"
+        )
+    w.db.execute("DELETE FROM _migrations WHERE name = '0006_rollup_slots'")
+    assert store.migrate(w.db) == ["0006_rollup_slots"]
+    assert "rollup_minute" not in w.db.table_names()
+    assert report(w.path, "rollups") == expected == report(w.path, "raw")
+    assert store.migrate(w.db) == []
 
 
 def test_past_raw_retention_slots_stay_exact_and_latency_says_when_approximate(tmp_path: Path) -> None:
@@ -170,9 +191,13 @@ def test_past_raw_retention_slots_stay_exact_and_latency_says_when_approximate(t
     assert after.latency_approximate  # the web check's cut hour now comes from its hour row
     raw = w.one(start, end, source="raw")
     assert raw.counts["up"] == 0 and raw.counts["unknown"] > 0  # the raw path has nothing left
+    # Rollups go by whole UTC days: a cutoff inside the day keeps it, the next midnight takes it.
     with store.immediate(w.db):
         deleted = rollups.prune(w.db.conn, raw_before_ns=T0 + 2 * HOUR, rollups_before_ns=T0 + 2 * HOUR)
-    assert deleted["rollup_hour"] > 0 and deleted["rollup_minute"] > 0 and deleted["rollup_day"] == 0
+    assert sum(v for k, v in deleted.items() if k != "results") == 0
+    with store.immediate(w.db):
+        deleted = rollups.prune(w.db.conn, raw_before_ns=T0 + 2 * HOUR, rollups_before_ns=T0 + DAY)
+    assert deleted["rollup_hour"] > 0 and deleted["rollup_slots"] > 0 and deleted["rollup_day"] > 0
 
 
 @pytest.mark.parametrize("interval_s", [10, 60, 7 * 60])
@@ -192,3 +217,14 @@ def test_rollup_bits_cover_every_slot_once(tmp_path: Path, interval_s: int) -> N
         ok |= a.ok
     assert ok == (1 << (k1 - k0)) - 1
     assert src.stats["dirty_buckets"] <= 2  # the first and last, cut by the range
+
+
+def test_durations_beyond_the_last_bucket_edge_land_in_the_last_bucket(tmp_path: Path) -> None:
+    w = World(tmp_path / "s.db", CAT, T0, persisted_at=T0 - HOUR)
+    w.result("web", 0, ms=2e10)  # 231 days: nothing takes that long, but nothing is lost either
+    w.result("web", 1, ms=20)
+    w.flush()
+    rolled = w.one(T0, T0 + HOUR, source="rollups", service="(site)")
+    raw = w.one(T0, T0 + HOUR, source="raw", service="(site)")
+    assert rolled.evaluation is not None and raw.evaluation is not None
+    assert rolled.evaluation.summary.latency == raw.evaluation.summary.latency == {280: 1, 989: 1}

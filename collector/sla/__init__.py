@@ -7,7 +7,10 @@ Modules, one job each:
 * ``histogram``: the fixed latency buckets and the clock-offset ladder both scoring paths share;
 * ``timeline``: windows, service hours and maintenance in the SLA's time zone → instants;
 * ``engine``: slots → per-slice states (quorum, degraded, gaps) → time accounts and latency;
-* ``report``: compliance rows, error budget, burn rates and forecast, incidents, what-if.
+* ``report``: the counting rules → accounts, availability, error budget, objectives, compliance rows;
+* ``incidents``: bad slices merged into events, with their evidence;
+* ``budget``: the current window's budget, SRE burn rates, forecast;
+* ``whatif``: the last N months against candidate targets.
 
 Data comes from a source in ``collector/rollups.py`` (the storage layer): raw rows or rollups.
 """

@@ -27,6 +27,7 @@ Everything is computed on whole-period bit masks (Python ints, bit ``j - j0`` fo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -141,7 +142,8 @@ def runs(mask: int) -> Iterator[tuple[int, int]]:
     edges = mask ^ (mask << 1)
     data = edges.to_bytes((edges.bit_length() + 7) // 8, "little")
     start = -1
-    for i, byte in enumerate(data):
+    for m in _NONZERO.finditer(data):  # skips runs of zero bytes in C
+        i, byte = m.start(), data[m.start()]
         while byte:
             low = byte & -byte
             pos = i * 8 + low.bit_length() - 1
@@ -151,6 +153,9 @@ def runs(mask: int) -> Iterator[tuple[int, int]]:
             else:
                 yield start, pos
                 start = -1
+
+
+_NONZERO = re.compile(rb"[^\x00]")
 
 
 def popcount(x: int) -> int:

@@ -106,6 +106,22 @@ def merge_blobs(a: bytes | None, b: bytes | None) -> bytes | None:
     return array("I", chain.from_iterable(sorted(h.items()))).tobytes()
 
 
+def merge_into(into: Hist, blobs: Iterable[bytes]) -> Hist:
+    """Add many encoded histograms to ``into`` in one pass (a dense accumulator, then sparse)."""
+    joined = b"".join(blobs)
+    if not joined:
+        return into
+    a = array("I")
+    a.frombytes(joined)
+    acc = [0] * (max(a[0::2]) + 1)
+    for k, v in zip(a[0::2], a[1::2], strict=True):
+        acc[k] += v
+    for k, v in enumerate(acc):
+        if v:
+            into[k] = into.get(k, 0) + v
+    return into
+
+
 def total(hist: Mapping[int, int]) -> int:
     return sum(hist.values())
 
