@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test lint proto proto-check bench bench-ingest bench-install clean
+.PHONY: install system-deps demo test lint proto proto-check bench bench-ingest bench-install bench-query clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ proto: install
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/slaprobe_v1.proto
 
 ## bench: every benchmark; figures are appended to bench/RESULTS.md
-bench: bench-ingest bench-install
+bench: bench-ingest bench-install bench-query
 
 bench-ingest: install
 	$(BIN)/python bench/ingest.py --markdown
@@ -46,6 +46,10 @@ bench-ingest: install
 ## bench-install: `slaprobe agent install` on 10 real sshd hosts at once (runs as root; needs openssh-server)
 bench-install: install system-deps
 	$(BIN)/python bench/install.py --markdown
+
+## bench-query: a month's compliance report over 1,000 checks (43 M results), from rollups and raw rows (~8 GB in bench/out)
+bench-query: install
+	$(BIN)/python bench/query.py --markdown
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-data
