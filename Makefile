@@ -38,7 +38,7 @@ proto: install
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/slaprobe_v1.proto
 
 ## bench: every benchmark; figures are appended to bench/RESULTS.md
-bench: bench-ingest bench-install bench-query
+bench: bench-ingest bench-install bench-query bench-agent
 
 bench-ingest: install
 	$(BIN)/python bench/ingest.py --markdown
@@ -50,6 +50,10 @@ bench-install: install system-deps
 ## bench-query: a month's compliance report over 1,000 checks (43 M results), from rollups and raw rows (~8 GB in bench/out)
 bench-query: install
 	$(BIN)/python bench/query.py --markdown
+
+## bench-agent: one agent, 1,000 http checks at 10 s (100 probes/s), then a 1,000,000-result backlog drain
+bench-agent: install
+	$(BIN)/python bench/agent.py --markdown
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-data
