@@ -157,6 +157,8 @@ def _convert(node: yaml.Node, source: str, path: str) -> Node:
         )
     try:
         value = _SCALARS.construct_object(node)
+    except ValueError:  # a date-like scalar that is no date, e.g. 2026-13-01: keep the text as written
+        value = str(node.value)
     except yaml.YAMLError as exc:  # e.g. an unknown tag such as !0
         raise ConfigError(
             source, line, path, f"unsupported YAML value: {getattr(exc, 'problem', None) or exc}"

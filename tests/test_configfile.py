@@ -364,3 +364,10 @@ def test_field_readers_reject_with_located_messages(text, read, message) -> None
 )
 def test_field_readers_accept(text, read, value) -> None:
     assert read(_fields(text)) == value
+
+
+def test_a_date_like_scalar_that_is_no_date_stays_text() -> None:
+    from slaprobe.configfile import load_yaml_text
+
+    root = load_yaml_text("when: 2026-13-01\n", "x.yaml")
+    assert root.value["when"].value == "2026-13-01"
