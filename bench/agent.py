@@ -16,8 +16,16 @@ One run does, in order:
    wrote), as an agent holds them after a long outage. Then starts a fresh collector and an agent on
    that directory (its checks point at a closed port: only the backlog matters) and measures the
    time from the agent's registration until the collector's ``streams.acked_seq`` covers the last
-   spooled seq, with the agent's and the collector's CPU and RSS meanwhile.
+   spooled seq, with the agent's and the collector's CPU and RSS meanwhile. Then the same backlog (a
+   copy of the spool) is drained into a **null collector** (a gRPC server in its own process that
+   acknowledges every batch at once and stores nothing): the agent's own ceiling, which tells whether
+   the agent or the collector sets the end-to-end rate (``--no-null-drain`` skips it).
 3. prints a summary and one JSON line; ``--markdown`` appends a section to ``bench/RESULTS.md``.
+
+Every window also reports the CPU other processes used meanwhile (in cores; above 0.15 its figures
+are flagged as disturbed), and waits up to ``--quiet-wait`` seconds for a quiet machine first. Thread
+names come from ``py-spy dump`` when py-spy is installed; ``--profile DIR`` records the agent with
+py-spy (collapsed stacks) during each window and prints the busiest functions.
 
 Targets (from the issue): p99 start lateness < 10 ms, agent RSS < 100 MB, drain ≥ 10,000 results/s.
 
@@ -161,7 +169,7 @@ class HttpServer:
             (d / "tmp").mkdir(parents=True)
             conf = d / "nginx.conf"
             conf.write_text(
-                f"worker_processes 1;\ndaemon off;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n"
+                f"worker_processes 1;\nmaster_process off;\ndaemon off;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n"
                 "events { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_timeout 0;\n"
                 f"  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n"
                 f"  uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n"
@@ -439,6 +447,35 @@ class Meter:
         return out
 
 
+def py_spy() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def name_threads(usages: dict[str, Usage]) -> None:
+    """Python thread names (/proc only says "python"), from ``py-spy dump`` when py-spy is installed."""
+    spy = py_spy()
+    if spy is None:
+        return
+    for u in usages.values():
+        try:
+            out = subprocess.run(
+                [spy, "dump", "--pid", str(u.pid), "--nonblocking"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        names = {
+            int(tid): name
+            for tid, name in re.findall(r'^Thread (\d+) \([^)]*\): "([^"]*)"', out, re.MULTILINE)
+        }
+        for t in u.threads:
+            if t["tid"] != u.pid and t["tid"] in names:
+                t["name"] = names[t["tid"]]
+
+
 class Profiler:
     """Optional py-spy (``--profile DIR``): collapsed stacks of a process for the length of a phase."""
 
@@ -447,7 +484,7 @@ class Profiler:
         self.output = directory / f"{name}.txt" if directory is not None else None
         if directory is None:
             return
-        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        spy = py_spy() or "py-spy"
         directory.mkdir(parents=True, exist_ok=True)
         self.popen = subprocess.Popen(
             [
@@ -475,16 +512,6 @@ class Profiler:
             self.popen.send_signal(signal.SIGINT)  # py-spy writes what it has
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(20)
-
-    def name_threads(self, usage: Usage) -> None:
-        """Python thread names (py-spy knows them; /proc only says "python")."""
-        if self.output is None or not self.output.exists():
-            return
-        names = dict(re.findall(r"^thread \((\d+)\): ([^;]+);", self.output.read_text(), re.MULTILINE))
-        for t in usage.threads:
-            name = names.get(str(t["tid"]))
-            if name and t["tid"] != usage.pid:
-                t["name"] = name
 
     def summary(self, top: int = 25) -> str:
         """The functions holding most samples (inclusive), per thread, for the console."""
@@ -581,7 +608,7 @@ def steady_state(p: Params, workdir: Path, http: HttpServer) -> dict[str, Any]:
         usage = meter.stop()
         t1_ns = time.time_ns()
         profiler.stop()
-        profiler.name_threads(usage["agent"])
+        name_threads(usage)
         if p.profile:
             print(profiler.summary(), file=sys.stderr)
         hwm = vm_hwm_bytes(agent.popen.pid)
@@ -943,7 +970,7 @@ def drain_once(
         done_ns = time.time_ns()
         usage = meter.stop()
         profiler.stop()
-        profiler.name_threads(usage["agent"])
+        name_threads(usage)
         if p.profile:
             print(profiler.summary(), file=sys.stderr)
         hwm = vm_hwm_bytes(agent.popen.pid)
@@ -1318,7 +1345,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Params:
     ap.add_argument(
         "--quiet-wait",
         type=float,
-        default=120.0,
+        default=30.0,
         help="before each measurement, wait up to this long for other processes to use < 0.15 cores",
     )
     ap.add_argument("--profile", type=Path, default=None, help="py-spy the agent in each phase into DIR")
