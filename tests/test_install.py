@@ -180,7 +180,6 @@ def test_supervisor_script_is_valid_sh(tmp_path: Path) -> None:
 # ---- against real sshd ---------------------------------------------------------------------------
 
 
-
 @pytest.fixture(autouse=True)
 def _no_stray_processes(tmp_path: Path) -> Iterator[None]:
     """A failed test must not leave an installed supervisor or agent running on the machine."""
@@ -191,6 +190,7 @@ def _no_stray_processes(tmp_path: Path) -> Iterator[None]:
                 proc.kill()
         except psutil.Error:
             pass
+
 
 @needs_sshd
 @pytest.mark.slow

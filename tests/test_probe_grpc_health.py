@@ -23,9 +23,9 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from probes import ErrorKind, PhaseTrace, Prober, ProbeResult, build_prober, run_probe
+from probes import ErrorKind, PhaseTrace, run_probe
 from probes.grpc_health import GrpcHealthProber
-from slaprobe.configfile import ConfigError, Node
+from tests.probe_harness import ProbeHarness, phase_names
 from tests.probe_servers import (
     HttpTestServer,
     RawTcpServer,
@@ -43,28 +43,11 @@ PHASES = ["connect", "request"]
 Status = health_pb2.HealthCheckResponse
 
 
-def make_prober(target: Any, settings: Any = None) -> Prober:
-    return build_prober(
-        Node.from_python("grpc_health", SOURCE, f"{CHECK}.type"),
-        Node.from_python(target, SOURCE, f"{CHECK}.target"),
-        None if settings is None else Node.from_python(settings, SOURCE, SETTINGS),
-    )
-
-
-async def probe(target: str, settings: Any = None) -> ProbeResult:
-    # A generous guard so a regression shows up as a failure, not a hung run.
-    async with asyncio.timeout(10):
-        return await run_probe(make_prober(target, settings), PhaseTrace())
-
-
-def names(result: ProbeResult) -> list[str]:
-    return [name for name, _ in result.phases]
-
-
-def config_error(target: Any, settings: Any = None) -> str:
-    with pytest.raises(ConfigError) as info:
-        make_prober(target, settings)
-    return str(info.value)
+_harness = ProbeHarness("grpc_health", CHECK, SOURCE, guard_s=10)
+make_prober = _harness.make_prober
+probe = _harness.probe
+config_error = _harness.config_error
+names = phase_names
 
 
 # --------------------------------------------------------------------------- servers

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import trustme
 
-from probes import ErrorKind, PhaseTrace, Prober, ProbeResult, build_prober, run_probe
+from probes import ErrorKind, PhaseTrace, run_probe
 from probes._net import der_not_after
-from slaprobe.configfile import ConfigError, Node
+from tests.probe_harness import ProbeHarness, phase_names
 from tests.probe_servers import (
     CHUNKS,
     GARBAGE,
@@ -40,28 +40,11 @@ HTTP_PHASES = ["resolve", "connect", "processing", "transfer"]
 HTTPS_PHASES = ["resolve", "connect", "tls", "processing", "transfer"]
 
 
-def make_prober(url: Any, settings: Any = None) -> Prober:
-    return build_prober(
-        Node.from_python("http", SOURCE, f"{CHECK}.type"),
-        Node.from_python(url, SOURCE, f"{CHECK}.target"),
-        None if settings is None else Node.from_python(settings, SOURCE, SETTINGS),
-    )
-
-
-async def probe(url: str, settings: Any = None) -> ProbeResult:
-    # A generous guard so a regression shows up as a failure, not a hung run.
-    async with asyncio.timeout(10):
-        return await run_probe(make_prober(url, settings), PhaseTrace())
-
-
-def names(result: ProbeResult) -> list[str]:
-    return [name for name, _ in result.phases]
-
-
-def config_error(url: Any, settings: Any = None) -> str:
-    with pytest.raises(ConfigError) as info:
-        make_prober(url, settings)
-    return str(info.value)
+_harness = ProbeHarness("http", CHECK, SOURCE, guard_s=10)
+make_prober = _harness.make_prober
+probe = _harness.probe
+config_error = _harness.config_error
+names = phase_names
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from probes import ErrorKind, PhaseTrace, Prober, ProbeResult, build_prober, run_probe
+from probes import ErrorKind, PhaseTrace, ProbeResult
 from probes.icmp import (
     ICMP_ECHO_REPLY,
     ICMPV6_ECHO_REPLY,
@@ -47,7 +47,7 @@ from probes.icmp import (
     checksum,
     describe_icmp_error,
 )
-from slaprobe.configfile import ConfigError, Node
+from tests.probe_harness import ProbeHarness, phase_names
 
 SOURCE = "catalogue.yaml"
 CHECK = "sites.lab.checks.router"
@@ -56,27 +56,11 @@ ICMP_PHASES = ["resolve", "setup", "rtt"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def make_prober(target: Any, settings: Any = None) -> Prober:
-    return build_prober(
-        Node.from_python("icmp", SOURCE, f"{CHECK}.type"),
-        Node.from_python(target, SOURCE, f"{CHECK}.target"),
-        None if settings is None else Node.from_python(settings, SOURCE, SETTINGS),
-    )
-
-
-async def probe(target: str, settings: Any = None) -> ProbeResult:
-    async with asyncio.timeout(20):
-        return await run_probe(make_prober(target, settings), PhaseTrace())
-
-
-def names(result: ProbeResult) -> list[str]:
-    return [name for name, _ in result.phases]
-
-
-def config_error(target: Any, settings: Any = None) -> str:
-    with pytest.raises(ConfigError) as info:
-        make_prober(target, settings)
-    return str(info.value)
+_harness = ProbeHarness("icmp", CHECK, SOURCE, guard_s=20)
+make_prober = _harness.make_prober
+probe = _harness.probe
+config_error = _harness.config_error
+names = phase_names
 
 
 def datagram_icmp_allowed(family: int = socket.AF_INET) -> bool:

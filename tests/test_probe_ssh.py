@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from probes import ErrorKind, PhaseTrace, Prober, ProbeResult, build_prober, run_probe
+from probes import ErrorKind, PhaseTrace
 from probes._net import HostPort
 from probes.ssh import CLIENT_VERSION, Login, SshProber
-from slaprobe.configfile import ConfigError, Node
+from tests.probe_harness import ProbeHarness, phase_names
 from tests.probe_servers import RawTcpServer, close_at_once, closed_port, reset_at_once, silent
 from tests.sshd import SshServer, keygen, sshd_available
 
@@ -47,27 +47,11 @@ def stranger_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return keygen(tmp_path_factory.mktemp("keys") / "stranger", "stranger")
 
 
-def make_prober(target: Any, settings: Any = None) -> Prober:
-    return build_prober(
-        Node.from_python("ssh", SOURCE, f"{CHECK}.type"),
-        Node.from_python(target, SOURCE, f"{CHECK}.target"),
-        None if settings is None else Node.from_python(settings, SOURCE, SETTINGS),
-    )
-
-
-async def probe(target: str, settings: Any = None) -> ProbeResult:
-    async with asyncio.timeout(20):
-        return await run_probe(make_prober(target, settings), PhaseTrace())
-
-
-def names(result: ProbeResult) -> list[str]:
-    return [name for name, _ in result.phases]
-
-
-def config_error(target: Any, settings: Any = None) -> str:
-    with pytest.raises(ConfigError) as info:
-        make_prober(target, settings)
-    return str(info.value)
+_harness = ProbeHarness("ssh", CHECK, SOURCE, guard_s=20)
+make_prober = _harness.make_prober
+probe = _harness.probe
+config_error = _harness.config_error
+names = phase_names
 
 
 def log_after(server: SshServer, mark: int, until: str = "", timeout: float = 5.0) -> str:

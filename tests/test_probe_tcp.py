@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from probes import PROBERS, ErrorKind, PhaseTrace, Prober, ProbeResult, build_prober, run_probe
+from probes import PROBERS, ErrorKind, PhaseTrace, run_probe
 from probes._net import HostPort
 from probes.tcp import TcpProber
-from slaprobe.configfile import ConfigError, Node
+from slaprobe.configfile import ConfigError
+from tests.probe_harness import ProbeHarness, phase_names
 from tests.probe_servers import (
     RawTcpServer,
     can_bind_ipv6_loopback,
@@ -28,27 +29,11 @@ SETTINGS = f"{CHECK}.settings"
 TCP_PHASES = ["resolve", "connect"]
 
 
-def make_prober(target: Any, settings: Any = None, type_name: Any = "tcp") -> Prober:
-    return build_prober(
-        Node.from_python(type_name, SOURCE, f"{CHECK}.type"),
-        Node.from_python(target, SOURCE, f"{CHECK}.target"),
-        None if settings is None else Node.from_python(settings, SOURCE, SETTINGS),
-    )
-
-
-async def probe(target: str, settings: Any = None) -> ProbeResult:
-    async with asyncio.timeout(10):
-        return await run_probe(make_prober(target, settings), PhaseTrace())
-
-
-def names(result: ProbeResult) -> list[str]:
-    return [name for name, _ in result.phases]
-
-
-def config_error(target: Any, settings: Any = None) -> str:
-    with pytest.raises(ConfigError) as info:
-        make_prober(target, settings)
-    return str(info.value)
+_harness = ProbeHarness("tcp", CHECK, SOURCE, guard_s=10)
+make_prober = _harness.make_prober
+probe = _harness.probe
+config_error = _harness.config_error
+names = phase_names
 
 
 async def wait_for_accepts(server: RawTcpServer, count: int) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import trustme
 
-from probes import ErrorKind, PhaseTrace, Prober, ProbeResult, build_prober, run_probe
+from probes import ErrorKind, PhaseTrace, run_probe
 from probes.tls import TlsProber
-from slaprobe.configfile import ConfigError, Node
+from tests.probe_harness import ProbeHarness, phase_names
 from tests.probe_servers import (
     HttpTestServer,
     RawTcpServer,
@@ -33,28 +33,11 @@ SETTINGS = f"{CHECK}.settings"
 PHASES = ["resolve", "connect", "tls"]
 
 
-def make_prober(target: Any, settings: Any = None) -> Prober:
-    return build_prober(
-        Node.from_python("tls", SOURCE, f"{CHECK}.type"),
-        Node.from_python(target, SOURCE, f"{CHECK}.target"),
-        None if settings is None else Node.from_python(settings, SOURCE, SETTINGS),
-    )
-
-
-async def probe(target: str, settings: Any = None) -> ProbeResult:
-    # A generous guard so a regression shows up as a failure, not a hung run.
-    async with asyncio.timeout(10):
-        return await run_probe(make_prober(target, settings), PhaseTrace())
-
-
-def names(result: ProbeResult) -> list[str]:
-    return [name for name, _ in result.phases]
-
-
-def config_error(target: Any, settings: Any = None) -> str:
-    with pytest.raises(ConfigError) as info:
-        make_prober(target, settings)
-    return str(info.value)
+_harness = ProbeHarness("tls", CHECK, SOURCE, guard_s=10)
+make_prober = _harness.make_prober
+probe = _harness.probe
+config_error = _harness.config_error
+names = phase_names
 
 
 def now() -> dt.datetime:

@@ -1,0 +1,46 @@
+"""Build and run one probe type the way the catalogue and the runner do, for the probe tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from probes import PhaseTrace, Prober, ProbeResult, build_prober, run_probe
+from slaprobe.configfile import ConfigError, Node
+
+
+class ProbeHarness:
+    """Validated like a check of ``check`` in ``source``, so config errors carry real paths."""
+
+    def __init__(
+        self, type_name: str, check: str, source: str = "catalogue.yaml", guard_s: float = 10.0
+    ) -> None:
+        self.type_name = type_name
+        self.check = check
+        self.source = source
+        self.guard_s = guard_s
+
+    def make_prober(self, target: Any, settings: Any = None, type_name: Any = None) -> Prober:
+        return build_prober(
+            Node.from_python(
+                self.type_name if type_name is None else type_name, self.source, f"{self.check}.type"
+            ),
+            Node.from_python(target, self.source, f"{self.check}.target"),
+            None if settings is None else Node.from_python(settings, self.source, f"{self.check}.settings"),
+        )
+
+    async def probe(self, target: str, settings: Any = None) -> ProbeResult:
+        # A generous guard so a regression shows up as a failure, not a hung run.
+        async with asyncio.timeout(self.guard_s):
+            return await run_probe(self.make_prober(target, settings), PhaseTrace())
+
+    def config_error(self, target: Any, settings: Any = None) -> str:
+        with pytest.raises(ConfigError) as info:
+            self.make_prober(target, settings)
+        return str(info.value)
+
+
+def phase_names(result: ProbeResult) -> list[str]:
+    return [name for name, _ in result.phases]
