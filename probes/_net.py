@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import ClassVar, Literal, cast
 
 from slaprobe.configfile import Fields, Node
 
@@ -181,24 +181,104 @@ def _fmt(sockaddr: SockAddr) -> str:
 
 @dataclass(frozen=True)
 class TlsOptions:
+    """TLS settings shared by the HTTP and TCP probes (same keys in both)."""
+
     verify: bool = True
     ca_file: str | None = None
     server_name: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    KEYS: ClassVar[tuple[str, ...]] = ("tls_verify", "ca_file", "server_name", "client_cert", "client_key")
 
     @classmethod
     def read(cls, settings: Fields) -> TlsOptions:
+        server_name: str | None = settings.str("server_name", None)
+        if server_name is not None:
+            server_name = server_name.strip()
+            node = settings.raw("server_name")
+            assert node is not None
+            check_host(node, server_name)
+        client_cert, client_key = read_client_cert(settings)
         return cls(
             verify=settings.bool("tls_verify", True),
             ca_file=settings.str("ca_file", None),
-            server_name=settings.str("server_name", None),
+            server_name=server_name,
+            client_cert=client_cert,
+            client_key=client_key,
         )
 
-    def context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=self.ca_file)
+    def context(self, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+        """Load the CA store and the client certificate (file I/O: see :meth:`load_context`).
+
+        A file the agent cannot read is ``internal``: it says nothing about the target.
+        """
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            detail = f"cannot load ca_file {self.ca_file}: {_why(exc)}"
+            raise ProbeFailure(ErrorKind.INTERNAL, detail) from exc
         if not self.verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
+        if self.client_cert is not None:
+            try:
+                ctx.load_cert_chain(self.client_cert, self.client_key)
+            except (OSError, ssl.SSLError) as exc:
+                what = (
+                    self.client_cert if self.client_key is None else f"{self.client_cert} / {self.client_key}"
+                )
+                detail = f"cannot load client_cert {what}: {_why(exc)}"
+                raise ProbeFailure(ErrorKind.INTERNAL, detail) from exc
+        if alpn:
+            ctx.set_alpn_protocols(list(alpn))
         return ctx
+
+    async def load_context(self, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+        """:meth:`context` in a thread, so loading files never blocks the event loop."""
+        return await asyncio.to_thread(self.context, alpn)
+
+
+def read_client_cert(settings: Fields) -> tuple[str | None, str | None]:
+    """``client_cert`` and ``client_key``: paths of PEM files on the agent host."""
+    client_cert: str | None = settings.str("client_cert", None)
+    client_key: str | None = settings.str("client_key", None)
+    for key, value in (("client_cert", client_cert), ("client_key", client_key)):
+        if value is not None and "-----BEGIN" in value:
+            node = settings.raw(key)
+            assert node is not None
+            node.fail(
+                "expected the path of a PEM file on the agent host, got PEM text "
+                "(keys do not belong in the catalogue)"
+            )
+    if client_key is not None and client_cert is None:
+        node = settings.raw("client_key")
+        assert node is not None
+        node.fail("client_key needs client_cert (the certificate it belongs to)")
+    return client_cert, client_key
+
+
+def tls_error_detail(exc: ssl.SSLError, when: str) -> str:
+    """Say what a TLS alert means for the probe, ``when`` being "before any response" and so on.
+
+    With TLS 1.3 a server judges the client certificate after the handshake, so a
+    missing or rejected one shows up as an alert on the first read.
+    """
+    reason = str(exc.reason or exc)
+    upper = reason.upper()
+    if "CERTIFICATE_REQUIRED" in upper:
+        return f"the server requires a client certificate (set client_cert): TLS alert {reason} {when}"
+    if any(a in upper for a in ("ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA", "ALERT_CERTIFICATE_UNKNOWN")):
+        return f"the server rejected the client certificate: TLS alert {reason} {when}"
+    return f"TLS error {when}: {exc}"
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 async def start_tls(
@@ -211,7 +291,10 @@ async def start_tls(
     except ssl.SSLCertVerificationError as exc:
         raise ProbeFailure(ErrorKind.TLS, f"certificate rejected: {exc.verify_message}") from exc
     except ssl.SSLError as exc:
-        raise ProbeFailure(ErrorKind.TLS, f"TLS handshake failed: {exc.reason or exc}") from exc
+        detail = tls_error_detail(exc, "during the handshake")
+        if detail.startswith("TLS error"):
+            detail = f"TLS handshake failed: {exc.reason or exc}"
+        raise ProbeFailure(ErrorKind.TLS, detail) from exc
     except (ConnectionError, asyncio.IncompleteReadError) as exc:
         raise ProbeFailure(ErrorKind.RESET, "connection closed during the TLS handshake") from exc
     ssl_object = writer.get_extra_info("ssl_object")

@@ -1,26 +1,218 @@
-"""TCP probe: can a connection be opened? Phases ``resolve, connect``."""
+"""TCP probe: open a connection; optionally TLS; optionally a scripted exchange (``query``).
+
+Phases ``resolve, connect``, then ``tls`` with ``tls: true`` and ``query``
+when there are steps. Fields: ``ip``; with TLS ``tls_version`` and
+``cert_days_left``; with a query ``banner`` (the first line received).
+
+A query is a list of steps, each ``send: text`` or ``expect: regex`` (in the
+order given, like blackbox_exporter's ``query_response``):
+
+- ``send`` writes the text, then ``\\r\\n`` unless it already ends with a
+  line break (SMTP, Redis, POP3, IMAP and memcached all take CRLF).
+- ``expect`` reads the next line (up to ``\\n``; the line end is stripped
+  before matching) and the regex must match it (``re.search``, bytes). With
+  ``skip: regex``, lines that match ``skip`` are passed over first, for
+  replies of several lines such as SMTP's ``250-`` continuation lines.
+
+A line that does not match is ``assertion``, naming the step and the line
+received. The peer closing before the line arrives is ``reset``. No line
+within the check's timeout is ``timeout`` (the runner's): the field
+``query_step`` then names the step that was waiting.
+
+With ``tls: true`` the handshake is verified as in the HTTP probe (same
+``tls_verify``, ``ca_file``, ``server_name``, ``client_cert``,
+``client_key``). In TLS 1.3 a server judges a client certificate after the
+handshake, so a missing or rejected one is seen only by a query's first read
+(``tls``, "the server requires a client certificate"); without a query it
+goes unnoticed, as in the TLS probe.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import ssl
+from dataclasses import dataclass
+
 from slaprobe.configfile import Fields, Node
 
-from ._net import HostPort, IpVersion, connect, parse_host_port, read_ip_version, resolve
-from .base import PhaseTrace, Prober, ProbeResult
+from ._net import (
+    HostPort,
+    IpVersion,
+    TlsOptions,
+    connect,
+    parse_host_port,
+    read_ip_version,
+    resolve,
+    start_tls,
+    tls_error_detail,
+)
+from .base import ErrorKind, PhaseTrace, ProbeFailure, Prober, ProbeResult
+
+_MAX_LINE = 65536
+_SHOWN = 200  # characters of a received line quoted in a detail
+
+
+@dataclass(frozen=True)
+class QueryStep:
+    label: str  # "query[1] expect '^\\+PONG'", for details and the query_step field
+    send: bytes | None = None
+    expect: re.Pattern[bytes] | None = None
+    skip: re.Pattern[bytes] | None = None
+
+
+def _read_query(settings: Fields) -> tuple[QueryStep, ...]:
+    nodes: list[Node] = settings.list("query", [])
+    steps = []
+    for index, node in enumerate(nodes):
+        step = Fields(node, "a step such as {send: PING} or {expect: '^\\+PONG'}")
+        send: str | None = step.str("send", None, nonempty=False)
+        expect = _regex(step, "expect")
+        skip = _regex(step, "skip")
+        step.finish()
+        if send is None and expect is None:
+            node.fail("a step needs send or expect")
+        if send is not None and expect is not None:
+            node.fail("a step is either send or expect, not both: write them as two steps")
+        if skip is not None and expect is None:
+            raw = step.raw("skip")
+            assert raw is not None
+            raw.fail("skip needs expect (the line to wait for)")
+        if send is not None:
+            data = send.encode()
+            if not data.endswith(b"\n"):
+                data += b"\r\n"
+            steps.append(QueryStep(f"query[{index}] send {send.rstrip()!r}", send=data))
+        else:
+            assert expect is not None
+            label = f"query[{index}] expect {expect.pattern.decode()!r}"
+            steps.append(QueryStep(label, expect=expect, skip=skip))
+    return tuple(steps)
+
+
+def _regex(step: Fields, key: str) -> re.Pattern[bytes] | None:
+    text: str | None = step.str(key, None)
+    if text is None:
+        return None
+    try:
+        return re.compile(text.encode())
+    except re.error as exc:
+        node = step.raw(key)
+        assert node is not None
+        node.fail(f"invalid regular expression: {exc}")
 
 
 class TcpProber(Prober):
     type_name = "tcp"
 
-    def __init__(self, endpoint: HostPort, ip_version: IpVersion) -> None:
+    def __init__(
+        self,
+        endpoint: HostPort,
+        ip_version: IpVersion,
+        tls: TlsOptions | None = None,
+        query: tuple[QueryStep, ...] = (),
+    ) -> None:
         self.endpoint = endpoint
         self.ip_version = ip_version
+        self.tls = tls
+        self.query = query
+        self._ssl: ssl.SSLContext | None = None
 
     @classmethod
     def from_config(cls, target: Node, settings: Fields) -> TcpProber:
-        return cls(parse_host_port(target), read_ip_version(settings))
+        endpoint = parse_host_port(target)
+        ip_version = read_ip_version(settings)
+        use_tls: bool = settings.bool("tls", False)
+        tls = TlsOptions.read(settings)
+        if not use_tls:
+            for key in TlsOptions.KEYS:
+                node = settings.raw(key)
+                if node is not None:
+                    node.fail(f"{key} needs tls: true")
+        return cls(endpoint, ip_version, tls if use_tls else None, _read_query(settings))
 
     async def probe(self, trace: PhaseTrace) -> ProbeResult:
+        ctx: ssl.SSLContext | None = None
+        if self.tls is not None:
+            if self._ssl is None:
+                # Built once per check, off the event loop and outside the timed phases.
+                self._ssl = await self.tls.load_context()
+            ctx = self._ssl
         family, sockaddr = await resolve(self.endpoint, self.ip_version, trace)
         sock = await connect(family, sockaddr, trace)
-        sock.close()
-        return ProbeResult(True, trace.close(), None, f"connected to {self.endpoint}", trace.fields)
+        if ctx is None and not self.query:
+            sock.close()
+            return ProbeResult(True, trace.close(), None, f"connected to {self.endpoint}", trace.fields)
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock, limit=_MAX_LINE)
+        except BaseException:
+            sock.close()
+            raise
+        detail = f"connected to {self.endpoint}"
+        try:
+            if ctx is not None and self.tls is not None:
+                await start_tls(writer, ctx, self.tls.server_name or self.endpoint.host, trace)
+                detail += f", {trace.fields.get('tls_version', 'TLS')}"
+            if self.query:
+                trace.enter("query")
+                await self._run_query(reader, writer, trace)
+                detail += f", query passed ({len(self.query)} steps)"
+        finally:
+            writer.close()
+        return ProbeResult(True, trace.close(), None, detail, trace.fields)
+
+    async def _run_query(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trace: PhaseTrace
+    ) -> None:
+        for step in self.query:
+            # Left in the fields while the step runs: a timeout result then names it.
+            trace.fields["query_step"] = step.label
+            if step.send is not None:
+                try:
+                    writer.write(step.send)
+                    await writer.drain()
+                except ConnectionError as exc:
+                    raise ProbeFailure(ErrorKind.RESET, f"{step.label}: connection reset") from exc
+                except ssl.SSLError as exc:
+                    raise ProbeFailure(ErrorKind.TLS, tls_error_detail(exc, f"at {step.label}")) from exc
+                continue
+            assert step.expect is not None
+            skipped = 0
+            while True:
+                line = await _read_line(reader, step, trace)
+                if line is None:
+                    what = f"after {skipped} skipped lines" if skipped else "before any line"
+                    raise ProbeFailure(ErrorKind.RESET, f"{step.label}: connection closed {what}")
+                if step.expect.search(line):
+                    break
+                if step.skip is not None and step.skip.search(line):
+                    skipped += 1
+                    continue
+                shown = _show(line)
+                raise ProbeFailure(ErrorKind.ASSERTION, f"{step.label} failed: received {shown!r}")
+        del trace.fields["query_step"]
+
+
+async def _read_line(reader: asyncio.StreamReader, step: QueryStep, trace: PhaseTrace) -> bytes | None:
+    """The next line without its line end; a last line without one at EOF; None at EOF."""
+    try:
+        raw = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raw = exc.partial
+    except asyncio.LimitOverrunError as exc:
+        detail = f"{step.label}: a line longer than {_MAX_LINE} bytes"
+        raise ProbeFailure(ErrorKind.PROTOCOL, detail) from exc
+    except ConnectionError as exc:
+        raise ProbeFailure(ErrorKind.RESET, f"{step.label}: connection reset") from exc
+    except ssl.SSLError as exc:
+        raise ProbeFailure(ErrorKind.TLS, tls_error_detail(exc, f"at {step.label}")) from exc
+    line = raw.rstrip(b"\r\n")
+    trace.fields.setdefault("banner", _show(line))
+    return line
+
+
+def _show(line: bytes) -> str:
+    text = line.decode("utf-8", errors="replace")
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"

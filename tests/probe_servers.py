@@ -7,9 +7,12 @@ or TLS stack, never to a mock.
 - :class:`HttpTestServer`: ``http.server`` with a few routes (see
   :class:`_Handler`), optionally over TLS with a certificate from ``trustme``.
   Every request's headers are recorded in :attr:`HttpTestServer.requests`.
+- :class:`H2TestServer`: HTTP/2 with the ``h2`` library on a plain socket,
+  over TLS (ALPN ``h2``) or in clear text (prior knowledge); see its routes.
 - :class:`RawTcpServer`: accepts connections and hands each one to a
   behaviour: :func:`silent` (never answers), :func:`close_at_once`,
-  :func:`reset_at_once`, :func:`garbage` (a non-HTTP banner).
+  :func:`reset_at_once`, :func:`garbage` (a non-HTTP banner),
+  :class:`LineProtocol` (SMTP- or Redis-like lines).
 """
 
 from __future__ import annotations
@@ -25,10 +28,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import h2.config
+import h2.connection
+import h2.events
 
 __all__ = [
     "OK_BODY",
+    "H2TestServer",
     "HttpTestServer",
+    "LineProtocol",
     "RawTcpServer",
     "RecordedRequest",
     "can_bind_ipv6_loopback",
@@ -102,6 +112,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     ``/close-delimited``     HTTP/1.0-style body ended by closing the connection
     ``/short-body``          announces 1000 bytes, sends 10, closes
     ``/hang-up``             closes the connection without any response
+    ``/redirect/<code>?to=U``  that status with ``Location: U`` (U as given, may be relative)
+    ``/hops/<n>``            302 to ``/hops/<n-1>``; ``/hops/0`` answers like ``/ok``
+    ``/loop/a``, ``/loop/b``   302 to each other
+    ``/headers?N=V&N=W``     200 with each query pair sent as a response header
     anything else            404
     """
 
@@ -174,6 +188,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         elif path == "/hang-up":
             self.close_connection = True
+        elif parts[0] == "redirect" and len(parts) == 2 and parts[1].isdigit():
+            query = dict(parse_qsl(urlsplit(self.path).query))
+            self._redirect(int(parts[1]), query.get("to", "/ok"))
+        elif parts[0] == "hops" and len(parts) == 2 and parts[1].isdigit():
+            left = int(parts[1])
+            if left:
+                self._redirect(302, f"/hops/{left - 1}")
+            else:
+                self._send(200, OK_BODY)
+        elif parts[0] == "loop" and len(parts) == 2:
+            self._redirect(302, "/loop/b" if parts[1] == "a" else "/loop/a")
+        elif path == "/headers":
+            body = b"headers as asked\n"
+            self.send_response(200)
+            for name, value in parse_qsl(urlsplit(self.path).query):
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif path == "/short-body":
             self.send_response(200)
             self.send_header("Content-Length", "1000")
@@ -182,6 +215,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         else:
             self._send(404, b"not found\n")
+
+    def _redirect(self, code: int, location: str) -> None:
+        body = f"see {location}\n".encode()
+        self.send_response(code)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     do_HEAD = do_GET
     do_POST = do_GET
@@ -254,6 +296,164 @@ class HttpTestServer:
         self._thread.join(timeout=5)
 
 
+# --------------------------------------------------------------------------- HTTP/2
+
+
+class H2TestServer:
+    """HTTP/2 on loopback with the ``h2`` library, one thread per connection.
+
+    With ``ssl_context`` it speaks TLS and offers ALPN ``h2`` only (pass
+    ``alpn=("http/1.1",)`` to refuse HTTP/2); without, HTTP/2 with prior
+    knowledge (h2c). Routes: ``/ok`` (200, :data:`OK_BODY`, ``x-proto: h2``),
+    ``/status/<code>``, ``/large/<bytes>`` (beyond one flow-control window),
+    ``/reset`` (RST_STREAM, no response), ``/goaway`` (GOAWAY with an error),
+    ``/echo`` (200 with the request body). Requests go to :attr:`requests` as
+    (method, path, headers, body), headers as text with lower-case names.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        ssl_context: ssl.SSLContext | None = None,
+        alpn: tuple[str, ...] = ("h2",),
+    ) -> None:
+        self.host = host
+        self.ssl_context = ssl_context
+        if ssl_context is not None:
+            ssl_context.set_alpn_protocols(list(alpn))
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.connections = 0
+        self._stop = threading.Event()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.bind((host, 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True)
+
+    def url(self, path: str = "/ok") -> str:
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{url_host(self.host)}:{self.port}{path}"
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.settimeout(5.0)
+        sock: socket.socket = raw
+        with contextlib.suppress(OSError, ssl.SSLError):
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(raw, server_side=True)
+                if sock.selected_alpn_protocol() != "h2":
+                    # An HTTP/1.1-only server: answer in HTTP/1.1.
+                    sock.recv(65536)
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nh1")
+                    return
+            self._serve_h2(sock)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def _serve_h2(self, sock: socket.socket) -> None:
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        pending: dict[int, tuple[str, str, dict[str, str], bytearray]] = {}
+        while not self._stop.is_set():
+            data = sock.recv(65536)
+            if not data:
+                return
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    headers = {str(k): str(v) for k, v in event.headers or ()}
+                    sid = event.stream_id or 0
+                    pending[sid] = (headers[":method"], headers[":path"], headers, bytearray())
+                elif isinstance(event, h2.events.DataReceived):
+                    sid = event.stream_id or 0
+                    pending[sid][3].extend(event.data or b"")
+                    conn.acknowledge_received_data(event.flow_controlled_length or 0, sid)
+                elif isinstance(event, h2.events.StreamEnded):
+                    sid = event.stream_id or 0
+                    method, path, headers, body = pending.pop(sid)
+                    self.requests.append((method, path, headers, bytes(body)))
+                    if not self._respond(sock, conn, sid, path, bytes(body)):
+                        return
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    sock.sendall(conn.data_to_send())
+                    return
+            sock.sendall(conn.data_to_send())
+
+    def _respond(
+        self, sock: socket.socket, conn: h2.connection.H2Connection, sid: int, path: str, body: bytes
+    ) -> bool:
+        parts = path.split("?", 1)[0].strip("/").split("/")
+        if path == "/reset":
+            conn.reset_stream(sid, error_code=2)  # INTERNAL_ERROR
+            return True
+        if path == "/goaway":
+            conn.close_connection(error_code=2, last_stream_id=0)
+            sock.sendall(conn.data_to_send())
+            return False
+        status, payload = 404, b"not found\n"
+        if path == "/ok":
+            status, payload = 200, OK_BODY
+        elif path == "/echo":
+            status, payload = 200, body
+        elif parts[0] == "status" and len(parts) == 2 and parts[1].isdigit():
+            status, payload = int(parts[1]), f"status {parts[1]}\n".encode()
+        elif parts[0] == "large" and len(parts) == 2 and parts[1].isdigit():
+            status, payload = 200, b"x" * int(parts[1])
+        conn.send_headers(
+            sid,
+            [
+                (":status", str(status)),
+                ("content-type", "text/plain"),
+                ("content-length", str(len(payload))),
+                ("x-proto", "h2"),
+            ],
+            end_stream=not payload,
+        )
+        while payload:
+            window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if window <= 0:
+                sock.sendall(conn.data_to_send())
+                data = sock.recv(65536)
+                if not data:
+                    return False
+                conn.receive_data(data)  # WINDOW_UPDATE frames
+                continue
+            chunk, payload = payload[:window], payload[window:]
+            conn.send_data(sid, chunk, end_stream=not payload)
+        sock.sendall(conn.data_to_send())
+        return True
+
+    def __enter__(self) -> H2TestServer:
+        self._accept_thread.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._accept_thread.join(timeout=5)
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
 # --------------------------------------------------------------------------- raw TCP
 
 Behaviour = Callable[[socket.socket, threading.Event], None]
@@ -296,6 +496,47 @@ def garbage_then_close(conn: socket.socket, stop: threading.Event) -> None:
     with contextlib.suppress(OSError):
         conn.recv(65536)
         conn.sendall(b"220 mail.example ESMTP ready\r\n")
+
+
+class LineProtocol:
+    """A line protocol behaviour: send ``banner`` (if any), then answer each line by its reply.
+
+    ``replies`` maps a received line (without its line end) to the bytes sent back;
+    an unknown line gets ``-ERR unknown command``. Lines received are recorded in
+    :attr:`received`. With ``close_after``, the server closes after its banner (no
+    replies given) or after its first reply.
+    """
+
+    def __init__(
+        self, banner: bytes | None, replies: dict[bytes, bytes] | None = None, close_after: bool = False
+    ) -> None:
+        self.banner = banner
+        self.replies = replies or {}
+        self.close_after = close_after
+        self.received: list[bytes] = []
+
+    def __call__(self, conn: socket.socket, stop: threading.Event) -> None:
+        if self.banner is not None:
+            conn.sendall(self.banner)
+            if self.close_after and not self.replies:
+                return
+        conn.settimeout(0.05)
+        buffer = b""
+        while not stop.is_set():
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                line = line.rstrip(b"\r")
+                self.received.append(line)
+                conn.sendall(self.replies.get(line, b"-ERR unknown command\r\n"))
+                if self.close_after:
+                    return
 
 
 class RawTcpServer:

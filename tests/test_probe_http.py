@@ -681,8 +681,9 @@ def test_settings_may_be_omitted() -> None:
 def test_unknown_setting_suggests_the_right_one() -> None:
     assert config_error("http://127.0.0.1/", {"body_match": ["ok"]}) == (
         f"{SOURCE}: {SETTINGS}.body_match: unknown field (did you mean 'body_matches'?); "
-        "allowed here: body, body_matches, body_not_matches, ca_file, headers, ip_version, "
-        "max_body_bytes, method, server_name, tls_verify, valid_status"
+        "allowed here: body, body_matches, body_not_matches, ca_file, client_cert, client_key, "
+        "follow_redirects, header_matches, header_not_matches, headers, http_version, ip_version, "
+        "max_body_bytes, max_redirects, method, server_name, tls_verify, valid_status"
     )
 
 

@@ -27,6 +27,7 @@ SOURCE = "catalogue.yaml"
 CHECK = "sites.lab.checks.db"
 SETTINGS = f"{CHECK}.settings"
 TCP_PHASES = ["resolve", "connect"]
+TCP_SETTINGS = "ca_file, client_cert, client_key, ip_version, query, server_name, tls, tls_verify"
 
 
 _harness = ProbeHarness("tcp", CHECK, SOURCE, guard_s=10)
@@ -205,13 +206,13 @@ def test_bad_target(target: Any, message: str) -> None:
 def test_unknown_setting_suggests_the_right_one() -> None:
     assert config_error("127.0.0.1:5432", {"ipversion": "ipv4"}) == (
         f"{SOURCE}: {SETTINGS}.ipversion: unknown field (did you mean 'ip_version'?); "
-        "allowed here: ip_version"
+        f"allowed here: {TCP_SETTINGS}"
     )
 
 
 def test_settings_the_tcp_probe_does_not_have() -> None:
     assert config_error("127.0.0.1:5432", {"body_matches": ["x"]}) == (
-        f"{SOURCE}: {SETTINGS}.body_matches: unknown field; allowed here: ip_version"
+        f"{SOURCE}: {SETTINGS}.body_matches: unknown field; allowed here: {TCP_SETTINGS}"
     )
 
 
