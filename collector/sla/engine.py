@@ -386,15 +386,28 @@ def evaluate(
         list(parts),
     )
     if with_summary:
-        # Latency and clock: results of in-scope slices outside maintenance windows.
-        counted = ev.in_scope & ~mnt & ~state["unmonitored"]
-        spans = grid.instants(counted)
-        for p in parts:
-            lo, hi = p.valid_from, p.valid_to if p.valid_to is not None else due_end
-            mine = [(max(a, lo), min(b, hi, due_end)) for a, b in spans if min(b, hi, due_end) > max(a, lo)]
-            if mine:
-                ev.summary.add(source.summary(p, mine))
+        ev.summary = summarise(source, ev)
     return ev
+
+
+def summarise(source: Source, ev: Evaluation, within: int | None = None) -> Summary:
+    """Latency and clock: the results of in-scope slices outside maintenance windows (of those
+    in ``within`` only, e.g. one day's slices). ``evaluate`` puts the whole period's in ``ev.summary``."""
+    grid = ev.grid
+    counted = ev.in_scope & ~ev.maintenance & ~ev.state["unmonitored"]
+    if within is not None:
+        counted &= within
+    # Results are read up to the first slice not yet due (every slice when none is pending).
+    first_pending = (ev.pending & -ev.pending).bit_length() - 1
+    due_end = grid.start(grid.j0 + first_pending if ev.pending else grid.j1)
+    spans = grid.instants(counted)
+    out = Summary()
+    for p in ev.parts:
+        lo, hi = p.valid_from, p.valid_to if p.valid_to is not None else due_end
+        mine = [(max(a, lo), min(b, hi, due_end)) for a, b in spans if min(b, hi, due_end) > max(a, lo)]
+        if mine:
+            out.add(source.summary(p, mine))
+    return out
 
 
 def _mask_of_rank(ranks: bytearray, rank: int) -> int:
