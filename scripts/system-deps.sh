@@ -8,6 +8,7 @@ declare -A pkgs=(
   [dnsmasq]=dnsmasq            # DNS probe tests: a real resolver serving a test zone
   [sshd]=openssh-server        # SSH probe and installer tests: a real OpenSSH server
   [ssh-keygen]=openssh-client  # stock-tool evidence verification (ssh-keygen -Y verify)
+  [chromium]=chromium          # evidence report test: headless Chromium renders the HTML report
 )
 for cmd in "${!pkgs[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || needed+=("${pkgs[$cmd]}")

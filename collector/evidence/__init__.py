@@ -1,0 +1,1 @@
+"""Evidence for SLA disputes: the report document, its human rendering, signed bundles."""
