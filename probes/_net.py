@@ -20,7 +20,7 @@ from typing import ClassVar, Literal, cast
 
 from slaprobe.configfile import Fields, Node
 
-from .base import ErrorKind, PhaseTrace, ProbeFailure
+from .base import ErrorKind, FieldScalar, PhaseTrace, ProbeFailure
 
 IpVersion = Literal["any", "ipv4", "ipv6"]
 
@@ -271,6 +271,17 @@ def tls_error_detail(exc: ssl.SSLError, when: str) -> str:
     if any(a in upper for a in ("ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA", "ALERT_CERTIFICATE_UNKNOWN")):
         return f"the server rejected the client certificate: TLS alert {reason} {when}"
     return f"TLS error {when}: {exc}"
+
+
+def reset_after_tls_hint(fields: dict[str, FieldScalar], client_cert: str | None) -> str:
+    """A hint for a reset on the first read after a TLS 1.3 handshake without a client certificate.
+
+    A server that requires one sends its alert and closes; when our request is
+    still unread there, its kernel answers with an RST that can overtake the alert.
+    """
+    if client_cert is None and fields.get("tls_version") == "TLSv1.3":
+        return " (right after a TLS 1.3 handshake: the server may require a client certificate)"
+    return ""
 
 
 def _why(exc: BaseException) -> str:

@@ -55,6 +55,7 @@ from ._net import (
     check_host,
     connect,
     read_ip_version,
+    reset_after_tls_hint,
     resolve,
     start_tls,
     tls_error_detail,
@@ -79,6 +80,7 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 # elsewhere does not get them (as Go's http.Client and browsers do).
 _HOST_BOUND_HEADERS = ("authorization", "cookie", "proxy-authorization", "host")
 _MAX_REDIRECTS = 30
+_PHASE_ORDER = ("resolve", "connect", "tls", "processing", "transfer")
 
 HttpVersion = Literal["1.1", "2"]
 
@@ -458,7 +460,10 @@ class HttpProber(Prober):
             writer.write(request.h11_bytes(conn))
             first = await reader.read(_READ_SIZE)
         except ConnectionError as exc:
-            raise ProbeFailure(ErrorKind.RESET, "connection reset before any response") from exc
+            hint = (
+                reset_after_tls_hint(trace.fields, self.settings.tls.client_cert) if request.hop.https else ""
+            )
+            raise ProbeFailure(ErrorKind.RESET, f"connection reset before any response{hint}") from exc
         except ssl.SSLError as exc:
             raise ProbeFailure(ErrorKind.TLS, tls_error_detail(exc, "before any response")) from exc
         if not first:
@@ -544,7 +549,7 @@ class HttpProber(Prober):
         size = 0
         status = 0
         headers: tuple[tuple[str, str], ...] = ()
-        received_any = False
+        head = b""
         while True:
             while body and conn.local_flow_control_window(stream_id) > 0:
                 n = min(len(body), conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
@@ -554,8 +559,14 @@ class HttpProber(Prober):
                 writer.write(conn.data_to_send())
                 data = await reader.read(_READ_SIZE)
             except ConnectionError as exc:
-                when = "during the response" if status else "before any response"
-                raise ProbeFailure(ErrorKind.RESET, f"connection reset {when}") from exc
+                if status:
+                    raise ProbeFailure(ErrorKind.RESET, "connection reset during the response") from exc
+                hint = (
+                    reset_after_tls_hint(trace.fields, self.settings.tls.client_cert)
+                    if request.hop.https
+                    else ""
+                )
+                raise ProbeFailure(ErrorKind.RESET, f"connection reset before any response{hint}") from exc
             except ssl.SSLError as exc:
                 when = "during the response" if status else "before any response"
                 raise ProbeFailure(ErrorKind.TLS, tls_error_detail(exc, when)) from exc
@@ -563,10 +574,9 @@ class HttpProber(Prober):
                 if status:
                     raise ProbeFailure(ErrorKind.RESET, "connection closed mid-response")
                 raise ProbeFailure(ErrorKind.RESET, "connection closed before any response")
-            if not received_any and data.startswith(b"HTTP/"):
-                detail = f"the server answered in HTTP/1, not HTTP/2: {data[:40]!r}"
-                raise ProbeFailure(ErrorKind.PROTOCOL, detail)
-            received_any = True
+            if len(head) < 4:
+                head += data
+                _check_h2_start(head)
             try:
                 events = conn.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
@@ -668,7 +678,7 @@ def _sum_phases(trace: PhaseTrace) -> tuple[tuple[str, float], ...]:
     """Close the phase in progress and sum each phase over the hops so far (blackbox_exporter's rule).
 
     PhaseTrace (the probe seam, ``base.py``) has no public way to rewrite what it
-    recorded, so this folds its list in place, keeping first-seen order. Called
+    recorded, so this folds its list in place. Called
     between hops too, so a run cut short by its timeout reports the earlier hops
     summed and only the hop that hung after them.
     """
@@ -677,7 +687,9 @@ def _sum_phases(trace: PhaseTrace) -> tuple[tuple[str, float], ...]:
     summed: dict[str, float] = {}
     for name, seconds in phases:
         summed[name] = summed.get(name, 0.0) + seconds
-    phases[:] = list(summed.items())
+    # In the order of a request (a first hop without TLS would put tls last otherwise).
+    order = {name: i for i, name in enumerate(_PHASE_ORDER)}
+    phases[:] = sorted(summed.items(), key=lambda item: order.get(item[0], len(order)))
     return tuple(phases)
 
 
@@ -697,6 +709,16 @@ def _text(value: bytes) -> str:
 
 def _shorten(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _check_h2_start(head: bytes) -> None:
+    """A server's HTTP/2 preface is a SETTINGS frame (type 4, the 4th byte); h2 would wait for more."""
+    if head.startswith(b"HTTP/"):
+        raise ProbeFailure(ErrorKind.PROTOCOL, f"the server answered in HTTP/1, not HTTP/2: {head[:40]!r}")
+    if len(head) >= 4 and head[3] != 4:
+        raise ProbeFailure(
+            ErrorKind.PROTOCOL, f"not an HTTP/2 server (no SETTINGS frame first): {head[:40]!r}"
+        )
 
 
 def _check_http_start(head: bytes) -> None:

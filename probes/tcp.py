@@ -43,6 +43,7 @@ from ._net import (
     connect,
     parse_host_port,
     read_ip_version,
+    reset_after_tls_hint,
     resolve,
     start_tls,
     tls_error_detail,
@@ -55,7 +56,7 @@ _SHOWN = 200  # characters of a received line quoted in a detail
 
 @dataclass(frozen=True)
 class QueryStep:
-    label: str  # "query[1] expect '^\\+PONG'", for details and the query_step field
+    label: str  # "query[1] expect '^\\+PONG'" (the regex as written), for details and query_step
     send: bytes | None = None
     expect: re.Pattern[bytes] | None = None
     skip: re.Pattern[bytes] | None = None
@@ -70,14 +71,14 @@ def _read_query(settings: Fields) -> tuple[QueryStep, ...]:
         expect = _regex(step, "expect")
         skip = _regex(step, "skip")
         step.finish()
-        if send is None and expect is None:
-            node.fail("a step needs send or expect")
-        if send is not None and expect is not None:
-            node.fail("a step is either send or expect, not both: write them as two steps")
         if skip is not None and expect is None:
             raw = step.raw("skip")
             assert raw is not None
             raw.fail("skip needs expect (the line to wait for)")
+        if send is None and expect is None:
+            node.fail("a step needs send or expect")
+        if send is not None and expect is not None:
+            node.fail("a step is either send or expect, not both: write them as two steps")
         if send is not None:
             data = send.encode()
             if not data.endswith(b"\n"):
@@ -85,7 +86,7 @@ def _read_query(settings: Fields) -> tuple[QueryStep, ...]:
             steps.append(QueryStep(f"query[{index}] send {send.rstrip()!r}", send=data))
         else:
             assert expect is not None
-            label = f"query[{index}] expect {expect.pattern.decode()!r}"
+            label = f"query[{index}] expect '{expect.pattern.decode()}'"  # as written, unescaped
             steps.append(QueryStep(label, expect=expect, skip=skip))
     return tuple(steps)
 
@@ -179,7 +180,7 @@ class TcpProber(Prober):
             assert step.expect is not None
             skipped = 0
             while True:
-                line = await _read_line(reader, step, trace)
+                line = await _read_line(reader, step, trace, self.tls.client_cert if self.tls else None)
                 if line is None:
                     what = f"after {skipped} skipped lines" if skipped else "before any line"
                     raise ProbeFailure(ErrorKind.RESET, f"{step.label}: connection closed {what}")
@@ -193,7 +194,9 @@ class TcpProber(Prober):
         del trace.fields["query_step"]
 
 
-async def _read_line(reader: asyncio.StreamReader, step: QueryStep, trace: PhaseTrace) -> bytes | None:
+async def _read_line(
+    reader: asyncio.StreamReader, step: QueryStep, trace: PhaseTrace, client_cert: str | None
+) -> bytes | None:
     """The next line without its line end; a last line without one at EOF; None at EOF."""
     try:
         raw = await reader.readuntil(b"\n")
@@ -205,7 +208,8 @@ async def _read_line(reader: asyncio.StreamReader, step: QueryStep, trace: Phase
         detail = f"{step.label}: a line longer than {_MAX_LINE} bytes"
         raise ProbeFailure(ErrorKind.PROTOCOL, detail) from exc
     except ConnectionError as exc:
-        raise ProbeFailure(ErrorKind.RESET, f"{step.label}: connection reset") from exc
+        hint = "" if "banner" in trace.fields else reset_after_tls_hint(trace.fields, client_cert)
+        raise ProbeFailure(ErrorKind.RESET, f"{step.label}: connection reset{hint}") from exc
     except ssl.SSLError as exc:
         raise ProbeFailure(ErrorKind.TLS, tls_error_detail(exc, f"at {step.label}")) from exc
     line = raw.rstrip(b"\r\n")

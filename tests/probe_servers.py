@@ -46,8 +46,10 @@ __all__ = [
     "closed_port",
     "garbage",
     "garbage_then_close",
+    "over_tls",
     "reset_at_once",
     "silent",
+    "tls_handshake",
 ]
 
 OK_BODY = b"hello from the slaprobe test server\nstatus: all good\n"
@@ -90,6 +92,7 @@ class RecordedRequest:
     request_version: str
     headers: list[tuple[str, str]]
     body: bytes
+    client_port: int = 0  # a fresh connection per request shows as a new port
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -135,6 +138,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 request_version=self.request_version,
                 headers=list(self.headers.items()),
                 body=body,
+                client_port=self.client_address[1],
             )
         )
 
@@ -243,10 +247,8 @@ class _ThreadingHttpServer(http.server.ThreadingHTTPServer):
         # Handshake in the connection's own thread, so a client that fails the
         # handshake (or never starts it) cannot stall the accept loop.
         request.settimeout(5.0)
-        try:
-            tls = ctx.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
-            self.owner.handshake_errors.append(exc)
+        tls = tls_handshake(ctx, request, self.owner.handshake_errors)
+        if tls is None:
             return
         try:
             super().finish_request(tls, client_address)
@@ -353,7 +355,7 @@ class H2TestServer:
     def _serve(self, raw: socket.socket) -> None:
         raw.settimeout(5.0)
         sock: socket.socket = raw
-        with contextlib.suppress(OSError, ssl.SSLError):
+        try:
             if self.ssl_context is not None:
                 sock = self.ssl_context.wrap_socket(raw, server_side=True)
                 if sock.selected_alpn_protocol() != "h2":
@@ -362,8 +364,11 @@ class H2TestServer:
                     sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nh1")
                     return
             self._serve_h2(sock)
-        with contextlib.suppress(OSError):
+        except OSError:  # ssl.SSLError too: a client that hangs up or fails the handshake
+            pass
+        finally:
             sock.close()
+            raw.close()
 
     def _serve_h2(self, sock: socket.socket) -> None:
         conn = h2.connection.H2Connection(
@@ -537,6 +542,46 @@ class LineProtocol:
                 conn.sendall(self.replies.get(line, b"-ERR unknown command\r\n"))
                 if self.close_after:
                     return
+
+
+def tls_handshake(
+    ctx: ssl.SSLContext, conn: socket.socket, errors: list[BaseException], linger: bool = True
+) -> ssl.SSLSocket | None:
+    """Server-side handshake; on failure record the error and return None.
+
+    With ``linger`` the server then closes the way a careful server does: its
+    alert, a FIN, and it reads what the client had sent before closing. Closing
+    at once with unread data makes the kernel send an RST, which can reach the
+    client before the alert and hide it (the client sees only a reset).
+    """
+    tls = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+    try:
+        tls.do_handshake()
+    except (ssl.SSLError, OSError) as exc:
+        errors.append(exc)
+        if linger:
+            with contextlib.suppress(OSError):
+                tls.shutdown(socket.SHUT_WR)  # drops the TLS layer: plain reads from here
+                tls.settimeout(1.0)
+                while tls.recv(65536):
+                    pass
+        tls.close()
+        return None
+    return tls
+
+
+def over_tls(ctx: ssl.SSLContext, behaviour: Behaviour, linger: bool = True) -> Behaviour:
+    """Run ``behaviour`` inside a server-side TLS session; see :func:`tls_handshake` for ``linger``."""
+    errors: list[BaseException] = []
+
+    def wrapped(conn: socket.socket, stop: threading.Event) -> None:
+        conn.settimeout(5.0)
+        tls = tls_handshake(ctx, conn, errors, linger)
+        if tls is not None:
+            with tls:
+                behaviour(tls, stop)
+
+    return wrapped
 
 
 class RawTcpServer:

@@ -21,6 +21,7 @@ from tests.probe_servers import (
     CHUNKS,
     GARBAGE,
     OK_BODY,
+    H2TestServer,
     HttpTestServer,
     RawTcpServer,
     can_bind_ipv6_loopback,
@@ -29,6 +30,7 @@ from tests.probe_servers import (
     full_backlog,
     garbage,
     garbage_then_close,
+    over_tls,
     reset_at_once,
     silent,
 )
@@ -815,3 +817,505 @@ def test_bad_method() -> None:
 )
 def test_bad_setting(settings: dict[str, Any], field: str, message: str) -> None:
     assert config_error("http://127.0.0.1/", settings) == f"{SOURCE}: {SETTINGS}.{field}: {message}"
+
+
+# --------------------------------------------------------------------------- redirects
+
+
+async def test_redirects_are_followed_each_on_a_fresh_connection(server: HttpTestServer) -> None:
+    result = await probe(server.url("/hops/3"), {"body_matches": ["all good"]})
+    assert result.success, result
+    assert result.detail == "HTTP 200"
+    assert result.fields["redirects"] == 3
+    assert result.fields["final_url"] == server.url("/hops/0")
+    assert [r.path for r in server.requests] == ["/hops/3", "/hops/2", "/hops/1", "/hops/0"]
+    assert len({r.client_port for r in server.requests}) == 4
+    assert all(r.header("Connection") == "close" for r in server.requests)
+    # Phases are summed over the hops: the same five names, never repeated.
+    assert names(result) == HTTP_PHASES
+
+
+async def test_redirect_phases_are_summed_over_the_hops(server: HttpTestServer) -> None:
+    start = time.perf_counter()
+    result = await probe(server.url("/redirect/302?to=/delay/0.3"))
+    total = time.perf_counter() - start
+    assert result.success, result
+    assert result.fields["redirects"] == 1
+    phases = dict(result.phases)
+    assert names(result) == HTTP_PHASES
+    assert 0.25 <= phases["processing"] < 3.0  # the second hop's wait is in the sum
+    assert sum(phases.values()) <= total
+    assert total - sum(phases.values()) < 0.25
+
+
+async def test_redirect_not_followed_is_judged_as_it_is(server: HttpTestServer) -> None:
+    url = server.url("/redirect/302?to=/ok")
+    failed = await probe(url, {"follow_redirects": False})
+    assert failed.error_kind is ErrorKind.STATUS
+    assert failed.detail == "HTTP 302 (expected 2xx)"
+    assert "redirects" not in failed.fields
+    accepted = await probe(url, {"follow_redirects": False, "valid_status": [302]})
+    assert accepted.success, accepted
+    assert [r.path for r in server.requests] == ["/redirect/302?to=/ok"] * 2
+
+
+async def test_redirect_loop_is_a_status_failure(server: HttpTestServer) -> None:
+    result = await probe(server.url("/loop/a"))
+    assert result.error_kind is ErrorKind.STATUS
+    a, b = server.url("/loop/a"), server.url("/loop/b")
+    assert result.detail == f"redirect loop: {a} -> {b} -> {a} (HTTP 302)"
+    assert result.fields["status_code"] == 302
+    assert result.fields["redirects"] == 1
+    assert names(result) == HTTP_PHASES
+    assert len(server.requests) == 2
+
+
+async def test_too_many_redirects(server: HttpTestServer) -> None:
+    result = await probe(server.url("/hops/5"), {"max_redirects": 3})
+    assert result.error_kind is ErrorKind.STATUS
+    assert result.detail == (
+        f"too many redirects: stopped after 3 (HTTP 302 from {server.url('/hops/2')} to {server.url('/hops/1')})"
+    )
+    assert len(server.requests) == 4
+    # Exactly max_redirects hops is fine.
+    ok = await probe(server.url("/hops/3"), {"max_redirects": 3})
+    assert ok.success, ok
+
+
+async def test_redirect_to_another_host_and_scheme(
+    server: HttpTestServer, https_server: HttpTestServer, ca_file: str
+) -> None:
+    to = https_server.url("/ok", host="localhost")
+    settings = {
+        "ca_file": ca_file,
+        "ip_version": "ipv4",
+        "headers": {"Authorization": "Bearer s3cret", "Host": f"127.0.0.1:{server.port}", "X-Check": "1"},
+    }
+    result = await probe(server.url(f"/redirect/301?to={to}"), settings)
+    assert result.success, result
+    assert result.fields["final_url"] == to
+    assert str(result.fields["tls_version"]).startswith("TLSv1.")
+    assert names(result) == HTTPS_PHASES  # tls from the second hop, summed in
+    [first] = server.requests
+    assert first.header("Authorization") == "Bearer s3cret"
+    [second] = https_server.requests
+    # Credentials and the Host override are for the configured host only.
+    assert second.header("Authorization") is None
+    assert second.header("Host") == f"localhost:{https_server.port}"
+    assert second.header("X-Check") == "1"
+
+
+async def test_redirect_to_https_verifies_the_new_host(
+    server: HttpTestServer, https_server: HttpTestServer
+) -> None:
+    to = https_server.url("/ok")
+    result = await probe(server.url(f"/redirect/302?to={to}"))  # system store: untrusted
+    assert result.error_kind is ErrorKind.TLS
+    assert result.detail == "certificate rejected: unable to get local issuer certificate"
+    assert result.fields["redirects"] == 1
+    assert names(result) == HTTPS_PHASES  # the first hop's processing and transfer, summed in
+
+
+async def test_same_host_redirect_keeps_the_headers(server: HttpTestServer) -> None:
+    result = await probe(server.url("/hops/1"), {"headers": {"Authorization": "Bearer s3cret"}})
+    assert result.success, result
+    assert [r.header("Authorization") for r in server.requests] == ["Bearer s3cret"] * 2
+
+
+async def test_relative_location(server: HttpTestServer) -> None:
+    result = await probe(server.url("/redirect/307?to=../ok"))
+    assert result.success, result
+    assert result.fields["final_url"] == server.url("/ok")
+
+
+@pytest.mark.parametrize(
+    ("code", "method", "body"),
+    [(303, "GET", b""), (302, "GET", b""), (307, "POST", b"ping"), (308, "POST", b"ping")],
+)
+async def test_redirect_method_rules(server: HttpTestServer, code: int, method: str, body: bytes) -> None:
+    result = await probe(server.url(f"/redirect/{code}?to=/ok"), {"method": "POST", "body": "ping"})
+    assert result.success, result
+    first, second = server.requests
+    assert (first.method, first.body) == ("POST", b"ping")
+    assert (second.method, second.body) == (method, body)
+
+
+async def test_redirect_to_an_unusable_url_is_a_protocol_error(server: HttpTestServer) -> None:
+    result = await probe(server.url("/redirect/302?to=ftp://files.example/x"))
+    assert result.error_kind is ErrorKind.PROTOCOL
+    assert result.detail == (
+        "HTTP 302 redirect to an unusable URL: expected an http:// or https:// URL, got 'ftp://files.example/x'"
+    )
+
+
+async def test_3xx_without_location_is_the_final_answer(server: HttpTestServer) -> None:
+    result = await probe(server.url("/status/302"))
+    assert result.error_kind is ErrorKind.STATUS
+    assert result.detail == "HTTP 302 (expected 2xx)"
+    assert len(server.requests) == 1
+
+
+# --------------------------------------------------------------------------- header assertions
+
+
+async def test_header_matches_ignores_the_case_of_names(server: HttpTestServer) -> None:
+    url = server.url("/headers?X-Cache=HIT&Content-Type=application/json")
+    settings = {"header_matches": {"x-cache": "^HIT$", "CONTENT-TYPE": ["json", "^application/"]}}
+    result = await probe(url, settings)
+    assert result.success, result
+
+
+async def test_header_matches_any_of_several_values(server: HttpTestServer) -> None:
+    url = server.url("/headers?Set-Cookie=a%3D1&Set-Cookie=b%3D2")
+    assert (await probe(url, {"header_matches": {"Set-Cookie": "^b="}})).success
+    result = await probe(url, {"header_not_matches": {"Set-Cookie": "^b="}})
+    assert result.error_kind is ErrorKind.ASSERTION
+    assert result.detail == "header Set-Cookie: 'b=2' matches forbidden '^b='"
+
+
+async def test_header_does_not_match(server: HttpTestServer) -> None:
+    result = await probe(server.url("/headers?X-Cache=MISS"), {"header_matches": {"X-Cache": "^HIT$"}})
+    assert not result.success
+    assert result.error_kind is ErrorKind.ASSERTION
+    assert result.detail == "header X-Cache: 'MISS' does not match '^HIT$'"
+    assert result.fields["status_code"] == 200
+    assert names(result) == HTTP_PHASES
+
+
+async def test_header_missing(server: HttpTestServer) -> None:
+    result = await probe(server.url("/ok"), {"header_matches": {"X-Cache": "HIT"}})
+    assert result.error_kind is ErrorKind.ASSERTION
+    assert result.detail == "header X-Cache missing (expected to match 'HIT')"
+
+
+async def test_header_not_matches(server: HttpTestServer) -> None:
+    result = await probe(server.url("/ok"), {"header_not_matches": {"server": "^BaseHTTP/"}})
+    assert result.error_kind is ErrorKind.ASSERTION
+    assert result.detail.startswith("header server: 'BaseHTTP/")
+    assert result.detail.endswith("' matches forbidden '^BaseHTTP/'")
+    # An absent header matches nothing, so it passes.
+    assert (await probe(server.url("/ok"), {"header_not_matches": {"X-Powered-By": "PHP"}})).success
+
+
+async def test_status_is_judged_before_headers(server: HttpTestServer) -> None:
+    result = await probe(server.url("/status/503"), {"header_matches": {"X-Never": "x"}})
+    assert result.error_kind is ErrorKind.STATUS
+
+
+async def test_headers_are_judged_before_the_body(server: HttpTestServer) -> None:
+    settings = {"header_matches": {"Content-Type": "json"}, "body_matches": ["never"]}
+    result = await probe(server.url("/ok"), settings)
+    assert result.detail == "header Content-Type: 'text/plain' does not match 'json'"
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "message"),
+    [
+        (["X-A: 1"], "header_matches", "expected a mapping of header names to regular expressions"),
+        ({"X A": "1"}, "header_matches['X A']", "invalid header name 'X A'"),
+        (
+            {"X-A": "(x"},
+            "header_matches.X-A",
+            "invalid regular expression: missing ), unterminated subpattern at position 0",
+        ),
+        (
+            {"X-A": ["ok", "(x"]},
+            "header_matches.X-A[1]",
+            "invalid regular expression: missing ), unterminated subpattern at position 0",
+        ),
+        ({"X-A": 5}, "header_matches.X-A", "expected a regular expression as text"),
+        ({"X-A": []}, "header_matches.X-A", "needs at least one regular expression"),
+        (
+            {"X-A": "a", "x-a": "b"},
+            "header_matches.x-a",
+            "duplicate header: 'X-A' is already listed (case is ignored)",
+        ),
+    ],
+)
+def test_bad_header_rules(value: Any, field: str, message: str) -> None:
+    assert (
+        config_error("http://127.0.0.1/", {"header_matches": value})
+        == f"{SOURCE}: {SETTINGS}.{field}: {message}"
+    )
+
+
+# --------------------------------------------------------------------------- client certificate
+
+
+@pytest.fixture(scope="module")
+def client_pem(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("client") / "client.pem"
+    ca.issue_cert("probe@slaprobe.test").private_key_and_cert_chain_pem.write_to_path(str(path))
+    return str(path)
+
+
+def _mtls_context(cert: trustme.LeafCert, ca: trustme.CA) -> ssl.SSLContext:
+    ctx = _server_context(cert)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(ctx)
+    return ctx
+
+
+@pytest.fixture
+def mtls_server(good_cert: trustme.LeafCert, ca: trustme.CA) -> Iterator[HttpTestServer]:
+    with HttpTestServer(ssl_context=_mtls_context(good_cert, ca)) as s:
+        yield s
+
+
+async def test_client_certificate_accepted(
+    mtls_server: HttpTestServer, ca_file: str, client_pem: str
+) -> None:
+    result = await probe(mtls_server.url("/ok"), {"ca_file": ca_file, "client_cert": client_pem})
+    assert result.success, result
+    assert names(result) == HTTPS_PHASES
+    assert mtls_server.handshake_errors == []
+
+
+async def test_client_certificate_as_two_files(
+    mtls_server: HttpTestServer, ca: trustme.CA, ca_file: str, tmp_path: Path
+) -> None:
+    leaf = ca.issue_cert("probe@slaprobe.test")
+    cert, key = tmp_path / "client.crt", tmp_path / "client.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    result = await probe(
+        mtls_server.url("/ok"), {"ca_file": ca_file, "client_cert": str(cert), "client_key": str(key)}
+    )
+    assert result.success, result
+
+
+async def test_client_certificate_missing(mtls_server: HttpTestServer, ca_file: str) -> None:
+    result = await probe(mtls_server.url("/ok"), {"ca_file": ca_file})
+    assert not result.success
+    assert result.error_kind is ErrorKind.TLS
+    # TLS 1.3: the server judges the certificate after the handshake; its alert comes on the first read.
+    assert result.detail == (
+        "the server requires a client certificate (set client_cert): "
+        "TLS alert TLSV13_ALERT_CERTIFICATE_REQUIRED before any response"
+    )
+    assert names(result) == ["resolve", "connect", "tls", "processing"]
+    assert len(mtls_server.handshake_errors) == 1
+    assert mtls_server.requests == []
+
+
+async def test_client_certificate_missing_and_the_alert_lost_to_a_reset(
+    good_cert: trustme.LeafCert, ca: trustme.CA, ca_file: str
+) -> None:
+    # A server that closes at once with our request unread: its RST can overtake the alert.
+    with RawTcpServer(over_tls(_mtls_context(good_cert, ca), silent, linger=False)) as srv:
+        result = await probe(f"https://{srv.address}/", {"ca_file": ca_file})
+    assert not result.success
+    assert result.error_kind in (ErrorKind.RESET, ErrorKind.TLS), result
+    if result.error_kind is ErrorKind.RESET:
+        assert result.detail == (
+            "connection reset before any response "
+            "(right after a TLS 1.3 handshake: the server may require a client certificate)"
+        )
+
+
+async def test_client_certificate_from_another_ca(
+    mtls_server: HttpTestServer, ca_file: str, tmp_path: Path
+) -> None:
+    stranger = tmp_path / "stranger.pem"
+    trustme.CA().issue_cert("probe@elsewhere.test").private_key_and_cert_chain_pem.write_to_path(
+        str(stranger)
+    )
+    result = await probe(mtls_server.url("/ok"), {"ca_file": ca_file, "client_cert": str(stranger)})
+    assert result.error_kind is ErrorKind.TLS
+    assert result.detail == (
+        "the server rejected the client certificate: TLS alert TLSV1_ALERT_UNKNOWN_CA before any response"
+    )
+    assert mtls_server.requests == []
+
+
+async def test_unreadable_client_certificate_is_internal(https_server: HttpTestServer, ca_file: str) -> None:
+    result = await probe(
+        https_server.url("/ok"), {"ca_file": ca_file, "client_cert": "/nonexistent/client.pem"}
+    )
+    assert result.error_kind is ErrorKind.INTERNAL
+    assert result.detail == "cannot load client_cert /nonexistent/client.pem: No such file or directory"
+    assert result.phases == ()  # loaded before anything is timed
+    assert https_server.requests == []
+
+
+async def test_unreadable_ca_file_is_internal(https_server: HttpTestServer) -> None:
+    result = await probe(https_server.url("/ok"), {"ca_file": "/nonexistent/ca.pem"})
+    assert result.error_kind is ErrorKind.INTERNAL
+    assert result.detail == "cannot load ca_file /nonexistent/ca.pem: No such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "message"),
+    [
+        (
+            {"client_key": "/etc/k.pem"},
+            "client_key",
+            "client_key needs client_cert (the certificate it belongs to)",
+        ),
+        (
+            {"client_cert": "-----BEGIN CERTIFICATE-----\nMIIB..."},
+            "client_cert",
+            "expected the path of a PEM file on the agent host, got PEM text (keys do not belong in the catalogue)",
+        ),
+        ({"client_cert": ""}, "client_cert", "must not be empty"),
+        ({"server_name": "bad name"}, "server_name", "invalid host name 'bad name'"),
+        ({"follow_redirects": "yes"}, "follow_redirects", "expected true or false, got text ('yes')"),
+        ({"max_redirects": 0}, "max_redirects", "must be at least 1"),
+        ({"max_redirects": 31}, "max_redirects", "must be at most 30"),
+        (
+            {"follow_redirects": False, "max_redirects": 3},
+            "max_redirects",
+            "max_redirects needs follow_redirects: true",
+        ),
+        ({"http_version": 3}, "http_version", "must be 1.1 or 2; got 3"),
+        ({"http_version": "h2"}, "http_version", "must be 1.1 or 2; got 'h2'"),
+        ({"http_version": True}, "http_version", "must be 1.1 or 2; got True"),
+        (
+            {"http_version": 2, "headers": {"Upgrade": "websocket"}},
+            "headers.Upgrade",
+            "upgrade is a connection header, which HTTP/2 forbids",
+        ),
+    ],
+)
+def test_bad_new_setting(settings: dict[str, Any], field: str, message: str) -> None:
+    assert config_error("https://127.0.0.1/", settings) == f"{SOURCE}: {SETTINGS}.{field}: {message}"
+
+
+def test_http_version_spellings() -> None:
+    for value in (2, "2", "HTTP/2", 1.1, "1.1", "HTTP/1.1"):
+        assert make_prober("https://127.0.0.1/", {"http_version": value}).type_name == "http"
+    assert make_prober("https://127.0.0.1/", {"http_version": 2, "headers": {"TE": "trailers"}})
+
+
+# --------------------------------------------------------------------------- HTTP/2
+
+
+@pytest.fixture
+def h2_server(good_cert: trustme.LeafCert) -> Iterator[H2TestServer]:
+    with H2TestServer(ssl_context=_server_context(good_cert)) as s:
+        yield s
+
+
+async def test_http2_over_tls(h2_server: H2TestServer, ca_file: str) -> None:
+    start = time.perf_counter()
+    settings = {
+        "http_version": 2,
+        "ca_file": ca_file,
+        "headers": {"X-Check": "slaprobe-test"},
+        "body_matches": ["all good"],
+        "header_matches": {"X-Proto": "^h2$"},
+    }
+    result = await probe(h2_server.url("/ok"), settings)
+    total = time.perf_counter() - start
+    assert result.success, result
+    assert result.fields["http_version"] == "HTTP/2"
+    assert result.fields["body_bytes"] == len(OK_BODY)
+    assert names(result) == HTTPS_PHASES
+    assert sum(d for _, d in result.phases) <= total
+    assert isinstance(result.fields["cert_days_left"], float)
+    [(method, path, headers, body)] = h2_server.requests
+    assert (method, path, body) == ("GET", "/ok", b"")
+    assert headers[":authority"] == f"127.0.0.1:{h2_server.port}"
+    assert headers[":scheme"] == "https"
+    assert headers["x-check"] == "slaprobe-test"
+    assert headers["user-agent"].startswith("slaprobe/")
+    assert "connection" not in headers and "host" not in headers
+
+
+async def test_http2_prior_knowledge_over_http() -> None:
+    with H2TestServer() as srv:
+        result = await probe(srv.url("/ok"), {"http_version": "2"})
+    assert result.success, result
+    assert result.fields["http_version"] == "HTTP/2"
+    assert names(result) == HTTP_PHASES
+    assert srv.requests[0][2][":scheme"] == "http"
+
+
+async def test_http2_body_beyond_one_flow_control_window(h2_server: H2TestServer, ca_file: str) -> None:
+    result = await probe(h2_server.url("/large/300000"), {"http_version": 2, "ca_file": ca_file})
+    assert result.success, result
+    assert result.fields["body_bytes"] == 300000
+    truncated = await probe(
+        h2_server.url("/large/300000"), {"http_version": 2, "ca_file": ca_file, "max_body_bytes": 1000}
+    )
+    assert truncated.fields["body_truncated"] is True
+    assert truncated.fields["body_bytes"] == 1000
+
+
+async def test_http2_post_sends_the_body(h2_server: H2TestServer, ca_file: str) -> None:
+    body = "p" * 100_000  # beyond the initial 65,535-byte window
+    settings = {
+        "http_version": 2,
+        "ca_file": ca_file,
+        "method": "POST",
+        "body": body,
+        "body_matches": ["^p+$"],
+    }
+    result = await probe(h2_server.url("/echo"), settings)
+    assert result.success, result
+    [(method, _, headers, received)] = h2_server.requests
+    assert method == "POST"
+    assert headers["content-length"] == "100000"
+    assert received == body.encode()
+
+
+async def test_http2_status_failure(h2_server: H2TestServer, ca_file: str) -> None:
+    result = await probe(h2_server.url("/status/503"), {"http_version": 2, "ca_file": ca_file})
+    assert result.error_kind is ErrorKind.STATUS
+    assert result.detail == "HTTP 503 (expected 2xx)"
+    assert result.fields["http_version"] == "HTTP/2"
+
+
+async def test_http2_stream_reset(h2_server: H2TestServer, ca_file: str) -> None:
+    result = await probe(h2_server.url("/reset"), {"http_version": 2, "ca_file": ca_file})
+    assert result.error_kind is ErrorKind.RESET
+    assert result.detail == "the server reset the HTTP/2 stream (INTERNAL_ERROR)"
+    assert names(result) == HTTPS_PHASES[:4]
+
+
+async def test_http2_goaway_with_an_error(h2_server: H2TestServer, ca_file: str) -> None:
+    result = await probe(h2_server.url("/goaway"), {"http_version": 2, "ca_file": ca_file})
+    assert result.error_kind is ErrorKind.RESET
+    assert result.detail == "the server closed the HTTP/2 connection (GOAWAY INTERNAL_ERROR)"
+
+
+async def test_http2_refused_by_alpn(good_cert: trustme.LeafCert, ca_file: str) -> None:
+    with H2TestServer(ssl_context=_server_context(good_cert), alpn=("http/1.1",)) as srv:
+        result = await probe(srv.url("/ok"), {"http_version": 2, "ca_file": ca_file})
+        plain = await probe(srv.url("/ok"), {"ca_file": ca_file})
+    assert result.error_kind is ErrorKind.PROTOCOL
+    # No protocol in common: the server goes on without ALPN, which the probe reports.
+    assert result.detail == "the server did not agree to HTTP/2 (ALPN: none)"
+    assert names(result) == ["resolve", "connect", "tls"]
+    assert plain.success, plain  # the default stays HTTP/1.1, with no ALPN offered
+    assert plain.fields["http_version"] == "HTTP/1.1"
+
+
+async def test_http2_prior_knowledge_to_an_http1_server() -> None:
+    def http1_only(conn: Any, stop: Any) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    with RawTcpServer(http1_only) as srv:
+        result = await probe(f"http://{srv.address}/", {"http_version": 2})
+    assert result.error_kind is ErrorKind.PROTOCOL
+    assert (
+        result.detail
+        == "the server answered in HTTP/1, not HTTP/2: b'HTTP/1.1 400 Bad Request\\r\\nContent-Length'"
+    )
+
+
+async def test_http2_garbage_is_a_protocol_error() -> None:
+    with RawTcpServer(garbage) as srv:
+        result = await probe(f"http://{srv.address}/", {"http_version": 2})
+    assert result.error_kind is ErrorKind.PROTOCOL
+    assert result.detail == f"not an HTTP/2 server (no SETTINGS frame first): {GARBAGE[:40]!r}"
+
+
+async def test_http2_silent_server_times_out_in_processing() -> None:
+    with RawTcpServer(silent) as srv:
+        trace = PhaseTrace()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await run_probe(make_prober(f"http://{srv.address}/", {"http_version": 2}), trace)
+    assert trace.current == "processing"
