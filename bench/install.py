@@ -1,6 +1,6 @@
 """Benchmark: `slaprobe agent install` on 10 hosts at once, wall time and bytes sent per host.
 
-The hosts are real OpenSSH servers on loopback ports (tests/install_sshd.py),
+The hosts are real OpenSSH servers on loopback ports (tests/sshd.py),
 each with its own install prefix (``prefix=`` in the inventory), all logging
 in as root with a throwaway key; the collector is a real subprocess with
 mutual TLS. Each sshd sits behind a small TCP relay that counts the bytes the
@@ -39,8 +39,8 @@ from datetime import UTC, datetime  # noqa: E402
 
 from slaprobe import __version__  # noqa: E402
 from slaprobe.install import wheelhouse  # noqa: E402
-from tests.install_sshd import Sshd, available, free_port, keygen  # noqa: E402
 from tests.procs import SLAPROBE, enroll_port, run_cli, start_collector  # noqa: E402
+from tests.sshd import SshServer, free_port, keygen, why_not_as_root  # noqa: E402
 
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 TARGET_S = 60.0
@@ -119,7 +119,7 @@ def main() -> int:
     ap.add_argument("--hosts", type=int, default=10)
     ap.add_argument("--markdown", action="store_true", help=f"append a section to {RESULTS_MD}")
     a = ap.parse_args()
-    if (why := available()) is not None:
+    if (why := why_not_as_root()) is not None:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="slaprobe-bench-install-"))
@@ -135,7 +135,7 @@ def main() -> int:
     t0 = time.monotonic()
     wh = wheelhouse.ensure()
     warmup_s = time.monotonic() - t0
-    sshds = [Sshd(tmp / f"sshd-{i}", key).start() for i in range(a.hosts)]
+    sshds = [SshServer(tmp / f"sshd-{i}", client_key=key).start() for i in range(a.hosts)]
     relays = [Relay(s.port) for s in sshds]
     kh = tmp / "known_hosts"
     kh.write_text(

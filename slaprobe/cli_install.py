@@ -105,6 +105,7 @@ def _run(
     fmt: str,
     **kw: Any,
 ) -> None:
+    from slaprobe.install import bundle as bundles
     from slaprobe.install import plan
     from slaprobe.install.collector_side import CollectorSide
     from slaprobe.install.errors import InstallError
@@ -124,7 +125,7 @@ def _run(
         collector_addr = kw.get("collector_addr") or DEFAULT_LISTEN
         enroll_addr = kw.get("enroll_addr") or _enroll_default(collector_addr)
         side = CollectorSide(db_path, tls_dir or Path("."), collector_addr, enroll_addr)
-        wheelhouse = None
+        wheelhouse = bundle = None
         if action in ("install", "upgrade"):
             side.check({str(t.site or kw["site"]) for t in targets if t.site or kw.get("site")})
             if action == "install" and not kw.get("site") and any(t.site is None for t in targets):
@@ -136,6 +137,13 @@ def _run(
                 f" {wheelhouse.total_bytes / 1e6:.1f} MB in {wheelhouse.dir}",
                 err=True,
             )
+            if kw.get("method") != "wheels":
+                bundle = _bundle(bundles, wheelhouse)
+            if kw.get("method") == "bundle" and bundle is None:
+                raise InstallError(
+                    f"--method bundle: no runtime bundle can be built here for a wheelhouse for"
+                    f" Python {wheelhouse.python} on {wheelhouse.machine}"
+                )
     except InstallError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -150,6 +158,8 @@ def _run(
         wheelhouse,
         kw.get("site"),
         kw.get("wait") or 60.0,
+        bundle,
+        kw.get("method") or "auto",
     )
     fn = {
         "install": partial(plan.install_host, opts=opts, ssh=ssh),
@@ -184,6 +194,25 @@ def _run(
         click.echo(summary(results))
     if not all(r.ok for r in results):
         raise click.exceptions.Exit(1)
+
+
+def _bundle(bundles: Any, wheelhouse: Any) -> Any:
+    """The runtime bundle for ``wheelhouse`` (built now if not cached), with a line on stderr saying which."""
+    if bundles.target_for(wheelhouse) is None:
+        click.echo(
+            f"no runtime bundle: the wheelhouse is for Python {wheelhouse.python} on {wheelhouse.machine},"
+            " not this interpreter; hosts install with pip from the wheelhouse",
+            err=True,
+        )
+        return None
+    click.echo("preparing the runtime bundle…", err=True)
+    b = bundles.ensure(wheelhouse)
+    made = f"built in {b.build_s:.1f}s" if b.build_s else "cached"
+    click.echo(
+        f"runtime bundle: {b.target.cache_tag} {b.target.machine}, {b.size / 1e6:.1f} MB, {made}: {b.path}",
+        err=True,
+    )
+    return b
 
 
 def _enroll_default(collector_addr: str) -> str:
@@ -231,6 +260,15 @@ def _install_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Prebuilt wheels to install from (default: built from this slaprobe and cached).",
         ),
         click.option(
+            "--method",
+            type=click.Choice(["auto", "bundle", "wheels"]),
+            default="auto",
+            show_default=True,
+            help="How hosts get the agent's code. bundle: one archive built here (unpacked on the host, no"
+            " pip run there); wheels: pip on each host from the uploaded wheelhouse; auto: the bundle where"
+            " the host's Python, machine and C library fit it, else wheels.",
+        ),
+        click.option(
             "--wait",
             default=60.0,
             show_default=True,
@@ -249,8 +287,10 @@ def _install_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def agent_install(**kw: Any) -> None:
     """Install agents on remote hosts over SSH, enrol them and start them.
 
-    Everything lands under --prefix: a virtualenv built from wheels uploaded
-    over SFTP (no internet needed on the host), the agent's config and key
+    Everything lands under --prefix: the agent's runtime, built once here and
+    unpacked on each host from one archive sent over SFTP (or installed with
+    pip on the host from the wheelhouse where the host's Python differs; no
+    internet needed on the host either way), the agent's config and key
     (0600, owned by the service user), and a hardened systemd unit (or the
     fallback supervisor where systemd is not running). Waits until the
     collector has heard from each agent. Running it again changes nothing;

@@ -16,7 +16,10 @@ listens beyond loopback, and the server stops when the ``with`` block ends::
         server.log()                 # what sshd said (-e: its log goes to the file)
 
 ``options`` adds or overrides ``sshd_config`` keywords (``{"PasswordAuthentication":
-"yes"}``). The server runs as the test's user (root here: sshd then needs
+"yes"}``); ``client_key`` authorizes an existing key pair instead of making one
+(the installer tests and ``bench/install.py`` log in to many servers with one
+key); ``new_host_key()`` restarts on the same port with a new host key (a
+reinstalled host, or a machine in the middle). The server runs as the test's user (root here: sshd then needs
 ``/run/sshd``, which it creates if missing). A pytest fixture is a few lines
 in the test module, with the scope it needs::
 
@@ -26,7 +29,8 @@ in the test module, with the scope it needs::
             yield server
 
 Requires ``/usr/sbin/sshd`` and ``ssh-keygen`` (Debian: openssh-server,
-openssh-client); :func:`sshd_available` says whether they are there.
+openssh-client); :func:`sshd_available` says whether they are there, and
+:func:`why_not_as_root` why tests that log in as root cannot run.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["SSHD", "SshServer", "fingerprint", "keygen", "sshd_available"]
+__all__ = ["SSHD", "SshServer", "fingerprint", "free_port", "keygen", "sshd_available", "why_not_as_root"]
 
 SSHD = "/usr/sbin/sshd"  # sshd re-executes itself and insists on an absolute path
 PRIVSEP_DIR = Path("/run/sshd")
@@ -48,6 +52,15 @@ PRIVSEP_DIR = Path("/run/sshd")
 
 def sshd_available() -> bool:
     return os.access(SSHD, os.X_OK) and shutil.which("ssh-keygen") is not None
+
+
+def why_not_as_root() -> str | None:
+    """Why tests that log in as root over loopback (the installer's) cannot run here, or None."""
+    if not sshd_available():
+        return f"{SSHD} or ssh-keygen is missing (Debian openssh-server; `make system-deps` installs it)"
+    if os.geteuid() != 0:
+        return "these tests log in as root over loopback and must run as root"
+    return None
 
 
 def keygen(path: Path, comment: str = "slaprobe-test", key_type: str = "ed25519") -> Path:
@@ -73,7 +86,7 @@ def fingerprint(public_key: Path) -> str:
     return out.split()[1]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -83,14 +96,17 @@ def _free_port() -> int:
 class SshServer:
     """``sshd -D -e`` on 127.0.0.1 in a directory of its own; see the module docstring."""
 
-    def __init__(self, directory: Path, options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, directory: Path, options: dict[str, str] | None = None, client_key: Path | None = None
+    ) -> None:
         self.dir = Path(directory).resolve()
         self.options = dict(options or {})
         self.host = "127.0.0.1"
         self.port = 0
         self.user = getpass.getuser()
         self.host_key = self.dir / "ssh_host_ed25519_key"
-        self.client_key = self.dir / "client_ed25519"
+        self.client_key = client_key or self.dir / "client_ed25519"
+        self._keep_port = 0
         self.authorized_keys = self.dir / "authorized_keys"
         self.known_hosts = self.dir / "known_hosts"
         self.config = self.dir / "sshd_config"
@@ -109,19 +125,21 @@ class SshServer:
     ) -> None:
         self.stop()
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 15.0) -> SshServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.host_key.exists():
             keygen(self.host_key, "slaprobe-test-host")
         if not self.client_key.exists():
             keygen(self.client_key, "slaprobe-test-client")
-            self.authorized_keys.write_text(self.client_key.with_suffix(".pub").read_text())
+        if not self.authorized_keys.exists():
+            self.authorized_keys.write_text(Path(f"{self.client_key}.pub").read_text())
         self.host_key_fingerprint = fingerprint(self.host_key.with_suffix(".pub"))
         if os.geteuid() == 0:
             PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
         last_log = ""
         for _ in range(3):  # the free port can be taken between choosing and binding it
-            self.port = _free_port()
+            self.port = self._keep_port or free_port()
+            self._keep_port = 0
             self._write_config()
             self.log_path.write_bytes(b"")
             with self.log_path.open("ab") as log:
@@ -134,7 +152,7 @@ class SshServer:
             if self._wait_listening(timeout):
                 host_pub = self.host_key.with_suffix(".pub").read_text().split()
                 self.known_hosts.write_text(f"[{self.host}]:{self.port} {host_pub[0]} {host_pub[1]}\n")
-                return
+                return self
             last_log = self.log()
             self.stop()
             if "Address already in use" not in last_log:
@@ -151,6 +169,15 @@ class SshServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+    def new_host_key(self) -> None:
+        """Restart on the same port with a new host key (a reinstalled host, or a machine in the middle)."""
+        self.stop()
+        self.host_key.unlink()
+        self.host_key.with_suffix(".pub").unlink()
+        keygen(self.host_key, "slaprobe-test-host-2")
+        self._keep_port = self.port
+        self.start()
 
     def _wait_listening(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -191,6 +218,10 @@ class SshServer:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def known_hosts_line(self) -> str:
+        """This server's line for a known_hosts file (also written to ``self.known_hosts``)."""
+        return self.known_hosts.read_text()
 
     def log(self) -> str:
         try:

@@ -1,6 +1,6 @@
 """`slaprobe agent install | upgrade | status | uninstall` against real OpenSSH servers on loopback.
 
-The "remote" hosts are sshd instances on this machine (tests/install_sshd.py);
+The "remote" hosts are sshd instances on this machine (tests/sshd.py);
 the install goes into a temporary prefix, the service user is root (no
 system users are created on the CI machine) and, systemd not being PID 1
 here, the fallback supervisor is what runs the agent. The collector is a
@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +24,15 @@ import psutil
 import pytest
 
 from slaprobe import __version__
-from slaprobe.install import templates, wheelhouse
+from slaprobe.install import bundle, templates, wheelhouse
+from slaprobe.install.collector_side import CollectorSide
 from slaprobe.install.errors import InstallError
 from slaprobe.install.inventory import Target, load_inventory, parse_target
-from tests.install_sshd import Sshd, available, free_port, keygen
+from slaprobe.install.plan import PREFLIGHT, InstallOptions, choose_method
 from tests.procs import SLAPROBE, enroll_port, query, run_cli, start_collector, wait_for
+from tests.sshd import SshServer, free_port, keygen, why_not_as_root
 
-why_not = available()
+why_not = why_not_as_root()
 needs_sshd = pytest.mark.skipif(why_not is not None, reason=why_not or "")
 
 
@@ -54,8 +57,11 @@ sites:
     key = keygen(tmp / "id_test")
     # Built (or found warm in the cache) once and pinned: the source tree may change under a long run.
     wheels = wheelhouse.ensure()
+    runtime = bundle.ensure(wheels)  # warm in the default cache the CLI uses too
+    assert runtime is not None, "this interpreter's wheelhouse gives a bundle"
     yield {
         "wheelhouse": wheels.dir,
+        "bundle": runtime,
         "tmp": tmp,
         "tls": tls,
         "db": tmp / "slaprobe.db",
@@ -68,8 +74,8 @@ sites:
 
 
 @pytest.fixture
-def sshd(world: dict[str, object], tmp_path: Path) -> Iterator[Sshd]:
-    s = Sshd(tmp_path / "sshd", Path(str(world["key"]))).start()
+def sshd(world: dict[str, object], tmp_path: Path) -> Iterator[SshServer]:
+    s = SshServer(tmp_path / "sshd", client_key=Path(str(world["key"]))).start()
     yield s
     s.stop()
 
@@ -195,12 +201,12 @@ def _no_stray_processes(tmp_path: Path) -> Iterator[None]:
 @needs_sshd
 @pytest.mark.slow
 def test_install_interrupted_rerun_unchanged_status_restart_uninstall(
-    world: dict[str, object], sshd: Sshd, tmp_path: Path
+    world: dict[str, object], sshd: SshServer, tmp_path: Path
 ) -> None:
     kh, prefix = tmp_path / "known_hosts", tmp_path / "opt-slaprobe"
     args = [f"root@127.0.0.1:{sshd.port}", *install_args(world, kh, prefix), "--accept-new"]
 
-    # 1. Interrupted in the middle (the installer is killed while pip installs): nothing to clean up by hand.
+    # 1. Interrupted in the middle (the installer is killed while the host unpacks the runtime): nothing to clean up by hand.
     p = subprocess.Popen(
         [*SLAPROBE, "agent", "install", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
     )
@@ -208,7 +214,7 @@ def test_install_interrupted_rerun_unchanged_status_restart_uninstall(
     seen = []
     for line in p.stderr:
         seen.append(line)
-        if "pip install" in line:
+        if "unpack" in line:
             p.send_signal(signal.SIGKILL)
             break
     p.wait(30)
@@ -295,7 +301,7 @@ def test_install_interrupted_rerun_unchanged_status_restart_uninstall(
     assert r.returncode == 0 and "absent" in r.stdout, r.stdout
 
 
-def _settled_log_length(sshd: Sshd, quiet_s: float = 1.0, limit_s: float = 15.0) -> int:
+def _settled_log_length(sshd: SshServer, quiet_s: float = 1.0, limit_s: float = 15.0) -> int:
     """The sshd log's length once it has stopped growing: earlier connections log late under load."""
     deadline = time.monotonic() + limit_s
     length, since = len(sshd.log()), time.monotonic()
@@ -311,7 +317,7 @@ def _settled_log_length(sshd: Sshd, quiet_s: float = 1.0, limit_s: float = 15.0)
 
 @needs_sshd
 def test_unknown_host_is_refused_without_accept_new(
-    world: dict[str, object], sshd: Sshd, tmp_path: Path
+    world: dict[str, object], sshd: SshServer, tmp_path: Path
 ) -> None:
     kh, prefix = tmp_path / "known_hosts", tmp_path / "opt"
     before = _settled_log_length(sshd)  # after the fixture's own readiness probe has been logged
@@ -326,7 +332,7 @@ def test_unknown_host_is_refused_without_accept_new(
 
 @needs_sshd
 def test_changed_host_key_aborts_before_authentication(
-    world: dict[str, object], sshd: Sshd, tmp_path: Path
+    world: dict[str, object], sshd: SshServer, tmp_path: Path
 ) -> None:
     kh, prefix = tmp_path / "known_hosts", tmp_path / "opt"
     kh.write_text(sshd.known_hosts_line())
@@ -346,10 +352,14 @@ def test_changed_host_key_aborts_before_authentication(
 
 @needs_sshd
 def test_unreachable_and_wrong_password_fail_only_their_host(
-    world: dict[str, object], sshd: Sshd, tmp_path: Path
+    world: dict[str, object], sshd: SshServer, tmp_path: Path
 ) -> None:
     other_key = keygen(tmp_path / "id_other")
-    pw = Sshd(tmp_path / "sshd-pw", other_key, password_auth=True).start()
+    pw = SshServer(
+        tmp_path / "sshd-pw",
+        {"PasswordAuthentication": "yes", "PermitRootLogin": "yes"},
+        client_key=other_key,
+    ).start()
     try:
         kh, prefix = tmp_path / "known_hosts", tmp_path / "opt"
         kh.write_text(sshd.known_hosts_line() + pw.known_hosts_line())
@@ -389,3 +399,272 @@ def test_unreachable_and_wrong_password_fail_only_their_host(
             *base_args(world, tmp_path / "known_hosts", tmp_path / "opt"),
             f"root@127.0.0.1:{sshd.port}",
         )
+
+
+# ---- the runtime bundle ---------------------------------------------------------------------------
+
+
+def installed_bundle(prefix: Path) -> str:
+    """The runtime key the host's venv points at; checks the venv holds nothing else."""
+    (site,) = (prefix / "venv" / "lib").glob("python3.*/site-packages")
+    assert sorted(p.name for p in site.iterdir() if p.name != "__pycache__") == [bundle.PTH]
+    target = Path((site / bundle.PTH).read_text().strip())
+    assert target.parent == prefix / "runtime" and (target / "slaprobe" / "__init__.py").exists()
+    return target.name
+
+
+def agent_code_dirs(prefix: Path) -> set[str]:
+    """Where the running agent's native extensions were loaded from (prefix-relative directories)."""
+    pid = pid_alive(prefix / "run" / "agent.pid")
+    assert pid, "the agent is not running"
+    files = {Path(ln.split()[-1]) for ln in Path(f"/proc/{pid}/maps").read_text().splitlines()}
+    return {
+        "/".join(f.relative_to(prefix).parts[:2])
+        for f in files
+        if f.suffix == ".so" and f.is_relative_to(prefix)
+    }
+
+
+@needs_sshd
+def test_decision_bundle_or_wheels_from_the_hosts_real_python(
+    world: dict[str, object], sshd: SshServer, tmp_path: Path
+) -> None:
+    """The preflight's own output from the sshd host's python3, then the same host with another Python,
+    machine or C library: each takes the path it can run, with the reason."""
+    r = subprocess.run(
+        sshd.ssh_args("python3", "-", str(tmp_path / "opt"), "root", templates.UNIT_PATH),
+        input=PREFLIGHT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    host = json.loads(r.stdout)
+    wh = wheelhouse.load(Path(str(world["wheelhouse"])))
+    b = world["bundle"]
+    assert isinstance(b, bundle.Bundle)
+    assert b.target.glibc is not None and b.target.glibc >= (2, 17)  # cryptography's wheel is manylinux
+    side = CollectorSide(tmp_path / "db", tmp_path, "127.0.0.1:1", "127.0.0.1:2")
+
+    def opts(method: str = "auto", with_bundle: bool = True) -> InstallOptions:
+        lay = templates.Layout(str(tmp_path / "opt"))
+        return InstallOptions(lay, "root", "auto", side, wh, bundle=b if with_bundle else None, method=method)
+
+    # This host, as it is: the bundle.
+    assert bundle.fits(b.target, host) is None
+    assert choose_method(opts(), host) == ("bundle", "runtime bundle")
+    # Another minor version of Python: neither the bundle nor this wheelhouse; the way out is named.
+    py312 = {**host, "python": [3, 12], "cache_tag": "cpython-312"}
+    assert bundle.fits(b.target, py312) == "its python3 is cpython-312, the bundle is for cpython-311"
+    with pytest.raises(InstallError, match=r"Python 3\.12 on x86_64.*give a wheelhouse for this host"):
+        choose_method(opts(), py312)
+    # Another machine.
+    arm = {**host, "machine": "aarch64"}
+    assert bundle.fits(b.target, arm) == f"it is aarch64, the bundle is for {b.target.machine}"
+    # Same Python and machine, a C library too old for a wheel in the bundle: pip on the host decides.
+    old = {**host, "libc": "glibc 2.17"}
+    reason = bundle.fits(b.target, old)
+    assert (
+        reason
+        == f"it has glibc 2.17, the bundle needs at least glibc {b.target.glibc[0]}.{b.target.glibc[1]}"
+    )
+    assert choose_method(opts(), old) == ("wheels", f"pip on the host: {reason}")
+    musl = {**host, "libc": None}
+    assert "it has no glibc" in (bundle.fits(b.target, musl) or "")
+    # Forced either way.
+    assert choose_method(opts("wheels"), host) == ("wheels", "pip on the host: --method wheels")
+    with pytest.raises(InstallError, match=r"the runtime bundle does not fit this host: it has glibc 2\.17"):
+        choose_method(opts("bundle"), old)
+    # No bundle (a wheelhouse for another Python than the installer's): wheels.
+    assert choose_method(opts(with_bundle=False), host)[0] == "wheels"
+
+
+def test_bundle_cache_builds_once_then_hits(world: dict[str, object], tmp_path: Path) -> None:
+    wh = wheelhouse.load(Path(str(world["wheelhouse"])))
+    root = tmp_path / "cache"
+    first = bundle.ensure(wh, root)
+    assert first is not None and first.build_s > 0
+    stat = first.path.stat()
+    second = bundle.ensure(wh, root)
+    assert second is not None and second.build_s == 0  # a hit: nothing built
+    assert (second.key, second.sha256, second.path) == (first.key, first.sha256, first.path)
+    assert second.path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert sorted(p.name for p in root.iterdir()) == [f"{first.key}.json", f"{first.key}.tar.gz"]
+    assert first.key == world["bundle"].key  # type: ignore[attr-defined]  # same inputs, same key
+    # The archive: the agent's packages with bytecode for this Python, no pip, no scripts with our paths.
+    import tarfile
+
+    with tarfile.open(first.path) as tar:
+        names = set(tar.getnames())
+        members = tar.getmembers()
+    assert "slaprobe/cli.py" in names and "grpc/__init__.py" in names and bundle.META in names
+    assert f"slaprobe/__pycache__/cli.{sys.implementation.cache_tag}.pyc" in names
+    assert not any(n.split("/")[0] in ("pip", "bin") or n.startswith("pip-") for n in names)
+    assert all(m.uid == 0 and m.mode & 0o022 == 0 for m in members)
+
+
+@needs_sshd
+@pytest.mark.slow
+def test_one_bundle_for_several_hosts_and_the_agents_run_from_it(
+    world: dict[str, object], tmp_path: Path
+) -> None:
+    key = Path(str(world["key"]))
+    servers = [SshServer(tmp_path / f"sshd-{i}", client_key=key).start() for i in range(3)]
+    try:
+        kh = tmp_path / "known_hosts"
+        kh.write_text("".join(s.known_hosts_line() for s in servers))
+        inv = tmp_path / "fleet.txt"
+        prefixes = [tmp_path / f"host-{i}" / "opt" for i in range(3)]
+        inv.write_text(
+            "".join(
+                f"root@127.0.0.1:{s.port} name=multi-{i} prefix={p}\n"
+                for i, (s, p) in enumerate(zip(servers, prefixes, strict=True))
+            )
+        )
+        cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}  # cold: this run builds the bundle
+        args = ["-i", str(inv), *install_args(world, kh, tmp_path / "unused"), "--format", "json"]
+        r = cli("install", *args, env=cache)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stderr.count("preparing the runtime bundle") == 1
+        (built,) = [ln for ln in r.stderr.splitlines() if ln.startswith("runtime bundle:")]
+        assert " built in " in built, built
+        archives = list((tmp_path / "cache" / "slaprobe" / "bundle").glob("*.tar.gz"))
+        assert len(archives) == 1
+        size = archives[0].stat().st_size
+        hosts = json.loads(r.stdout)["hosts"]
+        assert [h["result"] for h in hosts] == ["installed"] * 3
+        assert {h["method"] for h in hosts} == {"bundle"}
+        for h in hosts:  # one archive each, plus a few kB of manifest, config and scripts
+            assert size <= h["bytes_uploaded"] < size + 50_000
+        keys = {installed_bundle(p) for p in prefixes}
+        assert keys == {archives[0].name.removesuffix(".tar.gz")}
+        for p in prefixes:
+            (k,) = keys
+            assert agent_code_dirs(p) == {f"runtime/{k}"}  # grpc, cryptography, ... from the bundle
+            assert not (p / "wheels").exists() and not list((p / "bundles").iterdir())
+            assert json.loads((p / "manifest.json").read_text())["mode"] == "bundle"
+
+        # Again: a cache hit, nothing sent, nothing changed.
+        r = cli("install", *args, env=cache)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "cached" in r.stderr and " built in " not in r.stderr
+        hosts = json.loads(r.stdout)["hosts"]
+        assert [h["result"] for h in hosts] == ["unchanged"] * 3
+        assert all(h["bytes_uploaded"] < 5_000 for h in hosts)
+    finally:
+        cli(
+            "uninstall",
+            "-i",
+            str(tmp_path / "fleet.txt"),
+            *base_args(world, tmp_path / "known_hosts", tmp_path),
+        )
+        for s in servers:
+            s.stop()
+
+
+def _json_install(args: list[str]) -> dict[str, object]:
+    r = cli("install", *args, "--format", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (h,) = json.loads(r.stdout)["hosts"]
+    assert isinstance(h, dict)
+    return h
+
+
+@needs_sshd
+@pytest.mark.slow
+def test_interrupted_upload_and_unpack_are_completed_on_rerun(
+    world: dict[str, object], sshd: SshServer, tmp_path: Path
+) -> None:
+    kh, prefix = tmp_path / "known_hosts", tmp_path / "opt"
+    kh.write_text(sshd.known_hosts_line())
+    args = [f"root@127.0.0.1:{sshd.port}", *install_args(world, kh, prefix)]
+    b = world["bundle"]
+    assert isinstance(b, bundle.Bundle)
+    assert _json_install(args)["result"] == "installed"
+    runtime, bundles = prefix / "runtime" / b.key, prefix / "bundles"
+    manifest = prefix / "manifest.json"
+
+    def interrupted_before_the_switch() -> None:
+        """What a run killed in the package step leaves: the manifest and the .pth still name the old runtime."""
+        m = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**m, "bundle": "0.0.9-old", "version": "0.0.9"}))
+        shutil.rmtree(runtime)
+        (site,) = (prefix / "venv" / "lib").glob("python3.*/site-packages")
+        (site / bundle.PTH).write_text(str(prefix / "runtime" / "0.0.9-old") + "\n")
+
+    # 1. Killed while unpacking: the archive is whole on the host, the runtime half unpacked.
+    interrupted_before_the_switch()
+    shutil.copy(b.path, bundles / f"{b.key}.tar.gz")
+    half = prefix / "runtime" / f".{b.key}.part"
+    (half / "slaprobe").mkdir(parents=True)
+    (half / "slaprobe" / "__init__.py").write_text("raise SystemExit('half unpacked')\n")
+    h = _json_install(args)
+    assert h["result"] == "installed", h
+    assert int(str(h["bytes_uploaded"])) < 50_000  # the archive already there was used, not sent again
+    assert installed_bundle(prefix) == b.key and not half.exists()
+    assert sorted(p.name for p in (prefix / "runtime").iterdir()) == [b.key]
+    assert not list(bundles.iterdir())
+    assert json.loads(manifest.read_text())["bundle"] == b.key
+    assert agent_code_dirs(prefix) == {f"runtime/{b.key}"}
+
+    # 2. Killed while uploading: a partial archive.
+    interrupted_before_the_switch()
+    (bundles / f"{b.key}.tar.gz.part").write_bytes(b.path.read_bytes()[: b.size // 2])
+    h = _json_install(args)
+    assert h["result"] == "installed", h
+    assert b.size <= int(str(h["bytes_uploaded"])) < b.size + 50_000
+    assert installed_bundle(prefix) == b.key and not list(bundles.iterdir())
+
+    # 3. An archive of the right size but damaged: caught by its hash on the host, sent again.
+    interrupted_before_the_switch()
+    data = bytearray(b.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundles / f"{b.key}.tar.gz").write_bytes(bytes(data))
+    h = _json_install(args)
+    assert h["result"] == "installed", h
+    assert b.size <= int(str(h["bytes_uploaded"])) < b.size + 50_000
+    assert installed_bundle(prefix) == b.key and not list(bundles.iterdir())
+    r = subprocess.run(
+        [str(prefix / "venv" / "bin" / "slaprobe"), "--version"], capture_output=True, text=True
+    )
+    assert r.stdout.strip().endswith(__version__), r.stdout + r.stderr
+
+    # And then nothing to do.
+    assert _json_install(args)["result"] == "unchanged"
+    cli("uninstall", *base_args(world, kh, prefix), f"root@127.0.0.1:{sshd.port}")
+
+
+@needs_sshd
+@pytest.mark.slow
+def test_pip_fallback_and_switching_to_the_bundle_and_back(
+    world: dict[str, object], sshd: SshServer, tmp_path: Path
+) -> None:
+    """--method wheels is the path hosts with another Python take (pip on the host); an install made
+    that way (or by an older slaprobe) moves to the bundle on the next run, and back."""
+    kh, prefix = tmp_path / "known_hosts", tmp_path / "opt"
+    kh.write_text(sshd.known_hosts_line())
+    args = [f"root@127.0.0.1:{sshd.port}", *install_args(world, kh, prefix)]
+    b = world["bundle"]
+    assert isinstance(b, bundle.Bundle)
+
+    h = _json_install([*args, "--method", "wheels"])
+    assert (h["result"], h["method"]) == ("installed", "wheels"), h
+    assert "pip on the host: --method wheels" in str(h["detail"])
+    (site,) = (prefix / "venv" / "lib").glob("python3.*/site-packages")
+    assert (site / "slaprobe").is_dir() and (prefix / "wheels").is_dir() and not (prefix / "runtime").exists()
+    assert agent_code_dirs(prefix) == {"venv/lib"}
+
+    h = _json_install(args)
+    assert (h["result"], h["method"]) == ("installed", "bundle"), h
+    assert installed_bundle(prefix) == b.key  # a fresh venv: pip's packages are gone
+    assert not (prefix / "wheels").exists()
+    assert agent_code_dirs(prefix) == {f"runtime/{b.key}"}
+    assert json.loads((prefix / "manifest.json").read_text())["mode"] == "bundle"
+
+    h = _json_install([*args, "--method", "wheels"])
+    assert (h["result"], h["method"]) == ("installed", "wheels"), h
+    assert not (prefix / "runtime").exists() and not (prefix / "bundles").exists()
+    assert not (site / bundle.PTH).exists()
+    assert agent_code_dirs(prefix) == {"venv/lib"}
+    assert _json_install([*args, "--method", "wheels"])["result"] == "unchanged"
+    cli("uninstall", *base_args(world, kh, prefix), f"root@127.0.0.1:{sshd.port}")

@@ -5,14 +5,16 @@ write with what the host already has (the manifest's hashes, and the files'
 own hashes read in the preflight) and does nothing when they match, so a
 second run changes nothing and reports ``unchanged``. The manifest is
 rewritten after every step that changed something, so a run interrupted at
-any point resumes where it stopped (uploads skip wheels already on the host
-with the right hash).
+any point resumes where it stopped (an archive already on the host is not
+uploaded again, a half-unpacked runtime is unpacked again, uploads skip
+wheels already on the host with the right hash).
 
 =============  ==============================================================
 preflight      one remote Python script: Python version, systemd, user, manifest, file hashes
 user           ``useradd --system`` of the service user if it does not exist (recorded: uninstall removes it)
 dirs           the prefix layout with its owners and modes
-package        upload missing wheels, ``venv --without-pip``, pip from its own wheel, ``--no-index``
+package        the runtime bundle (built once here, see ``bundle``): upload, check, unpack, bare venv, switch;
+               or, where the bundle does not fit the host's Python: upload missing wheels, pip ``--no-index``
 enrol          token in the collector DB → 0600 join file → ``slaprobe agent enroll`` on the host → delete
 config         ``etc/agent.yaml``, 0600, owned by the service user
 service        the systemd unit, or the fallback supervisor script
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slaprobe.install import templates
+from slaprobe.install.bundle import PTH, UNPACK, Bundle, fits
 from slaprobe.install.collector_side import CollectorSide
 from slaprobe.install.errors import EnrolError, InstallError, RemoteError
 from slaprobe.install.inventory import Target, check_name
@@ -51,7 +54,12 @@ def h(p):
             return hashlib.sha256(f.read()).hexdigest()
     except OSError:
         return None
+try:
+    libc = os.confstr("CS_GNU_LIBC_VERSION")
+except (ValueError, OSError):
+    libc = None
 out = {"python": list(sys.version_info[:2]), "machine": platform.machine(), "uid": os.getuid(),
+       "cache_tag": sys.implementation.cache_tag, "libc": libc,
        "hostname": platform.node(), "systemd": os.path.isdir("/run/systemd/system"),
        "venv": os.path.exists(prefix + "/venv/bin/python"), "cert": os.path.exists(prefix + "/data/tls/agent.crt"),
        "prefix_exists": os.path.isdir(prefix)}
@@ -72,6 +80,16 @@ except (OSError, ValueError):
 out["files"] = {"config": h(prefix + "/etc/agent.yaml"), "unit": h(unit), "supervisor": h(prefix + "/bin/supervise")}
 wd = prefix + "/wheels"
 out["wheels"] = sorted(os.listdir(wd)) if os.path.isdir(wd) else []
+rd, bd = prefix + "/runtime", prefix + "/bundles"
+out["runtimes"] = sorted(os.listdir(rd)) if os.path.isdir(rd) else []
+out["bundles"] = {n: os.path.getsize(bd + "/" + n) for n in os.listdir(bd)} if os.path.isdir(bd) else {}
+try:
+    import sysconfig
+    site = sysconfig.get_path("purelib", "venv", vars={"base": prefix + "/venv", "platbase": prefix + "/venv"})
+    with open(site + "/" + "@PTH@") as f:
+        out["pth"] = f.read().strip()
+except (OSError, KeyError):
+    out["pth"] = None
 pid = None
 try:
     with open(prefix + "/run/supervisor.pid") as f:
@@ -81,7 +99,7 @@ try:
 except (OSError, ValueError):
     out["supervisor_running"] = False
 print(json.dumps(out))
-"""
+""".replace("@PTH@", PTH)
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,8 @@ class InstallOptions:
     wheelhouse: Wheelhouse | None
     site: str | None = None
     wait_s: float = 60.0
+    bundle: Bundle | None = None  # None: every host installs with pip from the wheelhouse
+    method: str = "auto"  # "auto": the bundle where it fits, else the wheelhouse; or "bundle", "wheels"
 
 
 @dataclass
@@ -194,6 +214,124 @@ class Host:
         return (await self.s.run("log", cmd + " 2>&1", check=False)).strip()
 
 
+def choose_method(opts: InstallOptions, host: dict[str, Any]) -> tuple[str, str]:
+    """How this host gets the agent's code: ("bundle" | "wheels", why), from its preflight.
+
+    The bundle where it fits the host's Python, machine and C library; else pip on the host
+    from the wheelhouse, which must then be for the host's Python and machine.
+    """
+    py = ".".join(str(x) for x in host["python"][:2])
+    no_bundle = "--method wheels" if opts.method == "wheels" else None
+    if no_bundle is None:
+        no_bundle = "no bundle (the wheelhouse is not for this Python)" if opts.bundle is None else None
+    if no_bundle is None:
+        assert opts.bundle is not None
+        no_bundle = fits(opts.bundle.target, host)
+        if no_bundle is None:
+            return "bundle", "runtime bundle"
+    if opts.method == "bundle":
+        raise InstallError(f"the runtime bundle does not fit this host: {no_bundle}")
+    wh = opts.wheelhouse
+    assert wh is not None
+    if py != wh.python or host["machine"] != wh.machine:
+        raise InstallError(
+            f"host has Python {py} on {host['machine']}, the wheelhouse is for Python {wh.python} on"
+            f" {wh.machine} and the runtime bundle does not fit ({no_bundle}): give a wheelhouse for"
+            " this host with --wheelhouse DIR"
+        )
+    return "wheels", f"pip on the host: {no_bundle}"
+
+
+async def package_bundle(h: Host, b: Bundle) -> bool:
+    """Put runtime bundle ``b`` in force on the host; False if it already is."""
+    s, lay, m = h.s, h.layout, h.manifest
+    dest = f"{lay.runtime}/{b.key}"
+    if (
+        m.get("mode") == "bundle"
+        and m.get("bundle") == b.key
+        and h.info["venv"]
+        and h.info["pth"] == dest
+        and b.key in h.info["runtimes"]
+    ):
+        return False
+    name = f"{b.key}.tar.gz"
+    for attempt in (1, 2):
+        # An archive left by an interrupted run is used if it is whole (UNPACK checks its hash).
+        if b.key not in h.info["runtimes"] and h.info["bundles"].get(name) != b.size:
+            h.say(f"upload bundle ({b.size / 1e6:.1f} MB)")
+            await s.put_file(b.path, f"{lay.bundles}/{name}", 0o644)
+        h.say("unpack")
+        try:
+            out = await s.run(
+                "unpack the runtime",
+                "exec python3 - " + q(lay.prefix, b.key, b.sha256, b.version),
+                input=UNPACK,
+            )
+            break
+        except RemoteError as exc:
+            if exc.status != 3 or attempt == 2:
+                raise
+            h.info["bundles"].pop(name, None)  # damaged or gone: upload it again
+    did = json.loads(out.strip().splitlines()[-1])
+    if did["version"] != b.version:  # UNPACK checks this too
+        raise InstallError(f"the host's new runtime says version {did['version']}, not {b.version}")
+    for k in ("wheels",):
+        m.pop(k, None)
+    m.update(mode="bundle", bundle=b.key, version=b.version)
+    await h.save_manifest()
+    return True
+
+
+async def package_wheels(h: Host, wh: Wheelhouse) -> bool:
+    """Install the agent with pip on the host from the uploaded wheelhouse; False if already done."""
+    s, lay, m = h.s, h.layout, h.manifest
+    if m.get("wheels") == wh.wheels and h.info["venv"] and m.get("mode", "wheels") == "wheels":
+        return False
+    if m.get("mode") == "bundle" or h.info["pth"] or h.info["runtimes"]:
+        # From the bundle to pip: a venv of its own, without the .pth to the old runtime.
+        await s.run("remove the bundle", f"rm -rf {q(lay.venv, lay.runtime, lay.bundles)}")
+        h.info["venv"] = False
+    h.say("upload")
+    # Hashed only now, not in every preflight: 18 MB per host is most of an unchanged run's work.
+    have: dict[str, str] = {}
+    if h.info["wheels"]:
+        out = await s.run("hash wheels", f"cd {q(lay.wheels)} && sha256sum -- *", check=False)
+        have = {ln[66:]: ln[:64] for ln in out.splitlines() if len(ln) > 66}
+    for n, digest in wh.wheels.items():
+        if have.get(n) != digest:
+            await s.put_file(wh.dir / n, f"{lay.wheels}/{n}", 0o644)
+    stale = [f"{lay.wheels}/{n}" for n in have if n not in wh.wheels]
+    if stale:
+        await s.run("remove old wheels", "rm -f " + q(*stale))
+    h.say("pip install")
+    py = f"{lay.venv}/bin/python"
+    pip = f"{py} {q(lay.wheels + '/' + wh.pip_wheel)}/pip"
+    flags = f"--no-index --find-links {q(lay.wheels)} --disable-pip-version-check --quiet"
+    wheel = q(f"{lay.wheels}/{wh.slaprobe_wheel}")
+    await s.run(
+        "install the agent",
+        f"set -e; [ -x {q(py)} ] || python3 -m venv --without-pip {q(lay.venv)}; {pip} install {flags} {wheel};"
+        f" {pip} install {flags} --no-deps --force-reinstall {wheel}",
+    )
+    m.pop("bundle", None)
+    m.update(mode="wheels", wheels=wh.wheels, version=wh.version)
+    await h.save_manifest()
+    return True
+
+
+async def tidy(h: Host, method: str, key: str | None) -> None:
+    """Remove what an earlier version or method left: old runtimes, archives, the wheelhouse."""
+    lay, info = h.layout, h.info
+    if method == "bundle":
+        old = [f"{lay.runtime}/{n}" for n in info["runtimes"] if n != key]
+        old += [f"{lay.bundles}/{n}" for n in info["bundles"]]
+        old += [lay.wheels] if info["wheels"] else []
+    else:
+        old = [lay.runtime, lay.bundles] if info["runtimes"] or info["bundles"] else []
+    if old:
+        await h.s.run("remove old files", "rm -rf -- " + q(*old))
+
+
 async def install_host(
     t: Target, opts: InstallOptions, ssh: SshOptions, say: Progress, *, upgrade: bool = False
 ) -> HostResult:
@@ -209,14 +347,7 @@ async def install_host(
             raise InstallError(
                 f"slaprobe is not installed under {lay.prefix} here: run `slaprobe agent install` first"
             )
-        if (
-            tuple(h.info["python"]) != tuple(int(x) for x in wh.python.split("."))
-            or h.info["machine"] != wh.machine
-        ):
-            raise InstallError(
-                f"host has Python {'.'.join(map(str, h.info['python']))} on {h.info['machine']}, the wheelhouse is"
-                f" for Python {wh.python} on {wh.machine}: give a matching one with --wheelhouse DIR"
-            )
+        method, why = choose_method(opts, h.info)
         if h.info["prefix_exists"] and not m and not upgrade and h.info["venv"]:
             raise InstallError(
                 f"{lay.prefix} exists on the host but holds no slaprobe manifest; not touching it"
@@ -249,43 +380,24 @@ async def install_host(
         # dirs
         u = q(opts.service_user)
         p = lay.path
+        code = ("runtime", "bundles") if method == "bundle" else ("wheels",)
         await s.run(
             "create directories",
-            f"umask 022 && mkdir -p {q(p('wheels'), p('bin'), p('etc'), p('data'), p('log'), p('run'))}"
-            f" && chmod 0755 {q(lay.prefix, p('wheels'), p('bin'))} && chmod 0700 {q(p('etc'), p('data'), p('log'), p('run'))}"
+            f"umask 022 && mkdir -p {q(*map(p, (*code, 'bin', 'etc', 'data', 'log', 'run')))}"
+            f" && chmod 0755 {q(lay.prefix, *map(p, (*code, 'bin')))} && chmod 0700 {q(p('etc'), p('data'), p('log'), p('run'))}"
             f" && chown {u}: {q(p('etc'), p('data'))}",
         )
         if not h.info["manifest"]:
             await h.save_manifest()  # from now on uninstall knows this prefix is ours
 
         # package
-        if m.get("wheels") != wh.wheels or not h.info["venv"]:
-            say("upload")
-            # Hashed only now, not in every preflight: 18 MB per host is most of an unchanged run's work.
-            have: dict[str, str] = {}
-            if h.info["wheels"]:
-                out = await s.run("hash wheels", f"cd {q(lay.wheels)} && sha256sum -- *", check=False)
-                have = {ln[66:]: ln[:64] for ln in out.splitlines() if len(ln) > 66}
-            for n, digest in wh.wheels.items():
-                if have.get(n) != digest:
-                    await s.put_file(wh.dir / n, f"{lay.wheels}/{n}", 0o644)
-            stale = [f"{lay.wheels}/{n}" for n in have if n not in wh.wheels]
-            if stale:
-                await s.run("remove old wheels", "rm -f " + q(*stale))
-            say("pip install")
-            py = f"{lay.venv}/bin/python"
-            pip = f"{py} {q(lay.wheels + '/' + wh.pip_wheel)}/pip"
-            flags = f"--no-index --find-links {q(lay.wheels)} --disable-pip-version-check --quiet"
-            wheel = q(f"{lay.wheels}/{wh.slaprobe_wheel}")
-            await s.run(
-                "install the agent",
-                f"set -e; [ -x {q(py)} ] || python3 -m venv --without-pip {q(lay.venv)}; {pip} install {flags} {wheel};"
-                f" {pip} install {flags} --no-deps --force-reinstall {wheel}",
-            )
-            m["wheels"] = wh.wheels
-            m["version"] = wh.version
-            await h.save_manifest()
+        if method == "bundle":
+            assert opts.bundle is not None
+            if await package_bundle(h, opts.bundle):
+                changed.append("package")
+        elif await package_wheels(h, wh):
             changed.append("package")
+        version = str(m["version"])
 
         # enrol
         c = opts.collector
@@ -341,6 +453,8 @@ async def install_host(
                 changed.append("started")
         else:
             since -= int(RECENT_S * 1e9)
+        # The old runtime only now: the agent that ran from it was stopped by the (re)start.
+        await tidy(h, method, opts.bundle.key if method == "bundle" and opts.bundle else None)
         say("waiting for the collector")
         try:
             waited = await c.wait_seen(name, since, opts.wait_s)
@@ -362,11 +476,11 @@ async def install_host(
             t,
             True,
             outcome,
-            wh.version,
+            version,
             time.monotonic() - t0,
-            f"agent {name!r} site {site!r} via {manager}, seen after {waited:.1f}s",
+            f"agent {name!r} site {site!r} via {manager}, {why}, seen after {waited:.1f}s",
             s.bytes_uploaded,
-            {"name": name, "changed": changed},
+            {"name": name, "changed": changed, "method": method},
         )
 
 

@@ -8,8 +8,10 @@ them):
 path                 what                                    owner, mode
 ===================  ======================================  =====================
 ``manifest.json``    what was installed (drives idempotency) root, 0644
-``wheels/``          the uploaded wheelhouse                 root, 0755
-``venv/``            the agent and its dependencies          root, 0755 (the agent cannot change its own code)
+``runtime/KEY/``     the agent and its dependencies          root, 0755 (the agent cannot change its own code)
+``venv/``            bare venv, a .pth pointing at runtime/  root, 0755
+``bundles/``         the bundle archive while it is unpacked root, 0755
+``wheels/``          the uploaded wheelhouse (pip fallback)  root, 0755
 ``etc/agent.yaml``   the agent's configuration               agent user, 0600
 ``data/``            ``tls/`` (key, certificate), spool      agent user, 0700
 ``bin/supervise``    fallback supervisor (no systemd)        root, 0755
@@ -62,6 +64,14 @@ class Layout:
     @property
     def wheels(self) -> str:
         return self.path("wheels")
+
+    @property
+    def runtime(self) -> str:
+        return self.path("runtime")
+
+    @property
+    def bundles(self) -> str:
+        return self.path("bundles")
 
     @property
     def config(self) -> str:
