@@ -26,7 +26,17 @@ content-length, close-delimited bodies) is handled by well-tested code.
 HTTP/2 (``http_version: 2``) takes the same road: the same raw asyncio
 connection, ALPN ``h2`` (or prior knowledge over ``http://``), and the ``h2``
 library (the state machine httpx itself uses for HTTP/2) for framing, HPACK
-and flow control. MEASURE_H2
+and flow control. Measured here (2 shared, busy cores; client CPU on the
+event-loop thread, 200 fresh-connection HTTPS probes to a loopback server):
+HTTP/1.1 with h11 3.5-4.0 ms CPU per probe (mostly the TLS handshake), HTTP/2
+with h2 4.9-5.1 ms, httpx with ``http2=True`` 9.2 ms; in clear text h11
+1.1 ms and h2 1.6-1.8 ms. h2 costs about 0.6-1.3 ms more than h11 (connection
+preface, SETTINGS, HPACK), httpx another 4 ms on top, which would show up as
+latency of the target. The phases keep their meaning: ``processing`` ends at
+the response's HEADERS, not at the server's SETTINGS frame, which arrives first.
+HTTP/2 has no ``Connection: close``: the probe sends GOAWAY after the response.
+With ``http_version: 2`` the server must agree (ALPN ``h2``), else ``protocol``;
+there is no fallback to HTTP/1.1, which would hide a broken HTTP/2 setup.
 """
 
 from __future__ import annotations
