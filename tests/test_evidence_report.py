@@ -452,3 +452,50 @@ def test_headless_chromium_renders_the_charts_and_shows_the_documents_numbers(
     assert len(bars) == 3 + 4  # a bar per day: three UTC days, four Paris days
     check_fields(doc, p)
     assert {path for path, _, _ in p.fields} == {path for path, _, _ in parse(render_html(doc)).fields}
+
+
+CAT_HOURS = """
+sites:
+  lab:
+    sla: {availability: 99.5%, time_zone: Asia/Kolkata,
+          service_hours: {days: mon-fri, hours: ["08:30-12:00", "13:00-17:45"]},
+          maintenance: [{every: "day 10:15-10:45", reason: daily restart}]}
+    checks:
+      web: {type: tcp, target: "192.0.2.1:80", interval: 1m, timeout: 5s}
+      api: {type: tcp, target: "192.0.2.2:80", interval: 30s, timeout: 5s}
+"""
+
+
+def test_ragged_hours_maintenance_and_a_changed_interval_match_compliance(tmp_path: Path) -> None:
+    """Service hours and windows that cut UTC hours (+05:30), slices of several intervals,
+    a check version change mid-period: the memo in front of the source changes no figure."""
+    from collector.sla.report import Period, compliance
+
+    w = World(tmp_path / "s.db", CAT_HOURS, T0, persisted_at=T0 - DAY)
+    w.results("web", [i for i in range(3 * 1440) if i % 97], ms=120)
+    w.results("web", [i for i in range(3 * 1440) if not i % 97], ok=False, kind="timeout")
+    w.results("api", range(2 * 2880), ms=7.5)
+    w.flush()
+    w.persist(CAT_HOURS.replace("interval: 30s", "interval: 2m"), T0 + 2 * DAY)
+    for i in range(720):
+        w.result("api", at_ns=w.at("api", i, T0 + 2 * DAY), ms=9)
+    w.maintenance(T0 + DAY + 5 * HOUR + 7 * MINUTE, T0 + DAY + 6 * HOUR)
+    ctx = w.context(NOW)
+    doc = build_report(ctx, "lab", T0, END)
+    period = Period("range", start="2026-10-05T00:00:00+00:00", end="2026-10-08T00:00:00+00:00")
+    (site,) = compliance(w.context(NOW), period, "lab", with_checks=True)
+    assert [s["report"] for s in doc["services"]] == [r.to_dict() for r in site.services]
+    (s,) = doc["services"]
+    assert s["sla"]["service_hours"] == "mon,tue,wed,thu,fri 08:30-12:00,13:00-17:45"
+    assert sum(d["down_s"] for d in s["daily"]) == s["report"]["counted_down_s"]
+    assert sum(d["latency_samples"] for d in s["daily"]) == s["report"]["latency_samples"] > 0
+    assert s["daily"][0]["from"] == "2026-10-05T05:30:00+05:30"
+    (adhoc,) = s["maintenance"]["adhoc"]
+    assert (adhoc["from"], adhoc["reason"]) == ("2026-10-06T10:37:00+05:30", "test")
+    # Three daily restarts; on 2026-10-06 the ad-hoc window runs on from the restart's.
+    assert [(m["from"][11:16], m["to"][11:16]) for m in s["maintenance"]["intervals"]] == [
+        ("10:15", "10:45"),
+        ("10:15", "11:30"),
+        ("10:15", "10:45"),
+    ]
+    check_fields(doc, parse(render_html(doc)))

@@ -133,7 +133,7 @@ svg text { font-family: "DejaVu Sans", Arial, sans-serif; font-size: 10px; fill:
 .swatch { display: inline-block; width: 10px; height: 10px; margin-right: 4px; vertical-align: -1px; }
 section.service { break-before: page; page-break-before: always; }
 section.service:first-of-type { break-before: auto; page-break-before: auto; }
-table.incidents { font-size: 8pt; }
+table.incidents, .daily table { font-size: 8pt; }
 table.incidents td { overflow-wrap: anywhere; }
 .keep { break-inside: avoid; page-break-inside: avoid; }
 .small { font-size: 8.5pt; color: #50575e; }
