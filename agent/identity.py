@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protos import slaprobe_v1_pb2 as pb
 from protos import slaprobe_v1_pb2_grpc as pb_grpc
+from slaprobe.chain import public_raw
 from slaprobe.pki import cert_not_after, key_pem, make_csr, new_key, write_private
 
 KEY, CERT, CA = "agent.key", "agent.crt", "ca.crt"
@@ -127,14 +129,31 @@ def _atomic(path: Path, data: bytes, *, private: bool) -> None:
     os.replace(tmp, path)
 
 
-async def enroll(bundle: JoinBundle, name: str, tls: TlsFiles, *, timeout_s: float = 30.0) -> tuple[str, str]:
-    """Make a key, present the one-time token, store the certificate; return (site, name)."""
+async def enroll(
+    bundle: JoinBundle,
+    name: str,
+    tls: TlsFiles,
+    *,
+    signing_key: Ed25519PrivateKey | None = None,
+    timeout_s: float = 30.0,
+) -> tuple[str, str]:
+    """Make a TLS key, present the one-time token and the signing key, store the certificate.
+
+    The collector records the signing key with the enrolment, so the token
+    vouches for both; returns (site, name).
+    """
     key = new_key()
     creds = grpc.ssl_channel_credentials(root_certificates=bundle.ca_pem)
     async with grpc.aio.secure_channel(bundle.enroll, creds) as channel:
         try:
             reply = await pb_grpc.CollectorStub(channel).Enroll(
-                pb.EnrollRequest(token=bundle.token, name=name, csr_pem=make_csr(key)), timeout=timeout_s
+                pb.EnrollRequest(
+                    token=bundle.token,
+                    name=name,
+                    csr_pem=make_csr(key),
+                    signing_key=public_raw(signing_key) if signing_key else b"",
+                ),
+                timeout=timeout_s,
             )
         except grpc.aio.AioRpcError as exc:
             raise IdentityError(

@@ -222,6 +222,7 @@ class CollectorLink:
                     epoch=self.outbox.epoch,
                     agent_time_ns=t0,
                     hostname=socket.gethostname(),
+                    signing_key=self.outbox.signing_key,
                 ),
                 timeout=15.0,
             )

@@ -22,6 +22,7 @@ from agent.outbox import Outbox
 from agent.runner import CheckRunner, Clock
 from agent.spool import Spool, SpoolLimits
 from probes import Prober, build_prober
+from slaprobe.chain import load_or_create_key
 from slaprobe.configfile import ConfigError, Node
 from slaprobe.model import CheckSpec, Measurement
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CHECK_CACHE = "checks.json"
 SPOOL_FILE = "spool.db"
+SIGNING_KEY = "signing.key"  # Ed25519: seals this agent's records (evidence)
 
 
 def build_runner_prober(spec: CheckSpec) -> Prober:
@@ -48,6 +50,7 @@ class Agent:
         self.outbox: Outbox = outbox or Spool(
             config.data_dir / SPOOL_FILE,
             SpoolLimits(max_bytes=config.spool_max_bytes, max_age_s=config.spool_max_age_s),
+            signing_key=load_or_create_key(config.data_dir / SIGNING_KEY),
         )
         self.clock = clock
         self.checks: dict[str, CheckSpec] = {}

@@ -54,6 +54,11 @@ class Outbox(Protocol):
     @property
     def oldest_unacked_ns(self) -> int: ...
 
+    @property
+    def signing_key(self) -> bytes:
+        """The raw Ed25519 public key that seals this outbox's records; empty when unsealed."""
+        ...
+
     def append(self, payload: Payload) -> int: ...
 
     async def read(self, after_seq: int, limit: int) -> list[Stored]: ...
@@ -84,6 +89,10 @@ class MemoryOutbox:
         self._last = 0
         self._acked = 0
         self._grew = asyncio.Event()
+
+    @property
+    def signing_key(self) -> bytes:
+        return b""  # memory records are not evidence: nothing survives a restart to be checked
 
     @property
     def epoch(self) -> int:

@@ -23,6 +23,12 @@ How it works:
   their seq span and naming, per check, how many results from when to when
   were lost. The gap record is delivered like any other, so the loss is
   stored and shown instead of disappearing.
+* Sealing (with a signing key): every ``seal_every`` records or
+  ``seal_interval_s``, the writer appends a signed **seal** covering the
+  records since the last one (``slaprobe/chain.py``). Only sealed records are
+  readable, and reads end on a seal, so the collector always receives whole
+  links it can check before storing. Eviction drops whole links and writes
+  an eviction link for the gap record, so the chain never breaks.
 """
 
 from __future__ import annotations
@@ -38,13 +44,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from agent.outbox import Stored, scheduled_ns_of
-from agent.wire import decode_gap, encode_record
+from agent.wire import decode_gap, decode_seal, encode_record
+from slaprobe import chain
 from slaprobe.model import Gap, GapCheck, Measurement, Payload
 
 log = logging.getLogger(__name__)
 
-KIND_RESULT, KIND_GAP, KIND_CLOCK = 1, 2, 3
+KIND_RESULT, KIND_GAP, KIND_CLOCK, KIND_SEAL = 1, 2, 3, 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -56,6 +65,8 @@ CREATE TABLE IF NOT EXISTS records (
     kind INTEGER NOT NULL,
     data BLOB NOT NULL
 );
+-- The chain's state after the last seal written: its head, and the seq it sealed through.
+CREATE TABLE IF NOT EXISTS chain (id INTEGER PRIMARY KEY CHECK (id = 1), head BLOB NOT NULL, sealed INTEGER NOT NULL);
 """
 
 
@@ -64,6 +75,9 @@ class SpoolLimits:
     max_bytes: int = 512 * 1024 * 1024
     max_age_s: float = 7 * 86400.0
     check_every_s: float = 1.0
+    # Sealing: a link every this many records at most, and within this long of its first record.
+    seal_every: int = 500
+    seal_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,11 @@ class _Append:
     data: bytes
 
 
+@dataclass(frozen=True)
+class _SealMark:
+    seq: int
+
+
 _STOP = object()
 
 
@@ -83,13 +102,21 @@ class SpoolStats:
     evictions: int = 0
     evicted_results: int = 0
     commits: int = 0
+    seals: int = 0
 
 
 class Spool:
-    def __init__(self, path: str | Path, limits: SpoolLimits | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        limits: SpoolLimits | None = None,
+        *,
+        signing_key: Ed25519PrivateKey | None = None,
+    ) -> None:
         self.path = Path(path)
         self.limits = limits or SpoolLimits()
-        self._queue: queue.SimpleQueue[_Append | int | object] = queue.SimpleQueue()
+        self.key = signing_key
+        self._queue: queue.SimpleQueue[_Append | _SealMark | int | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._read_conn: sqlite3.Connection | None = None
@@ -103,6 +130,12 @@ class Spool:
         self._oldest_ns = 0
         self.stats = SpoolStats()
         self._fatal: BaseException | None = None
+        self._unsealed = 0  # appended since the last seal mark (event loop side)
+        self._sealer: asyncio.Task[None] | None = None
+        # Writer-thread side of the chain: the head, where the open link starts, its digest.
+        self._head = chain.GENESIS
+        self._segment_start = 1
+        self._digest = chain.Digest()
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -113,9 +146,14 @@ class Spool:
         epoch, acked, last, oldest = await asyncio.to_thread(self._load_state, conn)
         self._epoch, self._acked, self._committed, self._oldest_ns = epoch, acked, last, oldest
         self._next_seq = last
+        if self.key is not None:
+            self._committed = await asyncio.to_thread(self._load_chain, conn, last)
+            self._unsealed = last - self._committed
         self._read_conn = await asyncio.to_thread(self._connect)
         self._thread = threading.Thread(target=self._run, args=(conn,), name="slaprobe-spool", daemon=True)
         self._thread.start()
+        if self.key is not None:
+            self._sealer = asyncio.create_task(self._seal_periodically(), name="spool-sealer")
         log.info(
             "spool %s: epoch %d, %d records waiting (acked through %d)", self.path, epoch, last - acked, acked
         )
@@ -137,14 +175,37 @@ class Spool:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("INSERT INTO meta VALUES (?, ?)", list(meta.items()))
             conn.execute("COMMIT")
-        row = conn.execute("SELECT max(through_seq), min(seq) FROM records").fetchone()
-        last = max(int(meta["acked_seq"]), int(row[0] or 0))
+        row = conn.execute("SELECT through_seq FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        last = max(int(meta["acked_seq"]), int(row[0]) if row else 0)
         oldest = conn.execute("SELECT scheduled_ns FROM records ORDER BY seq LIMIT 1").fetchone()
         return int(meta["epoch"]), int(meta["acked_seq"]), last, int(oldest[0]) if oldest else 0
 
+    def _load_chain(self, conn: sqlite3.Connection, last: int) -> int:
+        """Restore the chain state; return the seq sealed through (what is readable)."""
+        row = conn.execute("SELECT head, sealed FROM chain WHERE id = 1").fetchone()
+        if row is None:
+            # A new spool, or one written before sealing: the chain starts after what the
+            # collector already holds, and the first seal covers whatever waits unsent.
+            acked = int(conn.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()[0])
+            head, sealed = chain.GENESIS, acked
+            conn.execute("INSERT INTO chain VALUES (1, ?, ?)", (head, sealed))
+        else:
+            head, sealed = bytes(row[0]), int(row[1])
+        self._head, self._segment_start = head, sealed + 1
+        # Records written after the last seal (a crash before it): the open link goes on from them.
+        for (data,) in conn.execute("SELECT data FROM records WHERE seq > ? ORDER BY seq", (sealed,)):
+            self._digest.add(bytes(data))
+        return sealed
+
     async def close(self) -> None:
-        """Commit everything queued and stop the writer."""
+        """Seal and commit everything queued, then stop the writer."""
+        if self._sealer is not None:
+            self._sealer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sealer
+            self._sealer = None
         if self._thread is not None:
+            self._seal_now()
             self._queue.put(_STOP)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
@@ -161,6 +222,10 @@ class Spool:
     @property
     def acked_seq(self) -> int:
         return self._acked
+
+    @property
+    def signing_key(self) -> bytes:
+        return b"" if self.key is None else chain.public_raw(self.key)
 
     @property
     def last_seq(self) -> int:
@@ -186,7 +251,24 @@ class Spool:
         else:
             kind, check = KIND_CLOCK, ""
         self._queue.put(_Append(seq, scheduled_ns_of(payload), check, kind, encode_record(seq, payload)))
+        if self.key is not None:
+            self._unsealed += 1
+            if self._unsealed >= self.limits.seal_every:
+                self._seal_now()
         return seq
+
+    def _seal_now(self) -> None:
+        """Queue a seal for everything appended so far (a seal needs at least one record)."""
+        if self.key is None or not self._unsealed or self._fatal is not None:
+            return
+        self._next_seq += 1
+        self._unsealed = 0
+        self._queue.put(_SealMark(self._next_seq))
+
+    async def _seal_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.seal_interval_s)
+            self._seal_now()
 
     async def read(self, after_seq: int, limit: int) -> list[Stored]:
         upto = self._committed
@@ -199,15 +281,26 @@ class Spool:
             assert self._read_conn is not None
             rows = self._read_conn.execute(
                 # The record holding after_seq+1 may start earlier (a gap's span), hence the first part.
-                "SELECT seq, through_seq, data FROM ("
-                " SELECT * FROM (SELECT seq, through_seq, data FROM records WHERE seq <= ?"
+                "SELECT seq, through_seq, kind, data FROM ("
+                " SELECT * FROM (SELECT seq, through_seq, kind, data FROM records WHERE seq <= ?"
                 "  ORDER BY seq DESC LIMIT 1) WHERE through_seq > ?"
                 " UNION ALL"
-                " SELECT seq, through_seq, data FROM records WHERE seq > ? AND seq <= ?"
+                " SELECT seq, through_seq, kind, data FROM records WHERE seq > ? AND seq <= ?"
                 ") ORDER BY seq LIMIT ?",
                 (after_seq, after_seq, after_seq, upto, limit),
             ).fetchall()
-        return [Stored(int(s), int(t), bytes(d)) for s, t, d in rows]
+            if self.key is not None and rows and rows[-1][2] != KIND_SEAL:
+                # Whole links only: go on to the seal that closes the last one (upto is a seal).
+                more = self._read_conn.execute(
+                    "SELECT seq, through_seq, kind, data FROM records WHERE seq > ? AND seq <= ?"
+                    " ORDER BY seq LIMIT ?",
+                    (rows[-1][0], upto, self.limits.seal_every + 1),
+                ).fetchall()
+                for row in more:
+                    rows.append(row)
+                    if row[2] == KIND_SEAL:
+                        break
+        return [Stored(int(s), int(t), bytes(d)) for s, t, _k, d in rows]
 
     def ack(self, seq: int) -> None:
         if seq > self._acked:
@@ -220,7 +313,8 @@ class Spool:
             await self._grew.wait()
 
     async def flush(self) -> None:
-        """Wait until everything appended so far is committed."""
+        """Wait until everything appended so far is committed (and sealed, with a key)."""
+        self._seal_now()
         target = self._next_seq
         while self._committed < target and self._thread is not None:
             self._grew.clear()
@@ -244,7 +338,7 @@ class Spool:
                         items.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                appends = [i for i in items if isinstance(i, _Append)]
+                appends = [i for i in items if isinstance(i, _Append | _SealMark)]
                 acks = [i for i in items if isinstance(i, int)]
                 stopping = any(i is _STOP for i in items)
                 ack = max(acks, default=disk_acked)
@@ -254,18 +348,23 @@ class Spool:
                     continue
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    chain_before = (self._head, self._segment_start, self._digest)
                     if appends:
-                        conn.executemany(
-                            "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)",
-                            [(a.seq, a.seq, a.scheduled_ns, a.check_id, a.kind, a.data) for a in appends],
-                        )
+                        conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", self._rows(appends))
+                        if self.key is not None:
+                            conn.execute(
+                                "UPDATE chain SET head = ?, sealed = ? WHERE id = 1",
+                                (self._head, self._segment_start - 1),
+                            )
                     if ack > disk_acked:
-                        conn.execute("DELETE FROM records WHERE through_seq <= ?", (ack,))
+                        # seq first: the primary key bounds the scan (through_seq alone scans the table).
+                        conn.execute("DELETE FROM records WHERE seq <= ?1 AND through_seq <= ?1", (ack,))
                         conn.execute("UPDATE meta SET value = ? WHERE key = 'acked_seq'", (ack,))
                     evicted = self._enforce_bounds(conn, ack) if check_bounds else None
                     oldest = conn.execute("SELECT scheduled_ns FROM records ORDER BY seq LIMIT 1").fetchone()
                     conn.execute("COMMIT")
                 except BaseException:
+                    self._head, self._segment_start, self._digest = chain_before
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                     raise
@@ -282,7 +381,12 @@ class Spool:
                         sum(c.count for c in evicted.checks),
                         len(evicted.checks),
                     )
-                committed = appends[-1].seq if appends else None
+                if self.key is None:
+                    committed = appends[-1].seq if appends else None
+                else:  # only sealed records are readable
+                    seals = [a.seq for a in appends if isinstance(a, _SealMark)]
+                    committed = seals[-1] if seals else None
+                    self.stats.seals += len(seals)
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(
                     self._committed_to, committed, int(oldest[0]) if oldest else 0
@@ -292,6 +396,34 @@ class Spool:
             log.exception("spool %s failed", self.path)
         finally:
             conn.close()
+
+    def _rows(self, appends: list[_Append | _SealMark]) -> list[tuple[int, int, int, str, int, bytes]]:
+        """Spool rows for queued records, sealing where a seal mark says (writer thread)."""
+        rows = []
+        for a in appends:
+            if isinstance(a, _Append):
+                if self.key is not None:
+                    self._digest.add(a.data)
+                rows.append((a.seq, a.seq, a.scheduled_ns, a.check_id, a.kind, a.data))
+                continue
+            assert self.key is not None
+            now = time.time_ns()
+            seal = chain.make_seal(
+                self.key,
+                epoch=self._epoch,
+                first_seq=self._segment_start,
+                last_seq=a.seq - 1,
+                prev=self._head,
+                digest=self._digest.value(),
+                count=self._digest.count,
+                sealed_ns=now,
+            )
+            data = chain.seal_record(a.seq, seal)
+            self._head = chain.parse_link(a.seq, seal).head
+            self._segment_start = a.seq + 1
+            self._digest = chain.Digest()
+            rows.append((a.seq, a.seq, now, "", KIND_SEAL, data))
+        return rows
 
     def _committed_to(self, seq: int | None, oldest_ns: int) -> None:
         if seq is not None and seq > self._committed:
@@ -306,10 +438,12 @@ class Spool:
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         used = (pages - free) * page_size
         cutoff = time.time_ns() - int(self.limits.max_age_s * 1e9)
-        too_old = conn.execute(
-            "SELECT count(*) FROM records WHERE seq > ? AND kind != ? AND scheduled_ns < ?",
-            (acked, KIND_GAP, cutoff),
-        ).fetchone()[0]
+        too_old = 0
+        if 0 < self._oldest_ns < cutoff:  # the count scans the backlog: only when something is too old
+            too_old = conn.execute(
+                "SELECT count(*) FROM records WHERE seq > ? AND kind IN (?, ?) AND scheduled_ns < ?",
+                (acked, KIND_RESULT, KIND_CLOCK, cutoff),
+            ).fetchone()[0]
         n = 0
         reason = ""
         if used > self.limits.max_bytes:
@@ -323,11 +457,20 @@ class Spool:
             reason = "spool_age"
         if n == 0:
             return None
+        limit = n + (self.limits.seal_every + 1 if self.key is not None else 0)
         rows = conn.execute(
             "SELECT seq, through_seq, scheduled_ns, check_id, kind, data FROM records"
             " WHERE seq > ? ORDER BY seq LIMIT ?",
-            (acked, n),
+            (acked, limit),
         ).fetchall()
+        if self.key is not None:
+            # Whole links only: cut after the last seal within reach (the first seal past n).
+            cut = next((i for i, r in enumerate(rows) if r[4] == KIND_SEAL and i + 1 >= n), None)
+            if cut is None:
+                cut = max((i for i, r in enumerate(rows) if r[4] == KIND_SEAL), default=-1)
+            rows = rows[: cut + 1]
+        else:
+            rows = rows[:n]
         spans: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # from, to, count
         first_seq = rows[0][0] if rows else 0
         through = first_seq
@@ -340,24 +483,41 @@ class Spool:
                     _merge(spans, c.check_id, c.from_ns, c.to_ns, c.count)
         if not spans:
             return None
+        if self.key is not None:
+            through -= 1  # the last row is a seal: the eviction link takes its seq
         gap = Gap(
             through_seq=through,
             reason=reason,
             evicted_ns=time.time_ns(),
             checks=tuple(GapCheck(k, v[0], v[1], v[2]) for k, v in sorted(spans.items())),
         )
-        conn.execute("DELETE FROM records WHERE seq >= ? AND seq <= ?", (first_seq, through))
+        gap_bytes = encode_record(first_seq, gap)
+        conn.execute("DELETE FROM records WHERE seq >= ? AND seq <= ?", (first_seq, rows[-1][1]))
         conn.execute(
             "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                first_seq,
-                through,
-                min(v[0] for v in spans.values()),
-                "",
-                KIND_GAP,
-                encode_record(first_seq, gap),
-            ),
+            (first_seq, through, min(v[0] for v in spans.values()), "", KIND_GAP, gap_bytes),
         )
+        if self.key is not None:
+            links = [decode_seal(bytes(r[5])) for r in rows if r[4] == KIND_SEAL]
+            first_link = chain.parse_link(rows[0][0], links[0])  # seq is not used for prev
+            last_link = chain.parse_link(rows[-1][0], links[-1])
+            seal = chain.make_seal(
+                self.key,
+                epoch=self._epoch,
+                first_seq=first_seq,
+                last_seq=through,
+                prev=first_link.prev,
+                digest=chain.digest_of([gap_bytes]),
+                count=1,
+                sealed_ns=time.time_ns(),
+                replaces_head=last_link.head,
+                evicted_links=len(links),
+            )
+            seq = rows[-1][0]
+            conn.execute(
+                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, seq, time.time_ns(), "", KIND_SEAL, chain.seal_record(seq, seal)),
+            )
         return gap
 
 

@@ -101,6 +101,11 @@ def decode_gap(data: bytes) -> Gap:
     )
 
 
+def decode_seal(data: bytes) -> pb.Seal:
+    """Read back a stored seal record (eviction chains over the seals it drops)."""
+    return pb.Record.FromString(data).seal
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:

@@ -72,7 +72,7 @@ async def run(path: Path, checks: int, minutes: int, rollups_on: bool, in_flight
     refs = await w.persist_catalogue(
         parse_catalogue(catalogue(checks, 10), "bench.yaml"), T0 - 3600 * NS_PER_S
     )
-    agent, _ = await w.register_agent("bench", "s0", "b", "h", 1, T0)
+    agent, _, _ = await w.register_agent("bench", "s0", "b", "h", 1, T0)
     grid = [(ref.row_id, key, offset_ns(key, 60 * NS_PER_S)) for key, ref in sorted(refs.items())]
     batches = []
     seq = 0

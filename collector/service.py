@@ -15,16 +15,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from collector.hub import CatalogueHub
 from collector.store import (
+    BatchLinks,
+    ChainRefused,
     IngestOutcome,
+    KeyRefused,
     ResultRow,
     TokenRefused,
     Writer,
@@ -32,10 +36,11 @@ from collector.store import (
     gap_rows,
     measurement_row,
 )
-from collector.wire import InvalidRecord, check_to_pb, decode_record, record_span_end
+from collector.wire import InvalidRecord, check_to_pb, decode_record, record_span_end, split_batch
 from protos import slaprobe_v1_pb2 as pb
 from protos import slaprobe_v1_pb2_grpc as pb_grpc
 from slaprobe import __version__
+from slaprobe.chain import ChainError, ChainWalker, Link, parse_link, public_keys
 from slaprobe.model import Gap, Measurement
 from slaprobe.pki import AgentIdentity, CollectorPki, PkiError, cert_not_after, cert_serial
 
@@ -45,6 +50,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_BATCH_RECORDS = 10_000
 ACK_WINDOW = 64  # batches decoded ahead of their commit, per stream
+# record_log.kind: the Record oneof's field number (0: a kind this collector does not know).
+_KIND_NUMBER = {f.name: f.number for f in pb.Record.DESCRIPTOR.oneofs_by_name["kind"].fields}
 
 
 @dataclass
@@ -54,6 +61,8 @@ class AgentSession:
     site: str
     epoch: int
     revoked: asyncio.Event = field(default_factory=asyncio.Event)
+    # The agent's signing keys by key id when it seals its records; None when it does not.
+    keys: dict[bytes, Ed25519PublicKey] | None = None
 
 
 class CollectorService:
@@ -190,10 +199,28 @@ class CollectorService:
                 grpc.StatusCode.NOT_FOUND,
                 f"site {request.site!r} is not in the collector's catalogue",
             )
-        agent_row, acked = await self.writer.register_agent(
-            name, request.site, request.version[:100], request.hostname[:255], request.epoch, received
+        if request.signing_key and len(request.signing_key) != 32:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "signing_key must be 32 bytes (Ed25519)")
+        try:
+            agent_row, acked, keys = await self.writer.register_agent(
+                name,
+                request.site,
+                request.version[:100],
+                request.hostname[:255],
+                request.epoch,
+                received,
+                bytes(request.signing_key),
+            )
+        except KeyRefused as exc:
+            log.error("register refused: %s", exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        self.sessions[name] = AgentSession(
+            agent_row,
+            name,
+            request.site,
+            request.epoch,
+            keys=public_keys(keys) if request.signing_key else None,
         )
-        self.sessions[name] = AgentSession(agent_row, name, request.site, request.epoch)
         log.info(
             "agent %r registered for site %r (version %s, epoch %d, acked %d)",
             name,
@@ -278,9 +305,11 @@ class CollectorService:
         try:
             while not self.stopping.is_set():
                 read = asyncio.ensure_future(context.read())
-                await asyncio.wait({read, revoked}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({read, revoked, acker}, return_when=asyncio.FIRST_COMPLETED)
                 if not read.done():
                     read.cancel()
+                    if acker.done():  # a refused or failed batch: its exception surfaces below
+                        break
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this agent has been revoked")
                 raw = read.result()
                 if raw is grpc.aio.EOF:
@@ -295,6 +324,10 @@ class CollectorService:
             if not acker.done():
                 await pending.put(None)
             await acker
+        except ChainRefused as exc:
+            # Loud: either a forged or replayed batch, or an agent whose chain broke; nothing of it is stored.
+            log.error("batch refused, nothing stored: %s", exc)
+            await context.abort(grpc.StatusCode.DATA_LOSS, f"batch refused: {exc}")
         except Exception as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -310,25 +343,35 @@ class CollectorService:
         """Decode and validate a batch; return a future of its ack (resolved after commit)."""
         done: asyncio.Future[pb.BatchAck] = asyncio.get_running_loop().create_future()
         try:
-            batch = pb.RecordBatch.FromString(raw)
+            batch, raws = split_batch(raw)
+            records = [pb.Record.FromString(r) for r in raws]
         except DecodeError:
             log.warning("undecodable record batch refused (%d bytes)", len(raw))
             done.set_result(pb.BatchAck(rejected=[pb.Rejection(seq=0, reason="undecodable batch")]))
             return done
         session = await self._session(batch.agent_id, context)
-        problem = _batch_problem(batch)
+        problem = _batch_problem(batch, records)
         if problem is not None:
             log.warning("batch from %r refused: %s", session.name, problem)
             done.set_result(pb.BatchAck(epoch=batch.epoch, rejected=[pb.Rejection(seq=0, reason=problem)]))
             return done
         now = self.clock()
+        agent, epoch = session.row_id, batch.epoch
+        links = self._check_chain(session, epoch, records, raws)
         rows: list[ResultRow] = []
         gaps: list[tuple[object, ...]] = []
         clocks: list[tuple[object, ...]] = []
         rejections: list[tuple[int, str]] = []
         site_checks = _SiteChecks(self.hub, session.site)
-        agent, epoch = session.row_id, batch.epoch
-        for record in batch.records:
+        log_rows = [
+            (agent, epoch, r.seq, record_span_end(r), _KIND_NUMBER.get(r.WhichOneof("kind") or "", 0), b)
+            for r, b in zip(records, raws, strict=True)
+        ]
+        for record in records:
+            if record.WhichOneof("kind") == "seal":
+                if links is None:
+                    rejections.append((record.seq, "a seal from an agent without a signing key on record"))
+                continue
             try:
                 decoded = decode_record(
                     record, now_ns=now, max_skew_ns=self.max_future_skew_ns, checks=site_checks
@@ -362,7 +405,18 @@ class CollectorService:
                 rejections[0][1],
             )
         ingest = self.writer.ingest(
-            agent, epoch, batch.first_seq, batch.last_seq, rows, rejections, now, gaps=gaps, clocks=clocks
+            agent,
+            epoch,
+            batch.first_seq,
+            batch.last_seq,
+            rows,
+            rejections,
+            now,
+            gaps=gaps,
+            clocks=clocks,
+            raw=log_rows,
+            links=links,
+            agent_name=session.name,
         )
         rejected_pb = [pb.Rejection(seq=s, reason=r) for s, r in rejections]
 
@@ -379,6 +433,36 @@ class CollectorService:
         asyncio.ensure_future(ingest).add_done_callback(to_ack)
         return done
 
+    def _check_chain(
+        self, session: AgentSession, epoch: int, records: Sequence[pb.Record], raws: Sequence[bytes]
+    ) -> BatchLinks | None:
+        """Check a sealed agent's links within the batch (digests, signatures, order).
+
+        Returns what the writer needs to check the batch's first link against
+        the stream's stored head, or None for an agent that does not seal.
+        Raises ChainRefused, naming the agent and the link, when a link fails.
+        """
+        if session.keys is None:
+            return None
+        walker = ChainWalker(epoch, session.keys, head=None, next_seq=records[0].seq, signatures="all")
+        first: Link | None = None
+        try:
+            for record, raw in zip(records, raws, strict=True):
+                if record.WhichOneof("kind") == "seal":
+                    link = walker.seal(parse_link(record.seq, record.seal))
+                    first = first or link
+                else:
+                    walker.record(record.seq, record_span_end(record), raw)
+            walker.finish()
+        except ChainError as exc:
+            raise ChainRefused(
+                f"agent {session.name!r}, epoch {epoch}: record chain broken at {exc}"
+            ) from None
+        except DecodeError:
+            raise ChainRefused(f"agent {session.name!r}, epoch {epoch}: undecodable seal") from None
+        assert first is not None and walker.last_link is not None
+        return BatchLinks(first.body.first_seq, first.prev, walker.last_link.seq, walker.head or b"")
+
     # ---- Enroll and Renew -------------------------------------------------------
 
     async def Enroll(self, request: pb.EnrollRequest, context: Context) -> pb.EnrollResponse:
@@ -386,7 +470,13 @@ class CollectorService:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this collector runs without TLS (--insecure)")
         assert self.pki is not None
         name = request.name
-        if len(name) > 200 or "\x00" in name or len(request.token) > 200 or len(request.csr_pem) > 16384:
+        if (
+            len(name) > 200
+            or "\x00" in name
+            or len(request.token) > 200
+            or len(request.csr_pem) > 16384
+            or len(request.signing_key) not in (0, 32)
+        ):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed enrolment request")
         now = self.clock()
         # Sign first (no side effects), then consume the token atomically with the record of the certificate.
@@ -396,7 +486,12 @@ class CollectorService:
             provisional = AgentIdentity(*consumed)
             cert = self.pki.issue_agent_cert(request.csr_pem, provisional, days=self.cert_days)
             site, agent = await self.writer.consume_token(
-                request.token, name, cert_serial(cert), int(cert_not_after(cert).timestamp() * 1e9), now
+                request.token,
+                name,
+                cert_serial(cert),
+                int(cert_not_after(cert).timestamp() * 1e9),
+                now,
+                signing_key=bytes(request.signing_key),
             )
         except TokenRefused as exc:
             log.warning("enrolment refused: %s", exc)
@@ -465,8 +560,8 @@ class _SiteChecks(Mapping[str, int]):
         return 0
 
 
-def _batch_problem(batch: pb.RecordBatch) -> str | None:
-    n = len(batch.records)
+def _batch_problem(batch: pb.RecordBatch, records: Sequence[pb.Record]) -> str | None:
+    n = len(records)
     if n == 0:
         return "empty batch"
     if n > MAX_BATCH_RECORDS:
@@ -474,7 +569,7 @@ def _batch_problem(batch: pb.RecordBatch) -> str | None:
     if batch.first_seq < 1 or batch.last_seq < batch.first_seq:
         return f"batch header {batch.first_seq}..{batch.last_seq} is not a sequence range"
     expected = batch.first_seq
-    for i, record in enumerate(batch.records):
+    for i, record in enumerate(records):
         if record.seq != expected:
             return f"record {i} has seq {record.seq}, expected {expected}"
         end = record_span_end(record)

@@ -45,6 +45,7 @@ import sqlite_utils
 from collector import rollups
 from collector.catalogue import Catalogue
 from collector.hub import CheckRef
+from slaprobe.chain import GENESIS, key_id
 from slaprobe.model import CheckSpec, ClockSample, Gap, Measurement
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,42 @@ def _rollup_slots(db: sqlite_utils.Database) -> None:
         rollups.rebuild(db.conn, RESULT_COLUMNS)
 
 
+@migration("0007_evidence")
+def _evidence(db: sqlite_utils.Database) -> None:
+    # Every record's bytes exactly as its agent sent them, seals included: the evidence a
+    # bundle exports and anyone can check against the agent's signatures (slaprobe/chain.py).
+    # Keyed like the stream, so a stream's records are one contiguous range of the b-tree.
+    db.execute(
+        """
+        CREATE TABLE record_log (
+            agent_id INTEGER NOT NULL,
+            epoch INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            through_seq INTEGER NOT NULL,
+            kind INTEGER NOT NULL,  -- the Record oneof field number: 2 result, 3 gap, 4 clock, 5 seal
+            raw BLOB NOT NULL,
+            PRIMARY KEY (agent_id, epoch, seq)
+        ) WITHOUT ROWID
+        """
+    )
+    # The agents' signing keys (Ed25519, raw 32 bytes), by agent name: recorded at enrolment
+    # (the join token vouches for it) or, for an agent enrolled without one, at first register.
+    db.execute(
+        """
+        CREATE TABLE agent_keys (
+            name TEXT NOT NULL,
+            key_id BLOB NOT NULL,
+            public_key BLOB NOT NULL,
+            recorded_ns INTEGER NOT NULL,
+            how TEXT NOT NULL,
+            PRIMARY KEY (name, key_id)
+        )
+        """
+    )
+    # The head of each stream's chain after its last stored link (NULL: nothing sealed yet).
+    db.execute("ALTER TABLE streams ADD COLUMN head BLOB")
+
+
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite_utils.Database:
     """Open the database with the pragmas every connection needs."""
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -404,6 +441,17 @@ class IngestOutcome:
 class _StreamState:
     acked: int
     pending: list[tuple[int, int]] = field(default_factory=list)
+    head: bytes | None = None  # the chain's head after the link ending at ``acked``
+
+
+@dataclass(frozen=True)
+class BatchLinks:
+    """A sealed batch's chain, as checked within the batch: where it must join the stored chain."""
+
+    first_seq: int  # the first link's first record
+    prev: bytes  # the head the first link chains to
+    last_seq: int  # the last link's seq (the batch ends with it)
+    head: bytes  # the head after the last link
 
 
 class Writer:
@@ -474,7 +522,7 @@ class Writer:
             db.conn.close()
 
     def _commit_group(self, db: sqlite_utils.Database, jobs: list[_Job[Any]]) -> None:
-        streams_before = {k: _StreamState(v.acked, list(v.pending)) for k, v in self._streams.items()}
+        streams_before = {k: _StreamState(v.acked, list(v.pending), v.head) for k, v in self._streams.items()}
         try:
             db.execute("BEGIN IMMEDIATE")
             for i, job in enumerate(jobs):
@@ -519,11 +567,23 @@ class Writer:
         return await self.submit(lambda db: _persist_catalogue(db, catalogue, now_ns))
 
     async def register_agent(
-        self, name: str, site: str, version: str, hostname: str, epoch: int, now_ns: int
-    ) -> tuple[int, int]:
-        """Upsert the agent; return (agent row id, acked seq of its epoch)."""
+        self,
+        name: str,
+        site: str,
+        version: str,
+        hostname: str,
+        epoch: int,
+        now_ns: int,
+        signing_key: bytes = b"",
+    ) -> tuple[int, int, list[bytes]]:
+        """Upsert the agent; return (agent row id, acked seq of its epoch, its signing keys).
 
-        def apply(db: sqlite_utils.Database) -> tuple[int, int]:
+        The key presented must be the agent's latest on record; an agent with none on
+        record has the presented one recorded (first use). KeyRefused otherwise.
+        """
+
+        def apply(db: sqlite_utils.Database) -> tuple[int, int, list[bytes]]:
+            keys = _check_signing_key(db, name, signing_key, now_ns)
             row = db.execute("SELECT id FROM agents WHERE name = ?", [name]).fetchone()
             if row is None:
                 cur = db.execute(
@@ -538,7 +598,7 @@ class Writer:
                     "UPDATE agents SET site=?, version=?, hostname=?, epoch=?, last_seen_ns=? WHERE id=?",
                     [site, version, hostname, epoch, now_ns, agent_id],
                 )
-            return agent_id, self._stream(db, agent_id, epoch).acked
+            return agent_id, self._stream(db, agent_id, epoch).acked, keys
 
         return await self.submit(apply)
 
@@ -582,11 +642,22 @@ class Writer:
         *,
         gaps: Sequence[tuple[Any, ...]] = (),
         clocks: Sequence[tuple[Any, ...]] = (),
+        raw: Sequence[tuple[int, int, int, int, int, bytes]] = (),
+        links: BatchLinks | None = None,
+        agent_name: str = "",
     ) -> IngestOutcome:
-        """Store a batch once and advance the stream's contiguous acknowledgement."""
+        """Store a batch once and advance the stream's contiguous acknowledgement.
+
+        A sealed batch (``links``) must join the stream's chain where the stream's
+        acknowledgement ends; otherwise it is refused whole (ChainRefused), loudly.
+        """
 
         def apply(db: sqlite_utils.Database) -> IngestOutcome:
             conn = db.conn
+            state = self._stream(db, agent_id, epoch)
+            new_head = _join_chain(state, links, agent_name, epoch)
+            if raw:
+                conn.executemany("INSERT OR IGNORE INTO record_log VALUES (?, ?, ?, ?, ?, ?)", raw)
             stored = self._rollups.insert(conn, rows)  # the rows not already stored
             inserted = len(stored)
             if gaps:
@@ -601,14 +672,16 @@ class Writer:
                     " VALUES (?, ?, ?, ?, ?)",
                     [(agent_id, epoch, seq, reason, now_ns) for seq, reason in rejections],
                 )
-            state = self._stream(db, agent_id, epoch)
             old = state.acked
             _advance(state, first_seq, last_seq)
+            if new_head is not None:
+                state.head = new_head
             if state.acked != old:
                 conn.execute(
-                    "INSERT INTO streams (agent_id, epoch, acked_seq) VALUES (?, ?, ?)"
-                    " ON CONFLICT(agent_id, epoch) DO UPDATE SET acked_seq = excluded.acked_seq",
-                    (agent_id, epoch, state.acked),
+                    "INSERT INTO streams (agent_id, epoch, acked_seq, head) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT(agent_id, epoch) DO UPDATE SET acked_seq = excluded.acked_seq,"
+                    " head = excluded.head",
+                    (agent_id, epoch, state.acked, state.head),
                 )
             self._rollups.stage(stored)  # last: a job that failed above stages nothing
             return IngestOutcome(state.acked, inserted, len(rows) - inserted)
@@ -616,7 +689,15 @@ class Writer:
         return await self.submit(apply, rows=max(1, len(rows)))
 
     async def consume_token(
-        self, token: str, name: str, serial: str, not_after_ns: int, now_ns: int, *, dry_run: bool = False
+        self,
+        token: str,
+        name: str,
+        serial: str,
+        not_after_ns: int,
+        now_ns: int,
+        *,
+        dry_run: bool = False,
+        signing_key: bytes = b"",
     ) -> tuple[str, str]:
         """Use a join token once; record the certificate issued. Return (site, name) or raise TokenRefused.
 
@@ -652,6 +733,11 @@ class Writer:
                 "INSERT INTO certificates VALUES (?, ?, ?, ?, ?, 'enrol')",
                 [serial, agent, site, now_ns, not_after_ns],
             )
+            if signing_key:
+                db.execute(
+                    "INSERT OR REPLACE INTO agent_keys VALUES (?, ?, ?, ?, 'enrol')",
+                    [agent, key_id(signing_key), signing_key, now_ns],
+                )
             return str(site), str(agent)
 
         return await self.submit(apply)
@@ -671,9 +757,13 @@ class Writer:
         state = self._streams.get(key)
         if state is None:
             row = db.execute(
-                "SELECT acked_seq FROM streams WHERE agent_id = ? AND epoch = ?", [agent_id, epoch]
+                "SELECT acked_seq, head FROM streams WHERE agent_id = ? AND epoch = ?", [agent_id, epoch]
             ).fetchone()
-            state = _StreamState(int(row[0]) if row else 0)
+            state = (
+                _StreamState(int(row[0]), [], bytes(row[1]) if row[1] is not None else None)
+                if row
+                else _StreamState(0)
+            )
             self._streams[key] = state
         return state
 
@@ -685,6 +775,60 @@ def _settle(job: _Job[Any]) -> None:
         job.future.set_exception(job.error)
     else:
         job.future.set_result(job.result)
+
+
+def _check_signing_key(db: sqlite_utils.Database, name: str, presented: bytes, now_ns: int) -> list[bytes]:
+    """The agent's signing keys, oldest first, after checking the one it presents."""
+    rows = db.execute(
+        "SELECT public_key FROM agent_keys WHERE name = ? ORDER BY recorded_ns, rowid", [name]
+    ).fetchall()
+    keys = [bytes(r[0]) for r in rows]
+    if not presented:
+        if keys:
+            raise KeyRefused(
+                f"agent {name!r} has a signing key on record and must seal its records;"
+                " it presented none (was its data directory replaced? re-enrol it)"
+            )
+        return keys
+    if not keys:
+        db.execute(
+            "INSERT INTO agent_keys VALUES (?, ?, ?, ?, 'first register')",
+            [name, key_id(presented), presented, now_ns],
+        )
+        log.info("agent %r: signing key %s recorded at first use", name, key_id(presented).hex())
+        return [presented]
+    if presented != keys[-1]:
+        raise KeyRefused(
+            f"agent {name!r} presents signing key {key_id(presented).hex()}, not the one on record"
+            f" ({key_id(keys[-1]).hex()}); a new key needs a new enrolment"
+        )
+    return keys
+
+
+def _join_chain(state: _StreamState, links: BatchLinks | None, agent: str, epoch: int) -> bytes | None:
+    """Check a sealed batch against the stream's chain; return the new head (None: unchanged)."""
+    if links is None:
+        return None
+    if links.last_seq <= state.acked:
+        return None  # a resend of links already stored (their records are ignored as duplicates)
+    if links.first_seq != state.acked + 1:
+        raise ChainRefused(
+            f"agent {agent!r}, epoch {epoch}: batch starts at seq {links.first_seq} but the collector"
+            f" holds the chain through seq {state.acked}; resend from {state.acked + 1}"
+        )
+    expected = state.head
+    if expected is None and links.first_seq == 1:
+        expected = GENESIS
+    if expected is None:
+        # The stream has records from before this agent sealed (or the head was lost): the
+        # first link is taken as given; every later one is checked against it.
+        log.info("agent %r epoch %d: chain picked up at seq %d", agent, epoch, links.first_seq)
+    elif links.prev != expected:
+        raise ChainRefused(
+            f"agent {agent!r}, epoch {epoch}: record chain broken at seq {links.first_seq}: the batch's"
+            " first seal does not chain to the last stored one (a link is missing, replayed or forged)"
+        )
+    return links.head
 
 
 def _advance(state: _StreamState, first: int, last: int) -> None:
@@ -809,6 +953,14 @@ def token_hash(token: str) -> str:
 
 class JobRefused(Exception):
     """A storage job that refused its input on purpose (not a failure of the store)."""
+
+
+class ChainRefused(JobRefused):
+    """A batch whose seals do not hold or do not join the stored chain: it is not stored."""
+
+
+class KeyRefused(JobRefused):
+    """An agent presenting a signing key other than its own."""
 
 
 class TokenRefused(JobRefused):

@@ -11,6 +11,8 @@ import math
 from collections.abc import Container
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from protos import slaprobe_v1_pb2 as pb
 from slaprobe.model import CheckSpec, ClockSample, FieldScalar, Gap, GapCheck, Measurement, Payload
 
@@ -47,6 +49,65 @@ class DecodedRecord:
 
 
 GAP_REASONS = frozenset({"spool_full", "spool_age"})
+
+
+_RECORDS_KEY = 0x2A  # field 5 (records), wire type 2
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise DecodeError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise DecodeError("varint too long")
+
+
+def split_batch(raw: bytes) -> tuple[pb.RecordBatch, list[bytes]]:
+    """A batch's header and each record's bytes exactly as the agent sent them.
+
+    Why not ``RecordBatch.FromString``: re-serialising a parsed record need not
+    give back the agent's bytes (map order, for one), and the seals are over
+    the agent's bytes. The top level of a batch is scanned by hand instead;
+    each record is then parsed on its own.
+    """
+    n = len(raw)
+    pos = 0
+    header: list[bytes] = []
+    records: list[bytes] = []
+    while pos < n:
+        start = pos
+        if raw[pos] == _RECORDS_KEY:
+            length, pos = _varint(raw, pos + 1)
+            end = pos + length
+            if end > n:
+                raise DecodeError("truncated record")
+            records.append(raw[pos:end])
+            pos = end
+            continue
+        key, pos = _varint(raw, pos)
+        wire_type = key & 7
+        if wire_type == 0:
+            _, pos = _varint(raw, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _varint(raw, pos)
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise DecodeError(f"unexpected wire type {wire_type}")
+        if pos > n:
+            raise DecodeError("truncated field")
+        header.append(raw[start:pos])
+    return pb.RecordBatch.FromString(b"".join(header)), records
 
 
 def record_span_end(record: pb.Record) -> int:

@@ -30,8 +30,15 @@ def build_prober(type_node: Node, target: Node, settings: Node | None) -> Prober
     cls = PROBERS.get(type_name) if isinstance(type_name, str) else None
     if cls is None:
         type_node.fail(f"unknown probe type {type_name!r}; known types: {', '.join(sorted(PROBERS))}")
-    node = settings if settings is not None and settings.value is not None else Node(
-        {}, target.source, target.line, target.path.rsplit(".", 1)[0] + ".settings" if target.path else "settings"
+    node = (
+        settings
+        if settings is not None and settings.value is not None
+        else Node(
+            {},
+            target.source,
+            target.line,
+            target.path.rsplit(".", 1)[0] + ".settings" if target.path else "settings",
+        )
     )
     fields = Fields(node, "a mapping of probe settings")
     prober = cls.from_config(target, fields)

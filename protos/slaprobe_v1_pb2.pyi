@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("token", "name", "csr_pem")
+    __slots__ = ("token", "name", "csr_pem", "signing_key")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
     token: str
     name: str
     csr_pem: bytes
-    def __init__(self, token: _Optional[str] = ..., name: _Optional[str] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
+    signing_key: bytes
+    def __init__(self, token: _Optional[str] = ..., name: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., signing_key: _Optional[bytes] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("cert_pem", "ca_pem", "site", "name")
@@ -41,20 +43,22 @@ class RenewResponse(_message.Message):
     def __init__(self, cert_pem: _Optional[bytes] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("agent_id", "site", "version", "epoch", "agent_time_ns", "hostname")
+    __slots__ = ("agent_id", "site", "version", "epoch", "agent_time_ns", "hostname", "signing_key")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     AGENT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     site: str
     version: str
     epoch: int
     agent_time_ns: int
     hostname: str
-    def __init__(self, agent_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., epoch: _Optional[int] = ..., agent_time_ns: _Optional[int] = ..., hostname: _Optional[str] = ...) -> None: ...
+    signing_key: bytes
+    def __init__(self, agent_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., epoch: _Optional[int] = ..., agent_time_ns: _Optional[int] = ..., hostname: _Optional[str] = ..., signing_key: _Optional[bytes] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("collector_receive_ns", "collector_transmit_ns", "acked_seq", "collector_version")
@@ -241,17 +245,51 @@ class ClockSample(_message.Message):
     rtt_ns: int
     def __init__(self, t0_ns: _Optional[int] = ..., t1_ns: _Optional[int] = ..., t2_ns: _Optional[int] = ..., t3_ns: _Optional[int] = ..., offset_ns: _Optional[int] = ..., rtt_ns: _Optional[int] = ...) -> None: ...
 
+class Seal(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: bytes
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SealBody(_message.Message):
+    __slots__ = ("epoch", "first_seq", "last_seq", "prev", "digest", "sealed_ns", "count", "key_id", "replaces_head", "evicted_links")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PREV_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SEALED_NS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_HEAD_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_LINKS_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    first_seq: int
+    last_seq: int
+    prev: bytes
+    digest: bytes
+    sealed_ns: int
+    count: int
+    key_id: bytes
+    replaces_head: bytes
+    evicted_links: int
+    def __init__(self, epoch: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., prev: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., sealed_ns: _Optional[int] = ..., count: _Optional[int] = ..., key_id: _Optional[bytes] = ..., replaces_head: _Optional[bytes] = ..., evicted_links: _Optional[int] = ...) -> None: ...
+
 class Record(_message.Message):
-    __slots__ = ("seq", "result", "gap", "clock")
+    __slots__ = ("seq", "result", "gap", "clock", "seal")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     GAP_FIELD_NUMBER: _ClassVar[int]
     CLOCK_FIELD_NUMBER: _ClassVar[int]
+    SEAL_FIELD_NUMBER: _ClassVar[int]
     seq: int
     result: Result
     gap: Gap
     clock: ClockSample
-    def __init__(self, seq: _Optional[int] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., clock: _Optional[_Union[ClockSample, _Mapping]] = ...) -> None: ...
+    seal: Seal
+    def __init__(self, seq: _Optional[int] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., clock: _Optional[_Union[ClockSample, _Mapping]] = ..., seal: _Optional[_Union[Seal, _Mapping]] = ...) -> None: ...
 
 class RecordBatch(_message.Message):
     __slots__ = ("agent_id", "epoch", "first_seq", "last_seq", "records")

@@ -403,11 +403,16 @@ def agent_enroll(join_path: Path, name: str | None, data_dir: Path, write_config
       slaprobe agent enroll --join paris-1.join --data-dir /var/lib/slaprobe --write-config /etc/slaprobe/agent.yaml
     """
     from agent.identity import IdentityError, JoinBundle, TlsFiles, enroll
+    from agent.main import SIGNING_KEY
+    from slaprobe.chain import load_or_create_key
 
     try:
         bundle = JoinBundle.load(join_path)
         chosen = name or bundle.name or _hostname()
-        site, agent_name = asyncio.run(enroll(bundle, chosen, TlsFiles(data_dir / "tls")))
+        signing_key = load_or_create_key(data_dir / SIGNING_KEY)
+        site, agent_name = asyncio.run(
+            enroll(bundle, chosen, TlsFiles(data_dir / "tls"), signing_key=signing_key)
+        )
     except IdentityError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"enrolled as agent {agent_name!r} of site {site!r}; certificate in {data_dir / 'tls'}")

@@ -85,7 +85,9 @@ def _now() -> dt.datetime:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -149,8 +151,11 @@ class CollectorPki:
         if force or not (self.dir / SERVER_KEY).exists():
             key = new_key()
             cert = self._issue(
-                key.public_key(), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else "localhost")]),
-                _sans(hosts), ExtendedKeyUsageOID.SERVER_AUTH, days=days,
+                key.public_key(),
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else "localhost")]),
+                _sans(hosts),
+                ExtendedKeyUsageOID.SERVER_AUTH,
+                days=days,
             )
             write_private(self.dir / SERVER_KEY, _key_pem(key))
             (self.dir / SERVER_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -195,7 +200,12 @@ class CollectorPki:
         )
 
     def issue_agent_cert(
-        self, csr_pem: bytes, identity: AgentIdentity, *, days: float = 90, not_before: dt.datetime | None = None
+        self,
+        csr_pem: bytes,
+        identity: AgentIdentity,
+        *,
+        days: float = 90,
+        not_before: dt.datetime | None = None,
     ) -> bytes:
         """Sign an agent's CSR. The identity comes from the enrolment, never from the CSR."""
         try:

@@ -99,14 +99,25 @@ def assert_exactly_once(db: Path, agent: str, epoch: int, last_seq: int) -> dict
     spans = query(
         db, "SELECT DISTINCT seq, through_seq FROM gaps WHERE agent_id=? AND epoch=?", (agent_id, epoch)
     )
-    held = res + clk + [s for a, b in spans for s in range(a, b + 1)]
+    seals = [
+        s
+        for (s,) in query(
+            db, "SELECT seq FROM record_log WHERE agent_id=? AND epoch=? AND kind=5", (agent_id, epoch)
+        )
+    ]
+    held = res + clk + seals + [s for a, b in spans for s in range(a, b + 1)]
     assert len(held) == len(set(held)), "a sequence number is stored twice"
     missing = set(range(1, last_seq + 1)) - set(held)
     assert not missing, f"{len(missing)} acknowledged records missing, e.g. {sorted(missing)[:10]}"
     assert max(held) == last_seq
     other = query(db, "SELECT count(*) FROM results WHERE agent_id=? AND epoch!=?", (agent_id, epoch))[0][0]
     assert other == 0, "records under another epoch: the spool did not resume its sequence space"
-    return {"results": len(res), "clock": len(clk), "gap_seqs": len(held) - len(res) - len(clk)}
+    return {
+        "results": len(res),
+        "clock": len(clk),
+        "seals": len(seals),
+        "gap_seqs": len(held) - len(res) - len(clk) - len(seals),
+    }
 
 
 def stop_and_verify(tmp: Path, db: Path, agent: Proc, name: str) -> dict[str, int]:

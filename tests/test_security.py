@@ -383,8 +383,9 @@ async def test_agent_renews_its_certificate_before_expiry_without_losing_results
             s
             for (s,) in c.execute(
                 "SELECT seq FROM results WHERE epoch = ? UNION ALL"
-                " SELECT seq FROM clock_samples WHERE epoch = ?",
-                (epoch, epoch),
+                " SELECT seq FROM clock_samples WHERE epoch = ? UNION ALL"
+                " SELECT seq FROM record_log WHERE epoch = ? AND kind = 5",  # the agent's seals
+                (epoch, epoch, epoch),
             )
         }
         after = c.execute("SELECT count(*) FROM results WHERE received_ns > ?", (renewed_at,)).fetchone()[0]

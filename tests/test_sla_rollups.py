@@ -75,7 +75,7 @@ async def test_the_writer_keeps_rollups_in_the_same_transaction_exactly_once(tmp
     try:
         refs = await w.persist_catalogue(parse_catalogue(CAT, "c.yaml"), T0 - HOUR)
         web, fast = refs["lab/web"].row_id, refs["lab/fast"].row_id
-        agent, _ = await w.register_agent("a1", "lab", "t", "h", 1, T0)
+        agent, _, _ = await w.register_agent("a1", "lab", "t", "h", 1, T0)
         web_rows = rows_for(agent, web, "lab/web", 60, 1, 60, ok=lambda i: i % 7 != 3)
         fast_rows = rows_for(agent, fast, "lab/fast", 10, 61, 360, ok=lambda i: i % 50 != 0)
         # Three jobs in one group: the second repeats part of the first (a resend in flight).
@@ -109,7 +109,7 @@ async def test_a_failing_job_leaves_no_rollups_behind(tmp_path: Path) -> None:
     try:
         refs = await w.persist_catalogue(parse_catalogue(CAT, "c.yaml"), T0 - HOUR)
         web = refs["lab/web"].row_id
-        agent, _ = await w.register_agent("a1", "lab", "t", "h", 1, T0)
+        agent, _, _ = await w.register_agent("a1", "lab", "t", "h", 1, T0)
         good = rows_for(agent, web, "lab/web", 60, 1, 30)
         bad = rows_for(agent, web, "lab/web", 60, 31, 30)
         bad[-1] = bad[-1][:-1]  # a malformed row: its whole job fails

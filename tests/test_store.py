@@ -40,7 +40,7 @@ async def test_replayed_batches_are_stored_once_and_acks_stay_contiguous(tmp_pat
     try:
         refs = await w.persist_catalogue(parse_catalogue(CAT, "cat.yaml"), 1)
         web = refs["lab/web"].row_id
-        agent, acked = await w.register_agent("a1", "lab", "0.1", "h", 7, 2)
+        agent, acked, _ = await w.register_agent("a1", "lab", "0.1", "h", 7, 2)
         assert acked == 0
 
         out = await w.ingest(agent, 7, 1, 10, rows(agent, 7, 1, 10, web), [], 3)
@@ -69,7 +69,7 @@ async def test_replayed_batches_are_stored_once_and_acks_stay_contiguous(tmp_pat
     w2 = Writer(db)
     await w2.start()
     try:
-        _, acked = await w2.register_agent("a1", "lab", "0.1", "h", 7, 9)
+        _, acked, _ = await w2.register_agent("a1", "lab", "0.1", "h", 7, 9)
         assert acked == 30
     finally:
         await w2.close()
