@@ -469,6 +469,7 @@ def test_decision_bundle_or_wheels_from_the_hosts_real_python(
         == f"it has glibc 2.17, the bundle needs at least glibc {b.target.glibc[0]}.{b.target.glibc[1]}"
     )
     assert choose_method(opts(), old) == ("wheels", f"pip on the host: {reason}")
+    assert bundle.fits(b.target, {**host, "tar": False}) == "it has no tar"
     musl = {**host, "libc": None}
     assert "it has no glibc" in (bundle.fits(b.target, musl) or "")
     # Forced either way.
@@ -489,7 +490,11 @@ def test_bundle_cache_builds_once_then_hits(world: dict[str, object], tmp_path: 
     assert second is not None and second.build_s == 0  # a hit: nothing built
     assert (second.key, second.sha256, second.path) == (first.key, first.sha256, first.path)
     assert second.path.stat().st_mtime_ns == stat.st_mtime_ns
-    assert sorted(p.name for p in root.iterdir()) == [f"{first.key}.json", f"{first.key}.tar.gz"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        f".{first.key}.lock",
+        f"{first.key}.json",
+        f"{first.key}.tar.gz",
+    ]
     assert first.key == world["bundle"].key  # type: ignore[attr-defined]  # same inputs, same key
     # The archive: the agent's packages with bytecode for this Python, no pip, no scripts with our paths.
     import tarfile
@@ -501,6 +506,13 @@ def test_bundle_cache_builds_once_then_hits(world: dict[str, object], tmp_path: 
     assert f"slaprobe/__pycache__/cli.{sys.implementation.cache_tag}.pyc" in names
     assert not any(n.split("/")[0] in ("pip", "bin") or n.startswith("pip-") for n in names)
     assert all(m.uid == 0 and m.mode & 0o022 == 0 for m in members)
+    # A damaged cache entry (every host would refuse it) is built again, not handed out.
+    data = bytearray(first.path.read_bytes())
+    data[100] ^= 0xFF
+    first.path.write_bytes(bytes(data))
+    third = bundle.ensure(wh, root)
+    assert third is not None and third.build_s > 0 and third.key == first.key
+    assert wheelhouse._file_sha256(third.path) == third.sha256
 
 
 @needs_sshd

@@ -40,6 +40,7 @@ archive.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -151,10 +152,12 @@ def target_for(wh: Wheelhouse) -> BundleTarget | None:
 def fits(target: BundleTarget, host: Mapping[str, Any]) -> str | None:
     """None if a bundle for ``target`` runs on ``host`` (the installer's preflight of it), else why not.
 
-    ``host`` needs ``python`` ([3, 11]), ``cache_tag`` ("cpython-311"), ``machine`` (``uname -m``)
-    and ``libc`` (``os.confstr("CS_GNU_LIBC_VERSION")``: "glibc 2.36", None on musl).
+    ``host`` needs ``python`` ([3, 11]), ``cache_tag`` ("cpython-311"), ``machine`` (``uname -m``),
+    ``libc`` (``os.confstr("CS_GNU_LIBC_VERSION")``: "glibc 2.36", None on musl) and ``tar`` (bool).
     """
     py = ".".join(str(x) for x in host["python"][:2])
+    if not host.get("tar", True):
+        return "it has no tar"
     if host.get("cache_tag") != target.cache_tag:
         return f"its python3 is {host.get('cache_tag') or py}, the bundle is for {target.cache_tag}"
     if host["machine"] != target.machine:
@@ -186,21 +189,37 @@ def key_of(wh: Wheelhouse, target: BundleTarget) -> str:
 
 def ensure(wh: Wheelhouse, root: Path | None = None) -> Bundle | None:
     """The bundle for ``wh``: from the cache, else built now (~10 s); None if ``wh`` is not for this Python."""
-    import time
-
     target = target_for(wh)
     if target is None:
         return None
     root = root or cache_root()
     key = key_of(wh, target)
-    archive, meta = root / f"{key}.tar.gz", root / f"{key}.json"
-    if archive.exists() and meta.exists():
-        info = json.loads(meta.read_text())
-        if info.get("size") == archive.stat().st_size:
-            os.utime(meta)  # most recently used: pruned last
-            return Bundle(archive, key, info["sha256"], info["size"], wh.version, target)
-    t0 = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
+    # One build at a time per key, also across installer processes: the second one gets a cache hit.
+    with (root / f".{key}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _cached(wh, target, root, key) or _build(wh, target, root, key)
+
+
+def _cached(wh: Wheelhouse, target: BundleTarget, root: Path, key: str) -> Bundle | None:
+    archive, meta = root / f"{key}.tar.gz", root / f"{key}.json"
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    # Hashed again (0.1 s): a damaged cache entry would be refused by every host.
+    if not archive.exists() or _file_sha256(archive) != info.get("sha256"):
+        return None
+    os.utime(meta)  # most recently used: pruned last
+    return Bundle(archive, key, info["sha256"], info["size"], wh.version, target)
+
+
+def _build(wh: Wheelhouse, target: BundleTarget, root: Path, key: str) -> Bundle:
+    import time
+
+    archive, meta = root / f"{key}.tar.gz", root / f"{key}.json"
+    meta.unlink(missing_ok=True)
+    t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
         site = tmp / "site"
@@ -290,9 +309,10 @@ def _prune(root: Path, keep: int) -> None:
     for old in metas[keep:]:
         old.unlink(missing_ok=True)
         (root / (old.name[: -len(".json")] + ".tar.gz")).unlink(missing_ok=True)
+        (root / f".{old.name[: -len('.json')]}.lock").unlink(missing_ok=True)
     live = {m.name[: -len(".json")] for m in metas[:keep]}
     for p in root.iterdir():
-        if p.name.endswith(".tar.gz") and p.name[: -len(".tar.gz")] not in live:
+        if p.name.endswith(".tar.gz") and p.name.removesuffix(".tar.gz") not in live:
             p.unlink(missing_ok=True)
 
 

@@ -46,7 +46,7 @@ RECENT_S = 60.0  # an unchanged agent heard from this recently counts as seen (h
 
 # Runs on the host with its python3 (stdin), argv: prefix, service user, unit path.
 PREFLIGHT = r"""
-import hashlib, json, os, platform, pwd, sys
+import hashlib, json, os, platform, pwd, shutil, sys
 prefix, user, unit = sys.argv[1:4]
 def h(p):
     try:
@@ -59,7 +59,7 @@ try:
 except (ValueError, OSError):
     libc = None
 out = {"python": list(sys.version_info[:2]), "machine": platform.machine(), "uid": os.getuid(),
-       "cache_tag": sys.implementation.cache_tag, "libc": libc,
+       "cache_tag": sys.implementation.cache_tag, "libc": libc, "tar": shutil.which("tar") is not None,
        "hostname": platform.node(), "systemd": os.path.isdir("/run/systemd/system"),
        "venv": os.path.exists(prefix + "/venv/bin/python"), "cert": os.path.exists(prefix + "/data/tls/agent.crt"),
        "prefix_exists": os.path.isdir(prefix)}
