@@ -669,6 +669,8 @@ def _run_async(fn: Any) -> None:
 
 
 # `agent install | upgrade | status | uninstall` (remote hosts over SSH) live in their own module.
+# `evidence export | verify` live in their own module.
+from slaprobe import cli_evidence as _cli_evidence  # noqa: E402, F401
 from slaprobe import cli_install as _cli_install  # noqa: E402, F401
 
 # `compliance`, `incidents`, `budget`, `sla whatif`, `maintenance`, `db prune` live in their own module.

@@ -1,0 +1,424 @@
+"""Evidence bundles end to end: signed at the agents' spools, stored by a real collector,
+exported, verified by slaprobe and by stock tools (sha256sum, openssl, tar), and tampered with.
+
+The world: a real collector (gRPC on loopback, SQLite) whose catalogue existed since
+2026-09-30; two agents whose real spools sealed six hours of results on 2026-10-01 (with a
+30-minute outage and, for one agent, a spool eviction that became a gap record and an
+eviction link), delivered over gRPC as the agent's link would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import grpc
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.spool import Spool, SpoolLimits
+from agent.wire import batch_bytes
+from collector import store
+from collector.catalogue import parse_catalogue
+from collector.evidence import layout
+from collector.evidence.records import frame, read_frames
+from collector.server import Collector, CollectorSettings
+from protos import slaprobe_v1_pb2 as pb
+from protos import slaprobe_v1_pb2_grpc as pb_grpc
+from slaprobe import chain
+from slaprobe.cli import main
+from slaprobe.model import ClockSample, Measurement
+from slaprobe.pki import SIGNING_KEY, CollectorPki
+from slaprobe.schedule import NS_PER_S, next_slot_at_or_after, offset_ns
+from tests.sla_world import HOUR, MINUTE, utc
+
+CAT = """
+sites:
+  lab:
+    description: "Evidence test site"
+    sla:
+      availability: 99.5%
+      latency: {percentile: 95, threshold: 250ms}
+    checks:
+      web: {type: http, target: "http://127.0.0.1:1/", interval: 60s, timeout: 5s}
+      db: {type: tcp, target: "127.0.0.1:5432", interval: 60s, timeout: 5s}
+"""
+
+T0 = utc(2026, 10, 1)
+OUTAGE = (T0 + 2 * HOUR, T0 + 2 * HOUR + 30 * MINUTE)
+
+
+@dataclass
+class Lab:
+    tmp: Path
+    db: Path
+    tls: Path
+
+    def export(self, name: str = "bundle.tar.gz", *extra: str) -> Path:
+        out = self.tmp / name
+        res = CliRunner().invoke(
+            main,
+            [
+                "evidence",
+                "export",
+                "--db",
+                str(self.db),
+                "--tls-dir",
+                str(self.tls),
+                "--site",
+                "lab",
+                "--from",
+                "2026-10-01T00:00Z",
+                "--to",
+                "2026-10-02T00:00Z",
+                "--now",
+                "2026-10-03T00:00Z",
+                "-o",
+                str(out),
+                *extra,
+            ],
+        )
+        assert res.exit_code == 0, res.output
+        return out
+
+
+def verify(bundle: Path, *extra: str) -> tuple[int, str]:
+    res = CliRunner().invoke(main, ["evidence", "verify", str(bundle), *extra])
+    return res.exit_code, res.output
+
+
+def slots(check: str, start: int, end: int) -> list[int]:
+    interval = 60 * NS_PER_S
+    t = next_slot_at_or_after(start, interval, offset_ns(check, interval))
+    return list(range(t, end, interval))
+
+
+def result(check: str, at: int, ok: bool, ms: float) -> Measurement:
+    return Measurement(
+        check,
+        "r",
+        at,
+        at + 1000,
+        round(ms * 1e6),
+        ok,
+        error_kind="" if ok else "refused",
+        detail="" if ok else "connection refused",
+        phases=(("connect", round(ms * 5e5)),),
+        fields={"status_code": 200.0} if ok else {},
+        clock_offset_ns=150_000,
+        clock_synced=True,
+    )
+
+
+async def agent_records(path: Path, key: Ed25519PrivateKey, *, evict: bool) -> Spool:
+    """Six hours of both checks, a 30-minute outage of web, an hourly clock sample."""
+    limits = SpoolLimits(max_age_s=365 * 86400.0, seal_every=40, seal_interval_s=3600, check_every_s=3600)
+    spool = Spool(path, limits, signing_key=key)
+    await spool.open()
+    for i, at in enumerate(slots("lab/web", T0, T0 + 6 * HOUR)):
+        down = OUTAGE[0] <= at < OUTAGE[1]
+        spool.append(result("lab/web", at, not down, 20 + i % 7))
+        if i % 60 == 0:
+            spool.append(ClockSample(at + 5, at + 100_005, at + 100_010, at + 200_000))
+    for i, at in enumerate(slots("lab/db", T0, T0 + 6 * HOUR)):
+        spool.append(result("lab/db", at, True, 3 + i % 3))
+    await spool.flush()
+    if evict:  # the writer's bound check, run once by hand with a bound the spool now exceeds
+        import sqlite3
+
+        spool.limits = replace(limits, max_bytes=48 * 1024)
+        with sqlite3.connect(path) as c:
+            assert spool._enforce_bounds(c, 0) is not None
+    return spool
+
+
+async def deliver(port: int, name: str, spool: Spool, key: Ed25519PrivateKey) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        await pb_grpc.CollectorStub(ch).Register(
+            pb.RegisterRequest(
+                agent_id=name, site="lab", version="t", epoch=spool.epoch, signing_key=chain.public_raw(key)
+            )
+        )
+        call: grpc.aio.StreamStreamCall[bytes, pb.BatchAck] = ch.stream_stream(
+            "/slaprobe.v1.Collector/PushRecords",
+            request_serializer=None,
+            response_deserializer=pb.BatchAck.FromString,
+        )()
+        after = 0
+        while batch := await spool.read(after, 200):
+            await call.write(
+                batch_bytes(name, spool.epoch, batch[0].seq, batch[-1].through_seq, [r.data for r in batch])
+            )
+            ack = await call.read()
+            assert isinstance(ack, pb.BatchAck) and not ack.rejected, ack
+            after = ack.acked_seq
+        await call.done_writing()
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def lab(tmp_path: Path) -> Lab:
+    db_path = tmp_path / "c.db"
+    cat = tmp_path / "cat.yaml"
+    cat.write_text(CAT)
+    db = store.open_store(db_path)
+    with store.immediate(db):
+        store._persist_catalogue(db, parse_catalogue(CAT, str(cat)), T0 - 86_400 * NS_PER_S)
+    store.add_maintenance(
+        db, "lab", None, T0 + 4 * HOUR, T0 + 4 * HOUR + 15 * MINUTE, "router firmware", "ops-alice", T0
+    )
+    db.conn.close()
+    tls = tmp_path / "tls"
+    CollectorPki(tls).init(["localhost"])
+    collector = Collector(CollectorSettings(cat, db_path, "127.0.0.1:0", grace_s=1, insecure=True))
+    await collector.start()
+    try:
+        for name, evict in (("a1", False), ("a2", True)):
+            key = Ed25519PrivateKey.generate()
+            spool = await agent_records(tmp_path / f"{name}.db", key, evict=evict)
+            try:
+                await deliver(collector.port, name, spool, key)
+            finally:
+                await spool.close()
+    finally:
+        await collector.stop()
+    return Lab(tmp_path, db_path, tls)
+
+
+# ---- round trip ---------------------------------------------------------------------------------
+
+
+def test_export_then_verify_round_trip(lab: Lab) -> None:
+    bundle = lab.export()
+    code, out = verify(bundle, "--all-signatures")
+    assert code == 0, out
+    assert "VERIFIED" in out
+    assert out.count("ok   chain agent") == 2
+    with tarfile.open(bundle) as tar:
+        names = {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()}
+        top = tar.getmembers()[0].name.split("/")[0]
+        manifest = json.load(tar.extractfile(f"{top}/{layout.MANIFEST}"))  # type: ignore[arg-type]
+        report = json.load(tar.extractfile(f"{top}/{layout.REPORT_JSON}"))  # type: ignore[arg-type]
+        gaps_csv = tar.extractfile(f"{top}/{layout.GAPS_CSV}").read().decode()  # type: ignore[union-attr]
+        maint = json.load(tar.extractfile(f"{top}/{layout.MAINTENANCE}"))  # type: ignore[arg-type]
+    for required in (
+        layout.SUMS,
+        layout.SUMS_SIG,
+        layout.COLLECTOR_KEY,
+        layout.CATALOGUE,
+        layout.METHODOLOGY,
+        layout.AGENTS,
+        layout.RESULTS_CSV,
+        layout.RESULTS_JSONL,
+        layout.REPORT_HTML,
+        layout.PROTO,
+    ):
+        assert required in names
+    assert {c["agent"] for c in manifest["chains"]} == {"a1", "a2"}
+    assert all(c["sealed"] for c in manifest["chains"])
+    # a2's spool evicted its oldest links: the loss is in the bundle, not hidden.
+    assert "spool_full" in gaps_csv and ",a2," in gaps_csv
+    assert maint[0]["reason"] == "router firmware" and maint[0]["created_by"] == "ops-alice"
+    site = report["services"][0]["report"]
+    assert site["downtime_s"] == 30 * 60  # the outage, seen by both agents
+    assert site["unknown_s"] == 18 * 3600  # no agent probed after 06:00: unknown, never up or down
+    assert site["status"] == "breached"  # 5.5 h up of 6 h counted < 99.5%
+    lost = sum(int(line.split(",")[4]) for line in gaps_csv.splitlines()[1:])
+    assert lost > 0 and manifest["tables"]["results"] == 2 * 720 - lost  # every result, or its gap record
+
+
+def test_stock_tools_verify_the_bundle(lab: Lab, tmp_path: Path) -> None:
+    for tool in ("sha256sum", "openssl", "tar"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is needed (coreutils/openssl/tar are part of every CI image)")
+    bundle = lab.export()
+    root = unpack(bundle, tmp_path / "stock")
+    sums = subprocess.run(["sha256sum", "-c", layout.SUMS], cwd=root, capture_output=True, text=True)
+    assert sums.returncode == 0, sums.stdout + sums.stderr
+    sig = openssl_verify(root)
+    assert sig.returncode == 0 and "Signature Verified Successfully" in sig.stdout, sig.stdout + sig.stderr
+    fingerprint = subprocess.run(
+        f"openssl pkey -pubin -in {layout.COLLECTOR_KEY} -outform DER | tail -c 32 | sha256sum",
+        shell=True,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[0]
+    manifest = json.loads((root / layout.MANIFEST).read_text())
+    assert fingerprint == manifest["collector_key"]["fingerprint"]
+
+
+# ---- tampering --------------------------------------------------------------------------------------
+
+
+def unpack(bundle: Path, into: Path) -> Path:
+    into.mkdir()
+    subprocess.run(["tar", "xzf", str(bundle), "-C", str(into)], check=True)
+    (root,) = list(into.iterdir())
+    return root
+
+
+def repack(root: Path, out: Path) -> Path:
+    subprocess.run(["tar", "czf", str(out), "-C", str(root.parent), root.name], check=True)
+    return out
+
+
+def openssl_verify(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "openssl",
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            layout.COLLECTOR_KEY,
+            "-rawin",
+            "-in",
+            layout.SUMS,
+            "-sigfile",
+            layout.SUMS_SIG,
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+
+
+def stock_ok(root: Path) -> bool:
+    sums = subprocess.run(["sha256sum", "--quiet", "-c", layout.SUMS], cwd=root, capture_output=True)
+    return sums.returncode == 0 and openssl_verify(root).returncode == 0
+
+
+def resign(root: Path, tls: Path) -> None:
+    """What a dishonest collector operator could do: rehash and re-sign with its own key."""
+    key = serialization.load_pem_private_key((tls / SIGNING_KEY).read_bytes(), password=None)
+    assert isinstance(key, Ed25519PrivateKey)
+    lines = []
+    for p in sorted(x for x in root.rglob("*") if x.is_file()):
+        rel = p.relative_to(root).as_posix()
+        if rel in (layout.SUMS, layout.SUMS_SIG):
+            continue
+        lines.append(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {rel}\n")
+    sums = "".join(lines).encode()
+    (root / layout.SUMS).write_bytes(sums)
+    (root / layout.SUMS_SIG).write_bytes(key.sign(sums))
+
+
+def chain_file(root: Path, agent: str) -> Path:
+    manifest = json.loads((root / layout.MANIFEST).read_text())
+    return root / str(next(c["file"] for c in manifest["chains"] if c["agent"] == agent))
+
+
+def rewrite_chain(path: Path, edit: object) -> None:
+    with open(path, "rb") as f:
+        records = list(read_frames(f))
+    records = edit(records)  # type: ignore[operator]
+    path.write_bytes(b"".join(frame(r) for r in records))
+
+
+def flip_result(records: list[bytes]) -> list[bytes]:
+    for i, raw in enumerate(records):
+        rec = pb.Record.FromString(raw)
+        if rec.WhichOneof("kind") == "result" and not rec.result.success:
+            rec.result.success, rec.result.error_kind, rec.result.detail = True, "", ""
+            records[i] = rec.SerializeToString()
+            return records
+    raise AssertionError("no failed result to flip")
+
+
+def drop_link(records: list[bytes]) -> list[bytes]:
+    seals = [i for i, r in enumerate(records) if pb.Record.FromString(r).WhichOneof("kind") == "seal"]
+    a, b = seals[3], seals[4]  # everything after the 4th seal through the 5th: one whole batch of the chain
+    return records[: a + 1] + records[b + 1 :]
+
+
+def swap_rows(records: list[bytes]) -> list[bytes]:
+    records[5], records[6] = records[6], records[5]
+    return records
+
+
+CASES = {
+    # name: (edit the unpacked bundle, re-sign like a dishonest operator?, what verify must say)
+    "flip a byte in the results CSV": ("flip_csv", False, "results/results.csv: its SHA-256 does not match"),
+    "delete a CSV row and re-sign": (
+        "delete_csv_row",
+        True,
+        "results/results.csv: does not say what the signed records say",
+    ),
+    "turn an outage into success in a chain and re-sign": (
+        "flip_result",
+        True,
+        "first broken link: agent 'a1'",
+    ),
+    "reorder records in a chain and re-sign": ("swap_rows", True, "first broken link: agent 'a1'"),
+    "drop a whole batch from a chain and re-sign": ("drop_link", True, "first broken link: agent 'a1'"),
+    "change the SLA file": ("change_sla", False, "sla/catalogue.yaml: its SHA-256 does not match"),
+    "change the SLA file and re-sign": ("change_sla", True, "sla/catalogue.yaml: its hash"),
+    "change the report and re-sign": ("change_report", True, "differs from the report recomputed"),
+    "remove a file": ("remove_agents", False, "listed in SHA256SUMS but missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_tampering_is_caught(lab: Lab, tmp_path: Path, case: str) -> None:
+    action, re_sign, expected = CASES[case]
+    root = unpack(lab.export(), tmp_path / "t")
+    if action == "flip_csv":
+        p = root / layout.RESULTS_CSV
+        data = bytearray(p.read_bytes())
+        data[len(data) // 2] ^= 0x04
+        p.write_bytes(bytes(data))
+    elif action == "delete_csv_row":
+        p = root / layout.RESULTS_CSV
+        lines = p.read_text().splitlines(keepends=True)
+        down = next(i for i, line in enumerate(lines) if ",down," in line)
+        p.write_text("".join(lines[:down] + lines[down + 1 :]))
+    elif action in ("flip_result", "swap_rows", "drop_link"):
+        rewrite_chain(
+            chain_file(root, "a1"),
+            {"flip_result": flip_result, "swap_rows": swap_rows, "drop_link": drop_link}[action],
+        )
+    elif action == "change_sla":
+        p = root / layout.CATALOGUE
+        p.write_text(p.read_text().replace("99.5%", "95%"))
+    elif action == "change_report":
+        p = root / layout.REPORT_JSON
+        doc = json.loads(p.read_text())
+        doc["services"][0]["report"]["status"] = (
+            "met" if doc["services"][0]["report"]["status"] != "met" else "breached"
+        )
+        p.write_text(json.dumps(doc))
+    elif action == "remove_agents":
+        (root / layout.AGENTS).unlink()
+    if re_sign:
+        resign(root, lab.tls)
+    code, out = verify(repack(root, tmp_path / "tampered.tar.gz"))
+    assert code == 1, out
+    assert expected in out, out
+    # Stock tools catch whatever was not re-signed; a re-signed bundle needs the agents' chains.
+    assert stock_ok(root) == re_sign
+
+
+def test_a_truncated_archive_is_caught_by_verify_and_by_tar(lab: Lab, tmp_path: Path) -> None:
+    bundle = lab.export()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(bundle.read_bytes()[: bundle.stat().st_size * 2 // 3])
+    code, out = verify(cut)
+    assert code == 1 and "damaged or truncated" in out, out
+    (tmp_path / "x").mkdir()
+    assert (
+        subprocess.run(["tar", "xzf", str(cut), "-C", str(tmp_path / "x")], capture_output=True).returncode
+        != 0
+    )
