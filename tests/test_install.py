@@ -153,6 +153,13 @@ def test_targets_and_inventory(tmp_path: Path) -> None:
         InstallError, match=r"fleet.txt:2: the prefix must be an absolute directory of its own"
     ):
         load_inventory(inv)
+    inv.write_text("e.example prefix=/srv/my slaprobe\n")
+    with pytest.raises(InstallError, match=r"expected key=value"):
+        load_inventory(inv)
+    with pytest.raises(ValueError, match=r"the prefix may hold only letters, digits"):
+        templates.Layout("/srv/my slaprobe")
+    with pytest.raises(ValueError, match=r"the prefix may hold only letters, digits"):
+        templates.Layout("/srv/it's")
     inv.write_text("a.example colour=blue\n")
     with pytest.raises(InstallError, match=r"fleet.txt:1: expected key=value"):
         load_inventory(inv)
@@ -603,6 +610,7 @@ def test_interrupted_upload_and_unpack_are_completed_on_rerun(
         shutil.rmtree(runtime)
         (site,) = (prefix / "venv" / "lib").glob("python3.*/site-packages")
         (site / bundle.PTH).write_text(str(prefix / "runtime" / "0.0.9-old") + "\n")
+        (prefix / "runtime" / "0.0.9-old" / "slaprobe").mkdir(parents=True)  # the runtime being replaced
 
     # 1. Killed while unpacking: the archive is whole on the host, the runtime half unpacked.
     interrupted_before_the_switch()
@@ -619,12 +627,22 @@ def test_interrupted_upload_and_unpack_are_completed_on_rerun(
     assert json.loads(manifest.read_text())["bundle"] == b.key
     assert agent_code_dirs(prefix) == {f"runtime/{b.key}"}
 
-    # 2. Killed while uploading: a partial archive.
+    # 2. Killed while uploading: a partial archive. Only the rest is sent.
     interrupted_before_the_switch()
-    (bundles / f"{b.key}.tar.gz.part").write_bytes(b.path.read_bytes()[: b.size // 2])
+    cut = b.size // 2
+    (bundles / f"{b.key}.tar.gz.part").write_bytes(b.path.read_bytes()[:cut])
     h = _json_install(args)
     assert h["result"] == "installed", h
-    assert b.size <= int(str(h["bytes_uploaded"])) < b.size + 50_000
+    assert b.size - cut <= int(str(h["bytes_uploaded"])) < b.size - cut + 50_000
+    assert installed_bundle(prefix) == b.key and not list(bundles.iterdir())
+    assert agent_code_dirs(prefix) == {f"runtime/{b.key}"}
+
+    # 2b. A partial file that is no prefix of the archive: resumed, caught by the hash, sent whole.
+    interrupted_before_the_switch()
+    (bundles / f"{b.key}.tar.gz.part").write_bytes(b"\0" * cut)
+    h = _json_install(args)
+    assert h["result"] == "installed", h
+    assert 1.4 * b.size < int(str(h["bytes_uploaded"])) < 1.5 * b.size + 50_000
     assert installed_bundle(prefix) == b.key and not list(bundles.iterdir())
 
     # 3. An archive of the right size but damaged: caught by its hash on the host, sent again.

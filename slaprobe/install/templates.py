@@ -31,6 +31,7 @@ command line.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 UNIT_NAME = "slaprobe-agent.service"
@@ -45,6 +46,9 @@ class Layout:
         p = self.prefix.rstrip("/")
         if not p.startswith("/") or p in ("", "/usr", "/etc", "/var", "/opt", "/home", "/root") or ".." in p:
             raise ValueError(f"the prefix must be an absolute directory of its own, not {self.prefix!r}")
+        if not re.fullmatch(r"[A-Za-z0-9._+/-]+", p):
+            # It goes unquoted into the unit's ExecStart and the launchers' #! lines.
+            raise ValueError(f"the prefix may hold only letters, digits and . _ + - /, not {self.prefix!r}")
 
     def path(self, rel: str) -> str:
         return f"{self.prefix.rstrip('/')}/{rel}"
