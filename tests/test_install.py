@@ -487,6 +487,7 @@ def test_decision_bundle_or_wheels_from_the_hosts_real_python(
     assert choose_method(opts(with_bundle=False), host)[0] == "wheels"
 
 
+@pytest.mark.slow
 def test_bundle_cache_builds_once_then_hits(world: dict[str, object], tmp_path: Path) -> None:
     wh = wheelhouse.load(Path(str(world["wheelhouse"])))
     root = tmp_path / "cache"
