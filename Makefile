@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test lint proto proto-check bench bench-ingest bench-install bench-query clean
+.PHONY: install system-deps demo test lint proto proto-check bench bench-ingest bench-install bench-query bench-probes clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ proto: install
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/slaprobe_v1.proto
 
 ## bench: every benchmark; figures are appended to bench/RESULTS.md
-bench: bench-ingest bench-install bench-query bench-agent
+bench: bench-ingest bench-install bench-query bench-agent bench-probes
 
 bench-ingest: install
 	$(BIN)/python bench/ingest.py --markdown
@@ -54,6 +54,16 @@ bench-query: install
 ## bench-agent: one agent, 1,000 http checks at 10 s (100 probes/s), then a 1,000,000-result backlog drain
 bench-agent: install
 	$(BIN)/python bench/agent.py --markdown
+
+## bench-probes: our HTTP, HTTPS, TCP, DNS and ICMP probes against Prometheus blackbox_exporter, same local targets (as root; installs blackbox_exporter, dnsmasq, curl)
+BENCH_PROBES_DEBS := prometheus-blackbox-exporter dnsmasq curl
+bench-probes: install
+	@missing=$$(for p in $(BENCH_PROBES_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	$(BIN)/python bench/probes.py --markdown
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-data
