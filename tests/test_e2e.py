@@ -183,3 +183,18 @@ sites:
     (a,) = json.loads(out.stdout)["agents"]
     assert (a["name"], a["site"], a["version"]) == ("agent-1", "lab", __version__)
     assert a["clock_rtt_ms"] is not None and abs(a["clock_offset_ms"]) < 1000
+
+    # The same run as evidence: the agent's signing key was recorded at enrolment (the join
+    # token vouched for it), its chain verifies, and the report recomputed from the signed
+    # records is the one exported.
+    bundle = tmp_path / "evidence.tar.gz"
+    out = run_cli(
+        "evidence", "export", "--db", str(db), "--tls-dir", str(tls), "--site", "lab",
+        "--from", iso(first), "--to", iso(end), "-o", str(bundle),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    out = run_cli("evidence", "verify", str(bundle), "--all-signatures")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "VERIFIED" in out.stdout and "ok   chain agent 'agent-1'" in out.stdout
+    (how,) = query(db, "SELECT how FROM agent_keys WHERE name = 'agent-1'")[0]
+    assert how == "enrol"

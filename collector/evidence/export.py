@@ -42,6 +42,7 @@ from collector.sla.report import Context, Period, selected
 from collector.store import Reader
 from slaprobe import __version__
 from slaprobe.chain import key_id, public_pem, public_raw
+from slaprobe.schedule import NS_PER_S
 
 
 class ExportError(Exception):
@@ -150,7 +151,12 @@ def _write(
     ]
     check_ids = [c["id"] for c in checks]
     check_keys = {c["key"] for c in checks}
-    ranges = _ranges(conn, check_ids, start, end)
+    ctx = Context(catalogue, reader, RawSource(conn), now, "raw")
+    doc = build_report(ctx, site, start, end, service)
+    # A slice belongs to the period by its start, so the last slice's slots (and results) may lie
+    # after the period's end: export the records of a margin around it too (verify needs them).
+    margin = 2 * NS_PER_S * max([int(s["report"]["slice_s"]) for s in doc["services"]] + [1])
+    ranges = _ranges(conn, check_ids, start - margin, end + margin)
     every_agent = {int(r["id"]): dict(r) for r in reader.db.query("SELECT * FROM agents")}
     agents = {a: every_agent[a] for a, _ in ranges}
 
@@ -186,8 +192,6 @@ def _write(
     _json(root / layout.CHECKS, {"checks": checks, "versions": versions})
     _json(root / layout.AGENTS, [_agent_doc(reader, a) for _, a in sorted(agents.items())])
 
-    ctx = Context(catalogue, reader, RawSource(conn), now, "raw")
-    doc = build_report(ctx, site, start, end, service)
     (root / "report").mkdir()
     _json(root / layout.REPORT_JSON, doc)
     (root / layout.REPORT_HTML).write_text(render_html(doc), encoding="utf-8")
