@@ -491,8 +491,12 @@ def test_decision_bundle_or_wheels_from_the_hosts_real_python(
 def test_bundle_cache_builds_once_then_hits(world: dict[str, object], tmp_path: Path) -> None:
     wh = wheelhouse.load(Path(str(world["wheelhouse"])))
     root = tmp_path / "cache"
+    killed = root / ".0.0.9-old-build"  # what a build killed an hour ago left
+    killed.mkdir(parents=True)
+    os.utime(killed, (time.time() - 7200, time.time() - 7200))
     first = bundle.ensure(wh, root)
     assert first is not None and first.build_s > 0
+    assert not killed.exists()
     stat = first.path.stat()
     second = bundle.ensure(wh, root)
     assert second is not None and second.build_s == 0  # a hit: nothing built

@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,8 +216,6 @@ def _cached(wh: Wheelhouse, target: BundleTarget, root: Path, key: str) -> Bundl
 
 
 def _build(wh: Wheelhouse, target: BundleTarget, root: Path, key: str) -> Bundle:
-    import time
-
     archive, meta = root / f"{key}.tar.gz", root / f"{key}.json"
     meta.unlink(missing_ok=True)
     t0 = time.monotonic()
@@ -311,9 +310,12 @@ def _prune(root: Path, keep: int) -> None:
         (root / (old.name[: -len(".json")] + ".tar.gz")).unlink(missing_ok=True)
         (root / f".{old.name[: -len('.json')]}.lock").unlink(missing_ok=True)
     live = {m.name[: -len(".json")] for m in metas[:keep]}
+    stale = time.time() - 3600
     for p in root.iterdir():
         if p.name.endswith(".tar.gz") and p.name.removesuffix(".tar.gz") not in live:
             p.unlink(missing_ok=True)
+        elif p.name.startswith(".") and p.is_dir() and p.stat().st_mtime < stale:
+            shutil.rmtree(p, ignore_errors=True)  # the build directory of a killed run
 
 
 # Runs on the host with its python3 (stdin). argv: prefix, key, sha256 of the archive, version.
