@@ -7,16 +7,17 @@ directory, so a freshly installed agent enrols itself and appears in
 
 Modules, in the order one host goes through them:
 
-=================  ==========================================================
+=================  ==================================================================================
 ``inventory``      which hosts: ``[user@]host[:port]`` arguments or a file
 ``hostkeys``       known_hosts policy: verify, refuse unknown, pin with --accept-new
 ``ssh``            connect (asyncssh errors mapped to ours), run, upload over SFTP
 ``wheelhouse``     the wheel of the running slaprobe + its dependencies, cached
+``bundle``         the agent's runtime built once from them, one archive per host; which hosts it fits
 ``templates``      agent config, hardened systemd unit, fallback supervisor
 ``collector``      the collector side: token, join bundle, "has it been seen?"
 ``plan``           the remote steps, driven by the host's manifest (idempotency)
 ``runner``         bounded concurrency, per-host progress, the summary table
-=================  ==========================================================
+=================  ==================================================================================
 
 Errors (``errors``)::
 
