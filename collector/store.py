@@ -45,7 +45,7 @@ import sqlite_utils
 from collector import rollups
 from collector.catalogue import Catalogue
 from collector.hub import CheckRef
-from slaprobe.chain import GENESIS, key_id
+from slaprobe.chain import GENESIS, fingerprint, key_id
 from slaprobe.model import CheckSpec, ClockSample, Gap, Measurement
 
 log = logging.getLogger(__name__)
@@ -1098,6 +1098,11 @@ class Reader:
                 [cid, start_ns, end_ns],
             ).fetchall()
         return sorted(out)
+
+    def signing_keys(self) -> dict[str, str]:
+        """Each agent's current signing key fingerprint (sha256 of the raw public key), by name."""
+        rows = self.db.execute("SELECT name, public_key FROM agent_keys ORDER BY recorded_ns").fetchall()
+        return {str(name): fingerprint(bytes(key)) for name, key in rows}
 
     def agent_names(self) -> dict[int, str]:
         return {int(r[0]): str(r[1]) for r in self.db.execute("SELECT id, name FROM agents").fetchall()}

@@ -62,6 +62,11 @@ def key_id(public_raw: bytes) -> bytes:
     return hashlib.sha256(public_raw).digest()[:KEY_ID_BYTES]
 
 
+def fingerprint(public_raw: bytes) -> str:
+    """The key's SHA-256, as `openssl pkey -pubin -outform DER | tail -c 32 | sha256sum` prints it."""
+    return hashlib.sha256(public_raw).hexdigest()
+
+
 def public_raw(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -404,7 +404,7 @@ def agent_enroll(join_path: Path, name: str | None, data_dir: Path, write_config
     """
     from agent.identity import IdentityError, JoinBundle, TlsFiles, enroll
     from agent.main import SIGNING_KEY
-    from slaprobe.chain import load_or_create_key
+    from slaprobe.chain import fingerprint, load_or_create_key, public_raw
 
     try:
         bundle = JoinBundle.load(join_path)
@@ -416,6 +416,10 @@ def agent_enroll(join_path: Path, name: str | None, data_dir: Path, write_config
     except IdentityError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"enrolled as agent {agent_name!r} of site {site!r}; certificate in {data_dir / 'tls'}")
+    click.echo(
+        f"signing key sha256 {fingerprint(public_raw(signing_key))}: this agent signs its results with it;"
+        " whoever relies on its evidence should record this fingerprint"
+    )
     if write_config is not None:
         import json as _json
 
@@ -507,6 +511,7 @@ def agent_list(db_path: Path, site: str | None, silent_after: str, fmt: str) -> 
         ) from None
     try:
         agents = [a for a in reader.agents() if site is None or a["site"] == site]
+        keys = reader.signing_keys()
     finally:
         reader.close()
     now = time.time_ns()
@@ -529,6 +534,8 @@ def agent_list(db_path: Path, site: str | None, silent_after: str, fmt: str) -> 
                 "clock_rtt_ms": None if a["clock_rtt_ns"] is None else round(a["clock_rtt_ns"] / 1e6, 3),
                 "spool_depth": a["spool_depth"],
                 "oldest_unsent_age_s": None if not oldest else round((now - oldest) / 1e9, 1),
+                # sha256 of the raw Ed25519 public key that signs its records (evidence), if any
+                "signing_key_sha256": keys.get(a["name"]),
             }
         )
     if fmt == "json":

@@ -41,7 +41,7 @@ from collector.rollups import RawSource
 from collector.sla.report import Context, Period, selected
 from collector.store import Reader
 from slaprobe import __version__
-from slaprobe.chain import key_id, public_pem, public_raw
+from slaprobe.chain import fingerprint, key_id, public_pem, public_raw
 from slaprobe.schedule import NS_PER_S
 
 
@@ -320,6 +320,7 @@ def _agent_doc(reader: Reader, agent: dict[str, Any]) -> dict[str, Any]:
     keys = [
         {
             "key_id": key_id(bytes(r[0])).hex(),
+            "sha256": fingerprint(bytes(r[0])),
             "public_key_hex": bytes(r[0]).hex(),
             "public_key_pem": public_pem(bytes(r[0])),
             "recorded": _iso(int(r[1])),
