@@ -840,7 +840,8 @@ def db_group() -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted, delete nothing.")
 @_now_option
 def db_prune(db_path: Path, catalogue_path: Path | None, dry_run: bool, now_text: str | None) -> None:
-    """Delete raw results past ``reporting.retention.raw`` and rollups past ``.rollups``.
+    """Delete raw results (and the signed records carrying them) past ``reporting.retention.raw``,
+    and rollups past ``.rollups``.
 
     Run it daily (cron, systemd timer); it can run beside the collector. Reports
     past the raw retention use rollups alone.
@@ -851,6 +852,7 @@ def db_prune(db_path: Path, catalogue_path: Path | None, dry_run: bool, now_text
     """
     from collector import rollups
     from collector.catalogue import load_catalogue, parse_catalogue
+    from collector.evidence.retention import prune_record_log
     from collector.sla.definitions import Reporting
     from collector.store import immediate, open_store
 
@@ -880,10 +882,12 @@ def db_prune(db_path: Path, catalogue_path: Path | None, dry_run: bool, now_text
             return
         with immediate(db):
             deleted = rollups.prune(db.conn, raw_before, rollups_before)
+            signed = prune_record_log(db.conn)
     finally:
         db.conn.close()
     click.echo(
-        f"deleted {deleted['results']} raw results (older than {reporting.raw_retention_days}d) and"
+        f"deleted {deleted['results']} raw results (older than {reporting.raw_retention_days}d),"
+        f" {signed} signed records that carried them, and"
         f" {sum(v for k, v in deleted.items() if k != 'results')} rollup rows"
         f" (older than {reporting.rollup_retention_days}d)"
     )

@@ -317,7 +317,10 @@ def test_prune_keeps_reports_from_rollups(world: World) -> None:
     before = js(run("compliance", *db(world), "--period", "2026-10", "--format", "json"))
     r = run("db", "prune", "--db", str(world.path), "--now", "2027-02-01T00:00Z")
     assert r.exit_code == 0, r.output
-    assert r.stdout == "deleted 60 raw results (older than 90d) and 0 rollup rows (older than 400d)\n"
+    assert r.stdout == (
+        "deleted 60 raw results (older than 90d), 0 signed records that carried them,"
+        " and 0 rollup rows (older than 400d)\n"
+    )
     after = js(run("compliance", *db(world), "--period", "2026-10", "--format", "json"))
     for b, a in zip(before["sites"][0]["services"], after["sites"][0]["services"], strict=True):
         assert (a["counts"], a["availability"], a["latency_ms"]) == (

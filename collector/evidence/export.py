@@ -285,6 +285,15 @@ def _write_chain(
         " ORDER BY seq LIMIT 1",
         (agent_id, epoch, hi),
     ).fetchone()
+    if anchor is None:
+        # Nothing sealed before lo: the stream's first record kept, which after `db prune` is
+        # the seal retention left as an anchor, and otherwise seq 1 (the chain's genesis).
+        start = conn.execute(
+            "SELECT seq, kind FROM record_log WHERE agent_id = ? AND epoch = ? ORDER BY seq LIMIT 1",
+            (agent_id, epoch),
+        ).fetchone()
+        if start is not None and start[1] == 5 and start[0] > 1:
+            anchor = start
     first = int(anchor[0]) if anchor else 1
     last = int(closing[0]) if closing else hi
     records = links = 0
