@@ -725,19 +725,31 @@ class RollupSource:
 # ---- retention ------------------------------------------------------------------------------------
 
 
-def prune(conn: sqlite3.Connection, raw_before_ns: int, rollups_before_ns: int) -> dict[str, int]:
+def prune(
+    conn: sqlite3.Connection, raw_before_ns: int, rollups_before_ns: int, *, limit: int | None = None
+) -> dict[str, int]:
     """Delete raw results scheduled before ``raw_before_ns`` and rollups before ``rollups_before_ns``.
 
     Check by check, so every delete walks an index range instead of the whole table. Rollups
     go by whole UTC days at every level, so a presence mask never names rows that are gone.
-    Records the raw horizon: reports past it use rollups alone.
+    Records the raw horizon: reports past it use rollups alone (exact, so recording it before
+    the last raw row is gone changes no report). ``limit`` bounds the raw rows deleted in one
+    call, so a collector can prune in short transactions between ingest jobs: call again
+    while ``results`` comes back equal to the limit.
     """
     deleted = {"results": 0, **{t: 0 for t in ROLLUP_TABLES}}
     cut = rollups_before_ns - rollups_before_ns % DAY
     for (cid,) in conn.execute("SELECT id FROM checks").fetchall():
-        deleted["results"] += conn.execute(
-            "DELETE FROM results WHERE check_id = ? AND scheduled_ns < ?", (cid, raw_before_ns)
-        ).rowcount
+        if limit is None:
+            deleted["results"] += conn.execute(
+                "DELETE FROM results WHERE check_id = ? AND scheduled_ns < ?", (cid, raw_before_ns)
+            ).rowcount
+        elif deleted["results"] < limit:
+            deleted["results"] += conn.execute(
+                "DELETE FROM results WHERE rowid IN (SELECT rowid FROM results"
+                " WHERE check_id = ? AND scheduled_ns < ? LIMIT ?)",
+                (cid, raw_before_ns, limit - deleted["results"]),
+            ).rowcount
         for table in ROLLUP_TABLES:
             deleted[table] += conn.execute(
                 f"DELETE FROM {table} WHERE check_id = ? AND bucket_ns < ?", (cid, cut)

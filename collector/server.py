@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from collector.catalogue import Catalogue, load_catalogue
 from collector.hub import CatalogueHub
+from collector.retention import retention_loop
 from collector.service import CollectorService
 from collector.store import Reader, Writer
 from slaprobe.configfile import ConfigError
@@ -44,6 +45,9 @@ class CollectorSettings:
     enroll_listen: str | None = "127.0.0.1:7432"
     cert_days: float = 90.0
     revocation_poll_s: float = 1.0
+    # Retention (reporting.retention in the catalogue): first pass after start, then daily.
+    retention_first_s: float = 300.0
+    retention_every_s: float = 86_400.0
 
 
 def grpc_server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -88,6 +92,7 @@ class Collector:
         self.hub: CatalogueHub | None = None
         self.enroll_port = 0
         self._revocations: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Load and persist the catalogue, open storage, start serving; return the bound port."""
@@ -140,6 +145,15 @@ class Collector:
             await server.start()
             self._server = server
             self._revocations = asyncio.create_task(self._watch_revocations())
+            hub = self.hub
+            self._retention = asyncio.create_task(
+                retention_loop(
+                    self.writer,
+                    lambda: hub.catalogue.reporting,
+                    first_after_s=s.retention_first_s,
+                    every_s=s.retention_every_s,
+                )
+            )
             await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
             await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
@@ -184,6 +198,8 @@ class Collector:
     async def stop(self) -> None:
         if self._revocations is not None:
             self._revocations.cancel()
+        if self._retention is not None:
+            self._retention.cancel()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self.service is not None:
