@@ -703,3 +703,40 @@ def test_pip_fallback_and_switching_to_the_bundle_and_back(
     assert agent_code_dirs(prefix) == {"venv/lib"}
     assert _json_install([*args, "--method", "wheels"])["result"] == "unchanged"
     cli("uninstall", *base_args(world, kh, prefix), f"root@127.0.0.1:{sshd.port}")
+
+
+def test_the_wheel_carries_every_package_and_is_built_from_the_source_files_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wheel missing a subpackage (collector.sla once was) or carrying a deleted module breaks hosts."""
+    import zipfile
+
+    from slaprobe.install.wheelhouse import source_files, source_tree
+
+    root = source_tree()
+    assert root is not None
+    packages = {
+        str(p.parent.relative_to(root)).replace("/", ".")
+        for pkg in ("slaprobe", "agent", "collector", "probes", "protos")
+        for p in (root / pkg).rglob("__init__.py")
+    }
+    names = source_files(root)
+    assert {n.rsplit("/", 1)[0].replace("/", ".") for n in names if n.endswith("__init__.py")} == packages
+    (root / "build" / "lib" / "collector").mkdir(parents=True, exist_ok=True)
+    stale = root / "build" / "lib" / "collector" / "deleted_module.py"
+    stale.write_text("raise SystemExit('stale')\n")
+    try:
+        from slaprobe.install import wheelhouse
+
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+        wh = wheelhouse.ensure(None)
+    finally:
+        stale.unlink()
+    (wheel,) = [wh.dir / n for n in wh.wheels if n.startswith("slaprobe-")]
+    inside = {
+        n.rsplit("/", 1)[0].replace("/", ".")
+        for n in zipfile.ZipFile(wheel).namelist()
+        if n.endswith("__init__.py")
+    }
+    assert packages <= inside
+    assert "collector/deleted_module.py" not in zipfile.ZipFile(wheel).namelist()

@@ -61,14 +61,19 @@ def source_tree() -> Path | None:
     return root if (root / "pyproject.toml").exists() and (root / "slaprobe").is_dir() else None
 
 
-def source_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    names = ["pyproject.toml"]
+def source_files(root: Path) -> list[str]:
+    """The files a wheel of slaprobe is built from, relative to the source tree."""
+    names = ["pyproject.toml", "README.md"]
     for pkg in ("slaprobe", "agent", "collector", "probes", "protos"):
         for p in sorted((root / pkg).rglob("*")):
             if p.is_file() and p.suffix in _SOURCE_SUFFIXES and "__pycache__" not in p.parts:
                 names.append(str(p.relative_to(root)))
-    for n in names:
+    return names
+
+
+def source_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for n in source_files(root):
         h.update(n.encode() + b"\0" + (root / n).read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
@@ -106,8 +111,14 @@ def ensure(explicit: Path | None = None) -> Wheelhouse:
         return load(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    # Build from a clean copy of exactly the source files: setuptools reuses the tree's
+    # build/ directory, where a module deleted from the source would live on in the wheel.
+    src = Path(tempfile.mkdtemp(prefix=f".{key}-src-", dir=target.parent))
     try:
-        for what in ([str(root)], ["pip"]):
+        for name in source_files(root):
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, src / name)
+        for what in ([str(src)], ["pip"]):
             r = subprocess.run(
                 [
                     sys.executable,
@@ -132,6 +143,7 @@ def ensure(explicit: Path | None = None) -> Wheelhouse:
             shutil.rmtree(tmp, ignore_errors=True)
         _prune(target.parent, keep=KEEP)
     finally:
+        shutil.rmtree(src, ignore_errors=True)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return load(target)
