@@ -110,6 +110,16 @@ class PhaseTrace:
         self._current = name
         self._mark = now
 
+    def stop(self) -> None:
+        """Close the phase in progress without opening another.
+
+        For work after the target's last byte (parsing its answer, say): that is
+        the probe's own time, not the target's, so no phase holds it.
+        """
+        if self._current is not None:
+            self._phases.append((self._current, time.perf_counter() - self._mark))
+            self._current = None
+
     def skip(self, name: str) -> None:
         """Record a phase that took no time (for example resolving an IP literal)."""
         self.enter(name)

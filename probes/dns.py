@@ -1,19 +1,30 @@
-"""DNS probe: one query to one server, over UDP or TCP, with dnspython.
+"""DNS probe: one query to one server, over UDP or TCP; dnspython builds and parses the messages.
 
 Phases ``resolve, connect, request`` (blackbox_exporter's names).
 ``resolve`` finds the server's address when the target is a name (zero for
 an IP literal), ``connect`` is the TCP handshake and is recorded as zero
 for UDP, which has no handshake, and ``request`` runs from sending the
-query to the parsed answer.
+query to the arrival of the whole reply; parsing and judging it come after,
+in no phase (they are our time, not the server's).
 
 dnspython builds and parses every message: DNS wire format has enough
 corners (name compression, EDNS, truncation) that it belongs in a maintained
-library. Over UDP it also runs the exchange (:func:`dns.asyncquery.udp`, on a
-socket connected to the server, so when nothing listens there the kernel's
-ICMP "port unreachable" ends the probe at once as ``refused`` rather than as
-a timeout). Over TCP the connection comes from ``_net.connect``, so connect
-time and connect errors mean what they mean in every other probe, and the
-probe adds the two length bytes of RFC 1035 4.2.2 itself.
+library. The query is built once per check and each run sends it with a new
+random ID. Over UDP the probe runs the exchange itself, on a plain
+non-blocking socket read straight from the event loop: dnspython's asyncio
+backend opened a datagram endpoint per query (a transport, a protocol and a
+loop round trip) and parsed inside the clock, 1.75 ms of ``request`` against
+blackbox_exporter's 0.26 ms (``bench/RESULTS.md``). The socket is connected to
+the server, so the kernel drops datagrams from other addresses and, when
+nothing listens there, its ICMP "port unreachable" ends the probe at once as
+``refused`` rather than as a timeout. A datagram with another ID is ignored
+(a late answer to an earlier query, or a stray one), as resolvers and
+blackbox_exporter do; a reply with our ID is then parsed and checked as
+dnspython's ``udp()`` would (``Message.is_response``). A truncated answer (TC)
+is judged as it is, with ``truncated`` set: there is no retry over TCP.
+Over TCP the connection comes from ``_net.connect``, so connect time and
+connect errors mean what they mean in every other probe, and the probe adds
+the two length bytes of RFC 1035 4.2.2 itself.
 
 No timeout is passed down: the runner's timeout cancels a query that gets
 no answer, and the result is ``timeout`` (stuck in ``request``).
@@ -21,19 +32,18 @@ no answer, and the result is ``timeout`` (stuck in ``request``).
 Errors: an rcode outside ``valid_rcodes`` is ``status`` (the detail names the
 rcode, e.g. ``NXDOMAIN``); an answer that fails ``answer_matches`` or
 ``answer_not_matches`` is ``assertion``; a reply that does not parse or does
-not answer our query is ``protocol``.
-"""
+not answer our query is ``protocol``."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import ipaddress
 import re
+import secrets
 import socket
 from dataclasses import dataclass
 
-import dns.asyncbackend
-import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
@@ -45,7 +55,7 @@ import dns.reversename
 
 from slaprobe.configfile import Fields, Node
 
-from ._net import HostPort, IpVersion, connect, parse_host_port, read_ip_version, resolve
+from ._net import HostPort, IpVersion, SockAddr, connect, parse_host_port, read_ip_version, resolve
 from .base import ErrorKind, PhaseTrace, ProbeFailure, Prober, ProbeResult
 
 # Types a plain query cannot ask for: zone transfers and EDNS/TSIG machinery.
@@ -60,6 +70,8 @@ _NOT_QUERYABLE = frozenset(
         dns.rdatatype.MAILB,
     }
 )
+# The largest UDP payload (a reply larger than we asked for is still read whole, then judged).
+_UDP_MAX = 65535
 _NOT_OUR_ANSWER = "the reply does not answer our query (its ID or question differs)"
 _TYPE_EXAMPLES = "A, AAAA, CNAME, MX, TXT, NS, SOA, SRV, PTR or CAA"
 
@@ -82,6 +94,10 @@ class DnsProber(Prober):
     def __init__(self, server: HostPort, settings: DnsSettings) -> None:
         self.server = server
         self.settings = settings
+        # The query message and its wire form, built on the first run (from_config does no work
+        # beyond validation); each run copies them with its own ID.
+        self._template: dns.message.Message | None = None
+        self._wire = b""
 
     @classmethod
     def from_config(cls, target: Node, settings: Fields) -> DnsProber:
@@ -100,27 +116,33 @@ class DnsProber(Prober):
         return cls(server, parsed)
 
     def _query(self) -> dns.message.Message:
-        s = self.settings
-        # A fresh message per run: a new random ID, as any resolver would send.
-        query = dns.message.make_query(s.query_name, s.query_type)
-        if not s.recursion_desired:
-            query.flags &= ~dns.flags.RD
+        """The query of one run: the check's message with a new random ID, as any resolver sends."""
+        if self._template is None:
+            s = self.settings
+            template = dns.message.make_query(s.query_name, s.query_type)
+            if not s.recursion_desired:
+                template.flags &= ~dns.flags.RD
+            self._template = template
+            self._wire = template.to_wire()
+        query = copy.copy(self._template)  # shares the (unchanging) sections; only the ID differs
+        query.id = secrets.randbits(16)
         return query
 
     async def probe(self, trace: PhaseTrace) -> ProbeResult:
         s = self.settings
-        family, sockaddr = await resolve(self.server, s.ip_version, trace)
-        where, port = str(sockaddr[0]), int(sockaddr[1])
         query = self._query()
+        wire = query.id.to_bytes(2, "big") + self._wire[2:]
+        family, sockaddr = await resolve(self.server, s.ip_version, trace)
         if s.transport == "tcp":
             sock = await connect(family, sockaddr, trace)
             trace.enter("request")
-            answer = await _exchange_tcp(query, sock)
+            reply = await _exchange_tcp(wire, sock)
         else:
             trace.skip("connect")  # UDP: no handshake
             trace.enter("request")
-            answer = await _exchange_udp(query, where, port, family)
-        return self._judge(answer, trace)
+            reply = await _exchange_udp(wire, sockaddr, family)
+        trace.stop()  # the request ends when the reply is in: parsing it is our time, not the server's
+        return self._judge(_parse_reply(query, reply), trace)
 
     def _judge(self, answer: dns.message.Message, trace: PhaseTrace) -> ProbeResult:
         s = self.settings
@@ -156,7 +178,7 @@ class DnsProber(Prober):
 # --------------------------------------------------------------------------- the exchange
 
 
-async def _exchange_tcp(query: dns.message.Message, sock: socket.socket) -> dns.message.Message:
+async def _exchange_tcp(wire: bytes, sock: socket.socket) -> bytes:
     """One query over the connection ``connect`` opened: two-byte length framing (RFC 1035 4.2.2)."""
     try:
         reader, writer = await asyncio.open_connection(sock=sock)
@@ -164,50 +186,62 @@ async def _exchange_tcp(query: dns.message.Message, sock: socket.socket) -> dns.
         sock.close()
         raise
     try:
-        writer.write(query.to_wire(prepend_length=True))
+        writer.write(len(wire).to_bytes(2, "big") + wire)
         size = int.from_bytes(await reader.readexactly(2), "big")
-        wire = await reader.readexactly(size)
+        return await reader.readexactly(size)
     except asyncio.IncompleteReadError as exc:
         raise ProbeFailure(ErrorKind.RESET, "connection closed before the whole answer arrived") from exc
     except ConnectionError as exc:
         raise ProbeFailure(ErrorKind.RESET, f"connection reset during the query: {exc}") from exc
     finally:
         writer.close()
+
+
+async def _exchange_udp(wire: bytes, sockaddr: SockAddr, family: int) -> bytes:
+    """Send one query from a fresh UDP socket and return the first datagram carrying our ID.
+
+    A plain non-blocking socket read straight from the event loop (no datagram
+    endpoint: its transport and protocol cost a loop round trip per run). It is
+    connected, so the kernel drops datagrams from any other address and an ICMP
+    "port unreachable" ends the probe at once as ``refused``. A datagram with
+    another ID is ignored, as resolvers (and blackbox_exporter) do: it may answer
+    an earlier query, and a stray or spoofed datagram must not decide the result.
+    """
+    where, port = str(sockaddr[0]), int(sockaddr[1])
+    loop = asyncio.get_running_loop()
     try:
-        answer = dns.message.from_wire(wire)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise ProbeFailure(
+            ErrorKind.UNREACHABLE, f"cannot send to {_fmt(where, port)}: {exc.strerror or exc}"
+        ) from exc
+    with sock:
+        try:
+            sock.setblocking(False)
+            sock.connect(sockaddr)
+            await loop.sock_sendall(sock, wire)
+            while True:
+                reply = await loop.sock_recv(sock, _UDP_MAX)
+                if reply[:2] == wire[:2]:
+                    return reply
+        except ConnectionRefusedError as exc:
+            raise ProbeFailure(
+                ErrorKind.REFUSED, f"port unreachable: nothing answers DNS on {_fmt(where, port)}/udp"
+            ) from exc
+        except OSError as exc:
+            detail = f"cannot query {_fmt(where, port)}: {exc.strerror or exc}"
+            raise ProbeFailure(ErrorKind.UNREACHABLE, detail) from exc
+
+
+def _parse_reply(query: dns.message.Message, wire: bytes) -> dns.message.Message:
+    """Parse and check a reply as dnspython's own ``udp()`` and ``tcp()`` do (a truncated answer is kept)."""
+    try:
+        answer = dns.message.from_wire(wire, raise_on_truncation=False)
     except dns.exception.DNSException as exc:
         raise ProbeFailure(ErrorKind.PROTOCOL, _malformed(exc)) from exc
     if not query.is_response(answer):
         raise ProbeFailure(ErrorKind.PROTOCOL, _NOT_OUR_ANSWER)
     return answer
-
-
-async def _exchange_udp(
-    query: dns.message.Message, where: str, port: int, family: int
-) -> dns.message.Message:
-    backend = dns.asyncbackend.get_backend("asyncio")
-    try:
-        # Connected (a destination is given): ICMP port unreachable then surfaces as ECONNREFUSED.
-        sock = await backend.make_socket(  # type: ignore[no-untyped-call]  # dnspython leaves it untyped
-            family, socket.SOCK_DGRAM, 0, None, (where, port)
-        )
-    except OSError as exc:
-        raise ProbeFailure(
-            ErrorKind.UNREACHABLE, f"cannot send to {_fmt(where, port)}: {exc.strerror or exc}"
-        ) from exc
-    try:
-        return await dns.asyncquery.udp(query, where, port=port, sock=sock)
-    except ConnectionRefusedError as exc:
-        raise ProbeFailure(
-            ErrorKind.REFUSED, f"port unreachable: nothing answers DNS on {_fmt(where, port)}/udp"
-        ) from exc
-    except OSError as exc:
-        detail = f"cannot query {_fmt(where, port)}: {exc.strerror or exc}"
-        raise ProbeFailure(ErrorKind.UNREACHABLE, detail) from exc
-    except dns.exception.DNSException as exc:
-        raise ProbeFailure(ErrorKind.PROTOCOL, _malformed(exc)) from exc
-    finally:
-        await sock.close()
 
 
 def _malformed(exc: dns.exception.DNSException) -> str:

@@ -348,11 +348,12 @@ async def test_nothing_on_the_tcp_port_is_refused() -> None:
 # --------------------------------------------------------------------------- misbehaving peers
 
 Reply = Callable[[bytes], bytes | None]
+UdpReply = Callable[[bytes], bytes | list[bytes] | None]  # a list: several datagrams, in order
 
 
 @dataclass
 class UdpPeer(asyncio.DatagramProtocol):
-    reply: Reply
+    reply: UdpReply
     queries: list[bytes] = field(default_factory=list)
     transport: asyncio.DatagramTransport | None = None
 
@@ -363,11 +364,12 @@ class UdpPeer(asyncio.DatagramProtocol):
         self.queries.append(data)
         answer = self.reply(data)
         if answer is not None and self.transport is not None:
-            self.transport.sendto(answer, addr)
+            for datagram in answer if isinstance(answer, list) else [answer]:
+                self.transport.sendto(datagram, addr)
 
 
 @contextlib.asynccontextmanager
-async def udp_peer(reply: Reply) -> AsyncIterator[tuple[str, UdpPeer]]:
+async def udp_peer(reply: UdpReply) -> AsyncIterator[tuple[str, UdpPeer]]:
     loop = asyncio.get_running_loop()
     transport, peer = await loop.create_datagram_endpoint(lambda: UdpPeer(reply), local_addr=("127.0.0.1", 0))
     try:
@@ -467,11 +469,64 @@ async def test_garbage_over_udp_is_a_protocol_failure() -> None:
     assert names(result) == PHASES
 
 
-async def test_an_answer_to_another_query_is_a_protocol_failure() -> None:
-    async with udp_peer(wrong_id) as (address, _):
+async def test_a_datagram_with_another_id_is_ignored_and_the_real_answer_counts() -> None:
+    # As resolvers (and blackbox_exporter) do: a late answer to an earlier query, or a
+    # stray datagram, must not decide the result.
+    async with udp_peer(lambda wire: [wrong_id(wire), good(wire)]) as (address, peer):
+        result = await probe(address, {"query_name": "a.example"})
+    assert result.success, result
+    assert result.fields["ttl_min"] == 60
+    assert len(peer.queries) == 1
+
+
+async def test_only_datagrams_with_another_id_time_out_in_request() -> None:
+    async with udp_peer(wrong_id) as (address, peer):
+        trace = PhaseTrace()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await run_probe(make_prober(address, {"query_name": "a.example"}), trace)
+    assert trace.current == "request"
+    assert len(peer.queries) == 1
+
+
+async def test_our_id_with_another_question_is_a_protocol_failure() -> None:
+    def other_question(wire: bytes) -> bytes:
+        query = dns.message.from_wire(wire)
+        other = dns.message.make_query("b.example", "A")
+        other.id = query.id
+        return dns.message.make_response(other).to_wire()
+
+    async with udp_peer(other_question) as (address, _):
         result = await probe(address, {"query_name": "a.example"})
     assert result.error_kind is ErrorKind.PROTOCOL
     assert result.detail == "the reply does not answer our query (its ID or question differs)"
+    assert names(result) == PHASES
+
+
+async def test_a_large_udp_answer_is_read_whole() -> None:
+    # Past 512 bytes (no EDNS asked): a peer that sends more anyway is read, not cut.
+    def large(wire: bytes) -> bytes:
+        query = dns.message.from_wire(wire)
+        answer = dns.message.make_response(query)
+        texts = [f'"{i:03d}' + "x" * 200 + '"' for i in range(20)]
+        answer.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "TXT", *texts))
+        return answer.to_wire()
+
+    async with udp_peer(large) as (address, _):
+        result = await probe(address, {"query_name": "a.example", "query_type": "TXT"})
+    assert result.success, result
+    assert result.fields["answer_count"] == 20
+
+
+async def test_each_run_sends_the_same_question_with_a_new_id() -> None:
+    async with udp_peer(good) as (address, peer):
+        prober = make_prober(address, {"query_name": "a.example", "query_type": "MX"})
+        for _ in range(5):
+            assert (await run_probe(prober, PhaseTrace())).success
+    queries = [dns.message.from_wire(q) for q in peer.queries]
+    assert len({q.id for q in queries}) > 1
+    assert {str(q.question[0]) for q in queries} == {"a.example. IN MX"}
+    assert all(q.flags & dns.flags.RD for q in queries)
 
 
 async def test_a_truncated_udp_answer_is_flagged() -> None:
