@@ -110,6 +110,8 @@ _ICMP_ERRORS = {
 # process's concurrent runs apart (the payload token guards against other processes).
 _identifiers = itertools.count(random.randrange(0x10000))
 _warned: set[int] = set()
+# Address families whose unprivileged datagram ICMP socket the kernel refused (see _open_socket).
+_datagram_refused: set[int] = set()
 
 
 def checksum(data: bytes) -> int:
@@ -297,17 +299,27 @@ def _read_max_loss(settings: Fields) -> float | None:
 
 
 def _open_socket(family: int) -> tuple[socket.socket, bool]:
-    """An ICMP socket: (socket, is_raw). Datagram first, raw when the kernel refuses that."""
+    """An ICMP socket: (socket, is_raw). Datagram first, raw when the kernel refuses that.
+
+    A refusal of the datagram socket is remembered for the process (per address
+    family), so later runs go straight to the raw socket instead of paying a
+    refused ``socket()`` call inside ``setup`` each time. When the raw socket is
+    refused too, the memo is dropped: a fixed ``ping_group_range`` then counts
+    from the next run on, without restarting the agent.
+    """
     proto = socket.IPPROTO_ICMPV6 if family == socket.AF_INET6 else socket.IPPROTO_ICMP
-    try:
-        return socket.socket(family, socket.SOCK_DGRAM, proto), False
-    except OSError as exc:
-        if exc.errno == errno.EAFNOSUPPORT:
-            raise
-        # EACCES: the agent's group is outside ping_group_range; EPROTONOSUPPORT: an old kernel.
+    if family not in _datagram_refused:
+        try:
+            return socket.socket(family, socket.SOCK_DGRAM, proto), False
+        except OSError as exc:
+            if exc.errno == errno.EAFNOSUPPORT:
+                raise
+            # EACCES: the agent's group is outside ping_group_range; EPROTONOSUPPORT: an old kernel.
+            _datagram_refused.add(family)
     try:
         return socket.socket(family, socket.SOCK_RAW, proto), True
     except OSError as exc:
+        _datagram_refused.discard(family)
         if exc.errno not in (errno.EACCES, errno.EPERM):
             raise
         if family not in _warned:

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+import probes.icmp
 from probes import ErrorKind, PhaseTrace, ProbeResult
 from probes.icmp import (
     ICMP_ECHO_REPLY,
@@ -58,6 +59,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _harness = ProbeHarness("icmp", CHECK, SOURCE, guard_s=20)
 make_prober = _harness.make_prober
+
+
+@pytest.fixture(autouse=True)
+def _forget_refused_datagram_sockets() -> Iterator[None]:
+    # The probe remembers per process that datagram sockets are refused: each test starts afresh.
+    probes.icmp._datagram_refused.clear()
+    yield
+    probes.icmp._datagram_refused.clear()
+
+
 probe = _harness.probe
 config_error = _harness.config_error
 names = phase_names
@@ -209,6 +220,46 @@ async def test_a_refused_datagram_socket_falls_back_to_a_raw_socket(monkeypatch:
     result = await probe("127.0.0.1", {"count": 2, "interval": "10ms"})
     assert result.success, result
     assert result.fields["icmp_socket"] == "raw"
+
+
+class _CountingSocket(_RefusingSocket):
+    """_RefusingSocket that also counts the ICMP sockets asked for, by type."""
+
+    asked: ClassVar[list[int]] = []
+
+    def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: Any = None) -> None:
+        if proto in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6):
+            self.asked.append(type)
+        super().__init__(family, type, proto, fileno)
+
+
+@needs_icmp
+@pytest.mark.skipif(not raw_icmp_allowed(), reason="raw ICMP sockets need CAP_NET_RAW")
+async def test_a_refused_datagram_socket_is_not_asked_for_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A refused socket() costs a system call inside `setup` on every run: once is enough.
+    monkeypatch.setattr(_CountingSocket, "refuse", {socket.SOCK_DGRAM: errno.EACCES})
+    monkeypatch.setattr(_CountingSocket, "asked", [])
+    monkeypatch.setattr(socket, "socket", _CountingSocket)
+    for _ in range(3):
+        result = await probe("127.0.0.1", {"count": 1})
+        assert result.success, result
+        assert result.fields["icmp_socket"] == "raw"
+    assert _CountingSocket.asked == [socket.SOCK_DGRAM, socket.SOCK_RAW, socket.SOCK_RAW, socket.SOCK_RAW]
+
+
+async def test_when_both_sockets_are_refused_the_datagram_socket_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An operator who opens ping_group_range after the agent started is heard from the next run on.
+    monkeypatch.setattr(
+        _CountingSocket, "refuse", {socket.SOCK_DGRAM: errno.EACCES, socket.SOCK_RAW: errno.EPERM}
+    )
+    monkeypatch.setattr(_CountingSocket, "asked", [])
+    monkeypatch.setattr(socket, "socket", _CountingSocket)
+    for _ in range(2):
+        result = await probe("127.0.0.1", {"count": 1})
+        assert result.error_kind == ErrorKind.INTERNAL
+    assert _CountingSocket.asked == [socket.SOCK_DGRAM, socket.SOCK_RAW] * 2
 
 
 @needs_icmp
