@@ -23,6 +23,15 @@ a plain asyncio connection with h11 for the HTTP grammar stays under 0.5 ms.
 h11 is the same parser httpx uses underneath, so framing (chunked bodies,
 content-length, close-delimited bodies) is handled by well-tested code.
 
+The connection is the bare non-blocking socket (``_net.SockStream``): no
+asyncio transport or streams, whose set-up cost a loop round trip inside
+``connect``, and for HTTPS the handshake runs in OpenSSL on the socket itself
+(``_net.tls_handshake``) rather than through asyncio's SSL protocol. The
+request is built before ``resolve``, and the socket is closed after the
+result (as asyncio's transports did): inside the phases there is only I/O
+and the parsing that tells the end of the response. Measured against
+blackbox_exporter in ``bench/RESULTS.md``.
+
 HTTP/2 (``http_version: 2``) takes the same road: the same raw asyncio
 connection, ALPN ``h2`` (or prior knowledge over ``http://``), and the ``h2``
 library (the state machine httpx itself uses for HTTP/2) for framing, HPACK
@@ -41,7 +50,6 @@ there is no fallback to HTTP/1.1, which would hide a broken HTTP/2 setup.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import ssl
 from dataclasses import dataclass
@@ -61,14 +69,15 @@ from slaprobe.configfile import ConfigError, Fields, Node
 from ._net import (
     HostPort,
     IpVersion,
+    SockStream,
     TlsOptions,
     check_host,
     connect,
     read_ip_version,
     reset_after_tls_hint,
     resolve,
-    start_tls,
     tls_error_detail,
+    tls_handshake,
 )
 from .base import ErrorKind, PhaseTrace, ProbeFailure, Prober, ProbeResult
 
@@ -429,46 +438,39 @@ class HttpProber(Prober):
         """One request on a fresh connection: resolve, connect, TLS, request, response."""
         s = self.settings
         ctx = await self._ssl_context() if hop.https else None
+        request = _RequestParts(hop, method, body, headers, s.headers)
+        # The request is ready before the clock's first phase: nothing but I/O inside the phases.
+        h1 = None if s.http_version == "2" else h11.Connection(our_role=h11.CLIENT)
+        h1_bytes = b"" if h1 is None else request.h11_bytes(h1)
         family, sockaddr = await resolve(hop.endpoint, s.ip_version, trace)
-        sock = await connect(family, sockaddr, trace)
-        try:
-            reader, writer = await asyncio.open_connection(sock=sock, limit=_READ_SIZE)
-        except BaseException:
-            sock.close()
-            raise
+        stream = SockStream(await connect(family, sockaddr, trace))
         try:
             if ctx is not None:
                 # server_name is for the configured host; a redirect elsewhere verifies its own name.
                 same_host = hop.endpoint.host.lower() == self.endpoint.host.lower()
                 server_name = (s.tls.server_name if same_host else None) or hop.endpoint.host
-                await start_tls(writer, ctx, server_name, trace)
+                await tls_handshake(stream, ctx, server_name, trace)
                 if s.http_version == "2":
-                    ssl_object = writer.get_extra_info("ssl_object")
-                    alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+                    tls = stream.sock
+                    alpn = tls.selected_alpn_protocol() if isinstance(tls, ssl.SSLSocket) else None
                     if alpn != "h2":
                         detail = f"the server did not agree to HTTP/2 (ALPN: {alpn or 'none'})"
                         raise ProbeFailure(ErrorKind.PROTOCOL, detail)
-            request = _RequestParts(hop, method, body, headers, s.headers)
-            if s.http_version == "2":
-                return await self._exchange_h2(request, reader, writer, trace)
-            return await self._exchange_h1(request, reader, writer, trace)
+            if h1 is None:
+                return await self._exchange_h2(request, stream, trace)
+            return await self._exchange_h1(request, h1, h1_bytes, stream, trace)
         finally:
-            writer.close()
+            stream.close()
 
     # ------------------------------------------------------------------ HTTP/1.1
 
     async def _exchange_h1(
-        self,
-        request: _RequestParts,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        trace: PhaseTrace,
+        self, request: _RequestParts, conn: h11.Connection, data: bytes, stream: SockStream, trace: PhaseTrace
     ) -> _Response:
-        conn = h11.Connection(our_role=h11.CLIENT)
         trace.enter("processing")
         try:
-            writer.write(request.h11_bytes(conn))
-            first = await reader.read(_READ_SIZE)
+            await stream.send_all(data)
+            first = await stream.recv(_READ_SIZE)
         except ConnectionError as exc:
             hint = (
                 reset_after_tls_hint(trace.fields, self.settings.tls.client_cert) if request.hop.https else ""
@@ -479,11 +481,9 @@ class HttpProber(Prober):
         if not first:
             raise ProbeFailure(ErrorKind.RESET, "connection closed before any response")
         trace.enter("transfer")
-        return await self._read_response(conn, reader, first)
+        return await self._read_response(conn, stream, first)
 
-    async def _read_response(
-        self, conn: h11.Connection, reader: asyncio.StreamReader, first: bytes
-    ) -> _Response:
+    async def _read_response(self, conn: h11.Connection, stream: SockStream, first: bytes) -> _Response:
         limit = self.settings.max_body_bytes
         chunks: list[bytes] = []
         size = 0
@@ -501,7 +501,7 @@ class HttpProber(Prober):
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
                     try:
-                        data = await reader.read(_READ_SIZE)
+                        data = await stream.recv(_READ_SIZE)
                     except ConnectionError as exc:
                         detail = "connection reset during the response"
                         raise ProbeFailure(ErrorKind.RESET, detail) from exc
@@ -541,13 +541,7 @@ class HttpProber(Prober):
 
     # ------------------------------------------------------------------ HTTP/2
 
-    async def _exchange_h2(
-        self,
-        request: _RequestParts,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        trace: PhaseTrace,
-    ) -> _Response:
+    async def _exchange_h2(self, request: _RequestParts, stream: SockStream, trace: PhaseTrace) -> _Response:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         conn.initiate_connection()
         stream_id = conn.get_next_available_stream_id()
@@ -566,8 +560,8 @@ class HttpProber(Prober):
                 conn.send_data(stream_id, body[:n], end_stream=n == len(body))
                 body = body[n:]
             try:
-                writer.write(conn.data_to_send())
-                data = await reader.read(_READ_SIZE)
+                await stream.send_all(conn.data_to_send())
+                data = await stream.recv(_READ_SIZE)
             except ConnectionError as exc:
                 if status:
                     raise ProbeFailure(ErrorKind.RESET, "connection reset during the response") from exc
@@ -605,11 +599,11 @@ class HttpProber(Prober):
                     size += len(data_bytes)
                     if size > limit:
                         return self._h2_done(
-                            conn, writer, _Response(status, "HTTP/2", headers, b"".join(chunks), True)
+                            conn, stream, _Response(status, "HTTP/2", headers, b"".join(chunks), True)
                         )
                 elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
                     return self._h2_done(
-                        conn, writer, _Response(status, "HTTP/2", headers, b"".join(chunks), False)
+                        conn, stream, _Response(status, "HTTP/2", headers, b"".join(chunks), False)
                     )
                 elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
                     code = _h2_error_name(event.error_code)
@@ -623,12 +617,10 @@ class HttpProber(Prober):
                     raise ProbeFailure(ErrorKind.RESET, detail)
 
     @staticmethod
-    def _h2_done(
-        conn: h2.connection.H2Connection, writer: asyncio.StreamWriter, response: _Response
-    ) -> _Response:
+    def _h2_done(conn: h2.connection.H2Connection, stream: SockStream, response: _Response) -> _Response:
         # HTTP/2 has no Connection: close; a GOAWAY says the same: nothing more on this connection.
         conn.close_connection()
-        writer.write(conn.data_to_send())
+        stream.send_nowait(conn.data_to_send())
         return response
 
 
