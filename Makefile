@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test lint proto proto-check bench bench-ingest bench-install bench-query bench-probes clean
+.PHONY: install system-deps demo test lint proto proto-check bench bench-ingest bench-install bench-query bench-probes bench-evidence clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ proto: install
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/slaprobe_v1.proto
 
 ## bench: every benchmark; figures are appended to bench/RESULTS.md
-bench: bench-ingest bench-install bench-query bench-agent bench-probes
+bench: bench-ingest bench-install bench-query bench-agent bench-probes bench-evidence
 
 bench-ingest: install
 	$(BIN)/python bench/ingest.py --markdown
@@ -54,6 +54,10 @@ bench-query: install
 ## bench-agent: one agent, 1,000 http checks at 10 s (100 probes/s), then a 1,000,000-result backlog drain
 bench-agent: install
 	$(BIN)/python bench/agent.py --markdown
+
+## bench-evidence: export and verify a month's evidence bundle of one site, 50 checks at 60 s (2.2 M sealed results; database cached in bench/out)
+bench-evidence: install
+	$(BIN)/python bench/evidence.py --markdown
 
 ## bench-probes: our HTTP, HTTPS, TCP, DNS and ICMP probes against Prometheus blackbox_exporter, same local targets (as root; installs blackbox_exporter, dnsmasq, curl)
 BENCH_PROBES_DEBS := prometheus-blackbox-exporter dnsmasq curl

@@ -18,31 +18,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sqlite3
-import tarfile
+import struct
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collector.catalogue import Catalogue, parse_catalogue
 from collector.evidence import layout
+from collector.evidence.archive import Archiver
 from collector.evidence.html import render_html
-from collector.evidence.records import Chain, TableWriter, decode, frame
+from collector.evidence.records import Chain, TableWriter
 from collector.evidence.report_doc import build_report
 from collector.rollups import RawSource
-from collector.sla.report import Context, Period, selected
+from collector.sla.report import Context, Period, _overlaps, parts_for, selected, slice_and_origin
 from collector.store import Reader
+from protos import slaprobe_v1_pb2 as pb
 from slaprobe import __version__
 from slaprobe.chain import fingerprint, key_id, public_pem, public_raw
 from slaprobe.schedule import NS_PER_S
+
+_LEN = struct.Struct(">I")  # a chain file's framing (records.frame)
+T = TypeVar("T")
+# Records (seqs) of a bundle below which the tables are rendered in this process alone.
+PARALLEL_RENDER_MIN = 100_000
+MAIN_SHARE = 0.45  # of the records to render: this process also copies every chain file
 
 
 class ExportError(Exception):
@@ -60,6 +70,7 @@ class ExportResult:
     files: int = 0
     size: int = 0
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds per step (benchmarks)
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -105,27 +116,95 @@ def export_bundle(
             root = Path(tmp) / layout.bundle_name(site, service, period_label or str(start))
             root.mkdir()
             result = ExportResult(out, start, end)
-            _write(
-                root,
-                reader,
-                catalogue,
-                stored[0],
-                site,
-                service,
-                services,
-                start,
-                end,
-                now,
-                signing_key,
-                result,
-            )
-            result.files = _seal_bundle(root, signing_key)
-            _archive(root, out)
+            part = out.with_name(out.name + ".part")
+            # The report is the one long computation that needs nothing the rest writes: it runs
+            # in a process of its own while this one writes the chains and tables, and the
+            # archive is compressed on threads as the files are completed (archive.py).
+            pool = _pool()
+            report = _submit(pool, _report_job, str(db_path), stored, site, service, start, end, now)
+            archiver = Archiver(root, part)
+            try:
+                _write(
+                    root,
+                    reader,
+                    catalogue,
+                    stored[0],
+                    site,
+                    service,
+                    services,
+                    start,
+                    end,
+                    now,
+                    signing_key,
+                    result,
+                    archiver,
+                    report,
+                    pool,
+                    db_path,
+                    Path(tmp),
+                )
+                t = time.monotonic()
+                result.files = _seal_bundle(root, signing_key, archiver)
+                result.phases["rest of the compression"] = time.monotonic() - t
+            except BaseException:
+                archiver.abort()
+                part.unlink(missing_ok=True)
+                raise
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+            os.replace(part, out)
         result.size = out.stat().st_size
         result.seconds = time.monotonic() - t0
         return result
     finally:
         reader.close()
+
+
+def _pool() -> ProcessPoolExecutor | None:
+    """Two worker processes (spawned: no SQLite connection crosses a fork), or None if none can start."""
+    try:
+        return ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+    except (OSError, RuntimeError):
+        return None
+
+
+def _submit(pool: ProcessPoolExecutor | None, fn: Callable[..., T], *args: Any) -> Future[T]:
+    """``fn(*args)`` in ``pool``; without one, in this process at once."""
+    if pool is not None:
+        try:
+            return pool.submit(fn, *args)
+        except (OSError, RuntimeError):
+            pass
+    done: Future[T] = Future()
+    done.set_result(fn(*args))
+    return done
+
+
+def _report_job(
+    db_path: str, stored: tuple[str, str], site: str, service: str | None, start: int, end: int, now: int
+) -> tuple[str, str, float]:
+    """(report.json text, report.html text, seconds taken)."""
+    t = time.monotonic()
+    catalogue = parse_catalogue(stored[1], f"{stored[0]} (as stored in {db_path})")
+    reader = Reader(db_path)
+    try:
+        ctx = Context(catalogue, reader, RawSource(reader.db.conn), now, "raw")
+        doc = build_report(ctx, site, start, end, service)
+    finally:
+        reader.close()
+    return _json_text(doc), render_html(doc), time.monotonic() - t
+
+
+def _slice_s(reader: Reader, site: str, services: list[Any], start: int, end: int) -> list[int]:
+    """Each service's slice in whole seconds, as its report row gives it (``report.score``'s rule)."""
+    versions = reader.check_versions(site, start, end + 86_400 * NS_PER_S)
+    out = []
+    for v in services:
+        in_period = [p for p in parts_for(versions, v.checks) if _overlaps(p, start, end)]
+        slice_ns, _ = slice_and_origin(v.sla, in_period, v.checks)
+        out.append(int(slice_ns / NS_PER_S))
+    return out
 
 
 def _write(
@@ -141,7 +220,13 @@ def _write(
     now: int,
     key: Ed25519PrivateKey,
     result: ExportResult,
+    archiver: Archiver,
+    report: Future[tuple[str, str, float]],
+    pool: ProcessPoolExecutor | None,
+    db_path: Path,
+    scratch: Path,
 ) -> None:
+    t_start = time.monotonic()
     conn = reader.db.conn
     check_names = {c for s in services for c in s.checks}
     checks = [
@@ -151,38 +236,78 @@ def _write(
     ]
     check_ids = [c["id"] for c in checks]
     check_keys = {c["key"] for c in checks}
-    ctx = Context(catalogue, reader, RawSource(conn), now, "raw")
-    doc = build_report(ctx, site, start, end, service)
     # A slice belongs to the period by its start, so the last slice's slots (and results) may lie
     # after the period's end: export the records of a margin around it too (verify needs them).
-    margin = 2 * NS_PER_S * max([int(s["report"]["slice_s"]) for s in doc["services"]] + [1])
+    # The slices are the report's (checked against it below); the report itself is still running.
+    slices = _slice_s(reader, site, services, start, end)
+    margin = 2 * NS_PER_S * max([*slices, 1])
     ranges = _ranges(conn, check_ids, start - margin, end + margin)
     every_agent = {int(r["id"]): dict(r) for r in reader.db.query("SELECT * FROM agents")}
     agents = {a: every_agent[a] for a, _ in ranges}
 
-    (root / "records").mkdir()
-    (root / "results").mkdir()
+    for d in ("", "inventory", "protos", "records", "report", "results", "sla"):
+        (root / d).mkdir(exist_ok=True)
+        archiver.add_dir(root / d)
+    spans = [
+        (agent_id, epoch, str(agents[agent_id]["name"]), *_chain_span(conn, agent_id, epoch, lo, hi))
+        for (agent_id, epoch), (lo, hi) in sorted(ranges.items())
+    ]
+    # The tables are most of the export's work: a worker process renders the records from a cut
+    # on (every line depends on its record alone, so the parts join into the same bytes).
+    cut = _cut(spans) if pool is not None else None
+    rendered: Future[tuple[int, int, int]] | None = None
+    if cut is not None:
+        rendered = _submit(
+            pool, _render_job, str(db_path), [s[:5] for s in spans[cut[0] :]], cut[1], start, end,
+            sorted(check_keys), str(scratch),
+        )  # fmt: skip
     with (
         open(root / layout.RESULTS_CSV, "w", encoding="utf-8", newline="") as rcsv,
         open(root / layout.GAPS_CSV, "w", encoding="utf-8", newline="") as gcsv,
         open(root / layout.RESULTS_JSONL, "w", encoding="utf-8") as jsonl,
     ):
         tables = TableWriter(start, end, rcsv, gcsv, jsonl, check_keys)
-        for (agent_id, epoch), (lo, hi) in sorted(ranges.items()):
-            name = str(agents[agent_id]["name"])
+        for i, (agent_id, epoch, name, first, last, anchored, sealed) in enumerate(spans):
             chain = Chain(name, epoch, f"records/{agent_id}-{epoch}.chain")
-            result.chains.append(
-                _write_chain(root / chain.file, conn, agent_id, epoch, lo, hi, chain, tables)
+            # This process renders the records before the cut.
+            upto = last if cut is None or i < cut[0] else (cut[1] - 1 if i == cut[0] else -1)
+            records, links = _write_chain(
+                root / chain.file, conn, agent_id, epoch, first, last, upto, chain, tables
             )
-        result.results, result.gaps = tables.results, tables.gaps
+            result.chains.append(
+                {
+                    "file": chain.file,
+                    "agent": name,
+                    "epoch": epoch,
+                    "first_seq": first,
+                    "last_seq": last,
+                    "anchored": anchored,
+                    "sealed": sealed,
+                    "records": records,
+                    "links": links,
+                }
+            )
+            archiver.add_file(root / chain.file)  # compressed while the next one is written
+        tables.flush()
+    counts = [tables.results, tables.gaps, tables.clocks]
+    if rendered is not None:
+        t = time.monotonic()
+        more = rendered.result()
+        result.phases["waiting for the tables' second part"] = time.monotonic() - t
+        counts = [a + b for a, b in zip(counts, more, strict=True)]
+        for name in (layout.RESULTS_CSV, layout.GAPS_CSV, layout.RESULTS_JSONL):
+            with open(root / name, "ab") as dst, open(scratch / Path(name).name, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    result.results, result.gaps = counts[0], counts[1]
+    for name in (layout.GAPS_CSV, layout.RESULTS_JSONL, layout.RESULTS_CSV):
+        archiver.add_file(root / name)
+    result.phases["chains and tables"] = time.monotonic() - t_start
 
-    (root / "sla").mkdir()
     (root / layout.CATALOGUE).write_text(catalogue.text, encoding="utf-8")
     (root / layout.METHODOLOGY).write_text(layout.methodology_text(), encoding="utf-8")
     maintenance = reader.maintenance_windows(site, None, start, end, include_cancelled=True)
     _json(root / layout.MAINTENANCE, maintenance)
 
-    (root / "inventory").mkdir()
     wanted = set(check_ids)
     versions = [
         dict(r)
@@ -192,11 +317,19 @@ def _write(
     _json(root / layout.CHECKS, {"checks": checks, "versions": versions})
     _json(root / layout.AGENTS, [_agent_doc(reader, a) for _, a in sorted(agents.items())])
 
-    (root / "report").mkdir()
-    _json(root / layout.REPORT_JSON, doc)
-    (root / layout.REPORT_HTML).write_text(render_html(doc), encoding="utf-8")
+    for name in (layout.CATALOGUE, layout.MAINTENANCE, layout.METHODOLOGY, layout.AGENTS, layout.CHECKS):
+        archiver.add_file(root / name)
 
-    (root / "protos").mkdir()
+    t = time.monotonic()
+    report_json, report_html, report_s = report.result()
+    result.phases["report (its own process)"] = report_s
+    result.phases["waiting for the report"] = time.monotonic() - t
+    doc_slices = [int(v["report"]["slice_s"]) for v in json.loads(report_json)["services"]]
+    if doc_slices != slices:
+        raise RuntimeError(f"internal: report slices {doc_slices} are not the {slices} exported around")
+    (root / layout.REPORT_JSON).write_text(report_json, encoding="utf-8")
+    (root / layout.REPORT_HTML).write_text(report_html, encoding="utf-8")
+
     proto = Path(__file__).resolve().parents[2] / "protos" / "slaprobe_v1.proto"
     shutil.copyfile(proto, root / layout.PROTO)
     (root / layout.README).write_text(layout.readme_text(), encoding="utf-8")
@@ -218,10 +351,19 @@ def _write(
                 "source": catalogue_source,
             },
             "chains": result.chains,
-            "tables": {"results": tables.results, "gaps": tables.gaps, "clock_samples": tables.clocks},
+            "tables": {"results": counts[0], "gaps": counts[1], "clock_samples": counts[2]},
             "collector_key": {"file": layout.COLLECTOR_KEY, "fingerprint": hashlib.sha256(pub).hexdigest()},
         },
     )
+    for name in (
+        layout.MANIFEST,
+        layout.README,
+        layout.COLLECTOR_KEY,
+        layout.PROTO,
+        layout.REPORT_HTML,
+        layout.REPORT_JSON,
+    ):
+        archiver.add_file(root / name)
 
 
 def _ranges(
@@ -264,17 +406,11 @@ def _ranges(
     return spans
 
 
-def _write_chain(
-    path: Path,
-    conn: sqlite3.Connection,
-    agent_id: int,
-    epoch: int,
-    lo: int,
-    hi: int,
-    chain: Chain,
-    tables: TableWriter,
-) -> dict[str, Any]:
-    """Write one chain file from the seal before ``lo`` through the seal after ``hi``."""
+def _chain_span(
+    conn: sqlite3.Connection, agent_id: int, epoch: int, lo: int, hi: int
+) -> tuple[int, int, bool, bool]:
+    """(first seq, last seq, anchored, sealed) of the chain file holding seqs ``lo..hi``: from the
+    seal before ``lo`` through the seal after ``hi``."""
     anchor = conn.execute(
         "SELECT seq FROM record_log WHERE agent_id = ? AND epoch = ? AND seq < ? AND kind = 5"
         " ORDER BY seq DESC LIMIT 1",
@@ -296,33 +432,90 @@ def _write_chain(
             anchor = start
     first = int(anchor[0]) if anchor else 1
     last = int(closing[0]) if closing else hi
+    return first, last, anchor is not None, closing is not None
+
+
+def _cut(spans: list[tuple[Any, ...]]) -> tuple[int, int] | None:
+    """Where the worker's share of the rendering starts: (chain index, seq); None for small bundles."""
+    sizes = [last - first + 1 for _a, _e, _n, first, last, *_ in spans]
+    total = sum(sizes)
+    if total < PARALLEL_RENDER_MIN:
+        return None
+    target = int(total * MAIN_SHARE)
+    for i, size in enumerate(sizes):
+        if target < size:
+            return i, int(spans[i][3]) + target
+        target -= size
+    return None
+
+
+def _write_chain(
+    path: Path,
+    conn: sqlite3.Connection,
+    agent_id: int,
+    epoch: int,
+    first: int,
+    last: int,
+    upto: int,
+    chain: Chain,
+    tables: TableWriter,
+) -> tuple[int, int]:
+    """Write one chain file (seqs ``first..last``), rendering its records through ``upto`` into the
+    tables; return (records, links)."""
     records = links = 0
-    with open(path, "wb", buffering=1 << 20) as f:
+    parse, add, agent = pb.Record.FromString, tables.add, chain.agent
+    with open(path, "wb") as f:
         cur = conn.execute(
             "SELECT seq, kind, raw FROM record_log WHERE agent_id = ? AND epoch = ? AND seq >= ? AND seq <= ?"
             " ORDER BY seq",
             (agent_id, epoch, first, last),
         )
-        for _seq, kind, raw in cur:
-            raw = bytes(raw)
-            f.write(frame(raw))
-            if kind == 5:
-                links += 1
-                continue
-            records += 1
-            record, _ = decode(raw)
-            tables.add(chain.agent, epoch, record)
-    return {
-        "file": chain.file,
-        "agent": chain.agent,
-        "epoch": epoch,
-        "first_seq": first,
-        "last_seq": last,
-        "anchored": anchor is not None,
-        "sealed": closing is not None,
-        "records": records,
-        "links": links,
-    }
+        while rows := cur.fetchmany(4096):
+            f.write(b"".join([_LEN.pack(len(raw)) + raw for _seq, _kind, raw in rows]))
+            for seq, kind, raw in rows:
+                if kind == 5:  # a seal: copied, nothing to render
+                    links += 1
+                    continue
+                records += 1
+                if seq <= upto:
+                    add(agent, epoch, parse(raw))
+    return records, links
+
+
+def _render_job(
+    db_path: str,
+    spans: list[tuple[int, int, str, int, int]],
+    from_seq: int,
+    start: int,
+    end: int,
+    check_keys: list[str],
+    out_dir: str,
+) -> tuple[int, int, int]:
+    """Render the records of ``spans`` (the first one from ``from_seq``) into table parts without
+    headers in ``out_dir``; return (results, gaps, clock samples) rendered."""
+    out = Path(out_dir)
+    reader = Reader(db_path)
+    try:
+        with (
+            open(out / Path(layout.RESULTS_CSV).name, "w", encoding="utf-8", newline="") as rcsv,
+            open(out / Path(layout.GAPS_CSV).name, "w", encoding="utf-8", newline="") as gcsv,
+            open(out / Path(layout.RESULTS_JSONL).name, "w", encoding="utf-8") as jsonl,
+        ):
+            tables = TableWriter(start, end, rcsv, gcsv, jsonl, set(check_keys), header=False)
+            parse, add = pb.Record.FromString, tables.add
+            for i, (agent_id, epoch, name, first, last) in enumerate(spans):
+                cur = reader.db.conn.execute(
+                    "SELECT raw FROM record_log WHERE agent_id = ? AND epoch = ? AND seq >= ? AND seq <= ?"
+                    " AND kind != 5 ORDER BY seq",
+                    (agent_id, epoch, from_seq if i == 0 else first, last),
+                )
+                while rows := cur.fetchmany(4096):
+                    for (raw,) in rows:
+                        add(name, epoch, parse(raw))
+            tables.flush()
+    finally:
+        reader.close()
+    return tables.results, tables.gaps, tables.clocks
 
 
 def _agent_doc(reader: Reader, agent: dict[str, Any]) -> dict[str, Any]:
@@ -344,7 +537,11 @@ def _agent_doc(reader: Reader, agent: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(_json_text(data), encoding="utf-8")
+
+
+def _json_text(data: Any) -> str:
+    return json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def _iso(ns: int) -> str:
@@ -353,33 +550,18 @@ def _iso(ns: int) -> str:
     return utc(ns)
 
 
-def _seal_bundle(root: Path, key: Ed25519PrivateKey) -> int:
-    """SHA256SUMS over every file, in sha256sum's format, and its detached signature."""
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    lines = []
-    for p in files:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        lines.append(f"{h.hexdigest()}  {p.relative_to(root).as_posix()}\n")
-    sums = "".join(lines).encode()
+def _seal_bundle(root: Path, key: Ed25519PrivateKey, archiver: Archiver) -> int:
+    """SHA256SUMS over every file, in sha256sum's format, and its detached signature; end the archive.
+
+    The hashes are the archiver's, taken as it read each file into the archive.
+    """
+    digests = archiver.hashes()
+    on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    if on_disk != set(digests):  # every file written must have been handed to the archive
+        raise RuntimeError(f"internal: files not archived: {sorted(on_disk ^ set(digests))}")
+    names = sorted(digests, key=lambda n: n.split("/"))  # the order of sorted Paths, as sha256sum lists
+    sums = "".join(f"{digests[n]}  {n}\n" for n in names).encode()
     (root / layout.SUMS).write_bytes(sums)
     (root / layout.SUMS_SIG).write_bytes(key.sign(sums))
-    return len(files) + 2
-
-
-def _archive(root: Path, out: Path) -> None:
-    tmp = out.with_name(out.name + ".part")
-    with tarfile.open(tmp, "w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tar:
-        for p in sorted(root.rglob("*")):
-            info = tar.gettarinfo(str(p), arcname=f"{root.name}/{p.relative_to(root).as_posix()}")
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mode = 0o755 if p.is_dir() else 0o644
-            if p.is_file():
-                with open(p, "rb") as f:
-                    tar.addfile(info, f)
-            else:
-                tar.addfile(info)
-    os.replace(tmp, out)
+    archiver.finish([root / layout.SUMS, root / layout.SUMS_SIG])
+    return len(names) + 2
