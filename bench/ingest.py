@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import multiprocessing
 import os
@@ -54,13 +55,16 @@ from typing import Any
 
 import grpc
 import psutil
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.link import channel_options
-from agent.wire import result_to_pb
+from agent.spool import SpoolLimits
+from agent.wire import batch_bytes, encode_record
 from collector.catalogue import Catalogue, load_catalogue
 from collector.store import RESULT_COLUMNS, ResultRow, measurement_row, open_store
 from protos import slaprobe_v1_pb2 as pb
 from protos import slaprobe_v1_pb2_grpc as pb_grpc
+from slaprobe import chain
 from slaprobe.model import Measurement
 from slaprobe.schedule import offset_ns
 
@@ -77,6 +81,7 @@ TIMEOUT_S = 5
 EPOCH = 1
 # The agent's default send window is 50,000 records (agent/link.py), i.e. 50 batches of 1,000.
 DEFAULT_WINDOW_RECORDS = 50_000
+SEAL_EVERY = SpoolLimits().seal_every  # the spool's link length: a signed seal every 500 records
 
 
 # ---- parameters and results ----------------------------------------------------------------
@@ -97,6 +102,7 @@ class Params:
     build_workers: int
     markdown: bool
     quiet_wait: float
+    seal: bool = True
 
 
 @dataclass
@@ -183,9 +189,12 @@ class AgentData:
     name: str
     site: str
     batches: list[bytes]
-    last_seq: int
+    last_seq: int  # the stream's last seq (a seal, when the agent seals)
     rows: list[list[ResultRow]]  # per batch, exactly as the collector builds them (received_ns aside)
     duration_sum: int
+    results: int = 0
+    last_result_seq: int = 0
+    signing_key: bytes = b""  # the raw public key the agent registers with (sealed runs)
 
 
 def plan_agents(
@@ -254,86 +263,121 @@ def measurement(
     )
 
 
-def fill_record(rec: pb.Record, seq: int, m: Measurement) -> None:
-    """The message ``agent.wire.result_to_pb`` builds (plus the clock fields), filled in place."""
-    rec.seq = seq
-    r = rec.result
-    r.check_id = m.check_id
-    r.check_revision = m.check_revision
-    r.scheduled_ns = m.scheduled_ns
-    r.started_ns = m.started_ns
-    r.duration_ns = m.duration_ns
-    r.success = m.success
-    r.degraded = m.degraded
-    r.error_kind = m.error_kind
-    r.detail = m.detail
-    for name, duration in m.phases:
-        r.phases.add(name=name, duration_ns=duration)
-    for key, value in m.fields.items():
-        assert isinstance(value, float)
-        r.fields[key].number = value
-    r.clock_offset_ns = m.clock_offset_ns
-    r.clock_synced = m.clock_synced
+def seal_every(plan: AgentPlan) -> int:
+    """Results per link: the spool's default (500), or the batch when smaller, so batches are whole links."""
+    return min(SEAL_EVERY, plan.batch)
 
 
-def build_batches(plan: AgentPlan, first: int, stop: int) -> tuple[list[bytes], list[list[ResultRow]], int]:
-    """Batches ``first``..``stop - 1`` of an agent: serialized messages and the collector's row tuples."""
+def first_seq_of(plan: AgentPlan, b: int, sealed: bool) -> int:
+    """The seq of batch ``b``'s first record: the results before it, plus their seals."""
+    per_batch = plan.batch + (-(-plan.batch // seal_every(plan)) if sealed else 0)
+    return b * per_batch + 1
+
+
+def agent_key(plan: AgentPlan) -> Ed25519PrivateKey:
+    """A signing key that is a pure function of the plan (batches are built in other processes)."""
+    return Ed25519PrivateKey.from_private_bytes(
+        hashlib.sha256(f"bench:{plan.seed}:{plan.index}".encode()).digest()
+    )
+
+
+def build_batches(
+    plan: AgentPlan, first: int, stop: int, sealed: bool
+) -> tuple[list[list[bytes]], list[list[ResultRow]], int]:
+    """Batches ``first``..``stop - 1`` of an agent: each batch's records encoded by the agent's own
+    ``agent.wire.encode_record`` (seals left out: they chain, so :func:`seal_batches` adds them in
+    order), and the collector's row tuples."""
     interval_ns = INTERVAL_S * 1_000_000_000
     n_checks = len(plan.checks)
-    out: list[bytes] = []
+    every = seal_every(plan)
+    out: list[list[bytes]] = []
     rows: list[list[ResultRow]] = []
     duration_sum = 0
     for b in range(first, stop):
         rng = random.Random(f"{plan.seed}:{plan.index}:{b}")
         lo, hi = b * plan.batch, min(plan.count, (b + 1) * plan.batch)
-        msg = pb.RecordBatch(agent_id=plan.name, epoch=EPOCH, first_seq=lo + 1, last_seq=hi)
+        seq = first_seq_of(plan, b, sealed)
+        records: list[bytes] = []
         batch_rows = []
         for n in range(lo, hi):
             r, i = divmod(n, n_checks)
             key, revision, timeout_ms, row, offset = plan.checks[i]
             m = measurement(rng, key, revision, timeout_ms, plan.first_slot_ns + r * interval_ns + offset)
-            fill_record(msg.records.add(), n + 1, m)
-            batch_rows.append(measurement_row(plan.agent_row, EPOCH, n + 1, row, m, 0))
+            records.append(encode_record(seq, m))
+            batch_rows.append(measurement_row(plan.agent_row, EPOCH, seq, row, m, 0))
             duration_sum += m.duration_ns
-        out.append(msg.SerializeToString())
+            seq += 1
+            if sealed and ((n - lo + 1) % every == 0 or n + 1 == hi):
+                seq += 1  # the seal's place
+        out.append(records)
         rows.append(batch_rows)
     return out, rows, duration_sum
 
 
-def _build_chunk(args: tuple[AgentPlan, int, int]) -> tuple[list[bytes], list[list[ResultRow]], int]:
+def seal_batches(plan: AgentPlan, batches: list[list[bytes]], sealed: bool) -> list[bytes]:
+    """Serialized batches (``agent.wire.batch_bytes``), with a seal (``slaprobe.chain``) after every
+    ``seal_every`` results when ``sealed``, as the agent's spool writes them."""
+    every = seal_every(plan)
+    key = agent_key(plan) if sealed else None
+    head = chain.GENESIS
+    out = []
+    for b, records in enumerate(batches):
+        first = seq = first_seq_of(plan, b, sealed)
+        if key is None:
+            out.append(batch_bytes(plan.name, EPOCH, first, first + len(records) - 1, records))
+            continue
+        wire: list[bytes] = []
+        for i in range(0, len(records), every):
+            link = records[i : i + every]
+            wire += link
+            seal = chain.make_seal(
+                key,
+                epoch=EPOCH,
+                first_seq=seq,
+                last_seq=seq + len(link) - 1,
+                prev=head,
+                digest=chain.digest_of(link),
+                count=len(link),
+                sealed_ns=time.time_ns(),
+            )
+            seq += len(link)
+            wire.append(chain.seal_record(seq, seal))
+            head = chain.parse_link(seq, seal).head
+            seq += 1
+        out.append(batch_bytes(plan.name, EPOCH, first, seq - 1, wire))
+    return out
+
+
+def _build_chunk(
+    args: tuple[AgentPlan, int, int, bool],
+) -> tuple[list[list[bytes]], list[list[ResultRow]], int]:
     return build_batches(*args)
 
 
-def build_agents(plans: Sequence[AgentPlan], workers: int) -> list[AgentData]:
+def build_agents(plans: Sequence[AgentPlan], workers: int, sealed: bool) -> list[AgentData]:
     """Build every agent's batches, spread over ``workers`` processes (spawned: no gRPC state forked)."""
     chunk = 25
-    jobs = [(p, b, min(b + chunk, p.batches)) for p in plans for b in range(0, p.batches, chunk)]
+    jobs = [(p, b, min(b + chunk, p.batches), sealed) for p in plans for b in range(0, p.batches, chunk)]
     if workers > 1 and sum(p.count for p in plans) >= 100_000:  # below that, starting workers costs more
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             parts = pool.map(_build_chunk, jobs, chunksize=1)
     else:
         parts = [_build_chunk(j) for j in jobs]
-    agents = {p.name: AgentData(p.name, p.site, [], p.count, [], 0) for p in plans}
-    for (p, _, _), (batches, rows, dsum) in zip(jobs, parts, strict=True):
+    agents = {p.name: AgentData(p.name, p.site, [], 0, [], 0, results=p.count) for p in plans}
+    records: dict[str, list[list[bytes]]] = {p.name: [] for p in plans}
+    for (p, _, _, _), (batches, rows, dsum) in zip(jobs, parts, strict=True):
         a = agents[p.name]
-        a.batches += batches
+        records[p.name] += batches
         a.rows += rows
         a.duration_sum += dsum
+    for p in plans:
+        a = agents[p.name]
+        a.batches = seal_batches(p, records[p.name], sealed)
+        a.last_result_seq = a.rows[-1][-1][2]
+        a.last_seq = a.last_result_seq + (1 if sealed else 0)
+        if sealed:
+            a.signing_key = chain.public_raw(agent_key(p))
     return [agents[p.name] for p in plans]
-
-
-def check_wire_equivalence(plan: AgentPlan) -> None:
-    """Our in-place builder must produce what the agent's own conversion produces."""
-    raw, _, _ = build_batches(plan, 0, 1)
-    batch = pb.RecordBatch.FromString(raw[0])
-    rng = random.Random(f"{plan.seed}:{plan.index}:0")
-    key, revision, timeout_ms, _, offset = plan.checks[0]
-    m = measurement(rng, key, revision, timeout_ms, plan.first_slot_ns + offset)
-    expected = result_to_pb(m)
-    expected.clock_offset_ns = m.clock_offset_ns
-    expected.clock_synced = m.clock_synced
-    if batch.records[0].result != expected or batch.records[0].seq != 1:
-        raise SystemExit("bench: synthetic record differs from agent.wire.result_to_pb")
 
 
 # ---- the collector subprocess ------------------------------------------------------------
@@ -504,7 +548,7 @@ class RssSampler(threading.Thread):
 # ---- the synthetic agents ------------------------------------------------------------------
 
 
-async def register(channel: grpc.aio.Channel, name: str, site: str) -> None:
+async def register(channel: grpc.aio.Channel, name: str, site: str, signing_key: bytes = b"") -> None:
     stub = pb_grpc.CollectorStub(channel)
     reply = await stub.Register(
         pb.RegisterRequest(
@@ -514,6 +558,7 @@ async def register(channel: grpc.aio.Channel, name: str, site: str) -> None:
             epoch=EPOCH,
             agent_time_ns=time.time_ns(),
             hostname=platform.node(),
+            signing_key=signing_key,
         )
     )
     if reply.acked_seq != 0:
@@ -592,11 +637,11 @@ def verify(db_path: Path, agents: Sequence[AgentData]) -> dict[str, Any]:
         )
     finally:
         conn.close()
-    sent = sum(a.last_seq for a in agents)
+    sent = sum(a.results for a in agents)
     problems = []
     for a in agents:
         got = per_agent.get(a.name, (0, 0, 0))
-        if got != (a.last_seq, a.last_seq, a.duration_sum):
+        if got != (a.results, a.last_result_seq, a.duration_sum):
             problems.append(f"{a.name}: stored (count, max seq, sum duration) {got}")
         if acked.get(a.name) != a.last_seq:
             problems.append(f"{a.name}: streams.acked_seq {acked.get(a.name)} != {a.last_seq}")
@@ -690,8 +735,8 @@ async def run_collector_phase(
     address = f"127.0.0.1:{proc.port}"
     channels = [grpc.aio.insecure_channel(address, options=channel_options()) for _ in plans]
     try:
-        for plan, channel in zip(plans, channels, strict=True):
-            await register(channel, plan.name, plan.site)
+        for plan, channel, data in zip(plans, channels, agents, strict=True):
+            await register(channel, plan.name, plan.site, data.signing_key)
         agent_rows, check_rows = db_ids(workdir / "collector.db")
         for plan in plans:
             if agent_rows.get(plan.name) != plan.agent_row or any(
@@ -857,9 +902,8 @@ def _run(p: Params, workdir: Path) -> dict[str, Any]:
     proc = CollectorProc(workdir, cat_path, collector_db, p.plain)
     try:
         plans = plan_agents(catalogue, p.streams, p.results, p.batch, p.seed, time.time_ns())
-        check_wire_equivalence(plans[0])
         t = time.perf_counter()
-        agents = build_agents(plans, p.build_workers)
+        agents = build_agents(plans, p.build_workers, p.seal)
         wire_mib = sum(len(b) for a in agents for b in a.batches) / 2**20
         print(
             f"built {p.results:,} results in {sum(len(a.batches) for a in agents):,} batches"
@@ -920,6 +964,7 @@ def _run(p: Params, workdir: Path) -> dict[str, Any]:
             "window_batches": p.window,
             "collector": "slaprobe (plain)" if p.plain else "slaprobe via bench/collector_shim.py",
             "seed": p.seed,
+            "sealed": p.seal,
         },
         "collector": {
             "results_per_s": rate,
@@ -972,7 +1017,8 @@ def human(r: dict[str, Any]) -> str:
     lines = [
         f"code: {code_line(r['code'])}",
         f"ingest: {p['results']:,} results, batch {p['batch']:,}, {p['streams']} stream(s),"
-        f" {p['checks']:,} checks over {p['sites']} site(s), window {p['window_batches']} batches",
+        f" {p['checks']:,} checks over {p['sites']} site(s), window {p['window_batches']} batches,"
+        + (" sealed" if p.get("sealed") else " unsealed"),
         f"  collector  {c['results_per_s']:>10,.0f} results/s committed  ({c['wall_s']:.2f} s first write → last ack)",
         f"             CPU {c['cpu_s']:.2f} s ({c['cpu_user_s']:.2f} user + {c['cpu_system_s']:.2f} sys),"
         f" {c['cores_busy']:.2f} cores, {c['cpu_us_per_result']:.1f} µs/result",
@@ -1032,7 +1078,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"Code: {code_line(r['code'])}.",
         f"Parameters: {p['results']:,} results, batch {p['batch']:,}, {p['streams']} stream(s),"
         f" {p['checks']:,} checks over {p['sites']} site(s), window {p['window_batches']} batches;"
-        f" collector: {p['collector']}.",
+        f" collector: {p['collector']}; agents "
+        + ("seal every 500 results (Ed25519, `slaprobe.chain`)." if p.get("sealed") else "unsealed."),
         "",
         "| figure | value |",
         "|---|---:|",
@@ -1058,7 +1105,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"| synthetic agents' CPU (same machine) | {c['client_cpu_s']:.2f} s |",
         f"| other processes' CPU during the collector run / the raw ceiling; stolen |"
         f" {r['load']['others_cores']:.2f} / {r['raw']['others_cores']:.2f};"
-        f" {r['load']['steal_cores']:.2f} cores{' (**disturbed**)' if disturbed(r) else ''} |",
+        f" {r['load']['steal_cores']:.2f} cores{' (**disturbed**)' if disturbed(r) else ''};"
+        f" load average before {r['load']['loadavg_1m_before']:.2f} |",
         "",
         f"Raw transaction size: {raw['txn_source']}. Targets: ≥{t['results_per_s']['target']:,} results/s"
         f" {'met' if t['results_per_s']['met'] else '**not met**'}; ≥{t['ratio']['target']:.0%} of raw"
@@ -1101,6 +1149,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Params:
         metavar="S",
         help="before measuring, wait up to S seconds for other processes to leave the CPUs alone",
     )
+    ap.add_argument(
+        "--unsealed",
+        action="store_true",
+        help="agents without a signing key (no seals); by default they seal every 500 records as the spool does",
+    )
     ap.add_argument("--plain", action="store_true", help="run the slaprobe console script, without counters")
     ap.add_argument("--workdir", type=Path, default=None, help="where the temporary databases go")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -1126,6 +1179,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Params:
         a.build_workers,
         a.markdown,
         a.quiet_wait,
+        not a.unsealed,
     )
     return params
 

@@ -50,6 +50,7 @@ class CatalogueHub:
     def __init__(self, catalogue: Catalogue, refs: Mapping[str, CheckRef]) -> None:
         self._catalogue = catalogue
         self._refs = dict(refs)
+        self._site_checks: dict[str, dict[str, int]] = {}
         self._subscribers: set[Subscription] = set()
 
     @property
@@ -61,6 +62,13 @@ class CatalogueHub:
 
     def check_ref(self, check_key: str) -> CheckRef | None:
         return self._refs.get(check_key)
+
+    def site_checks(self, site: str) -> dict[str, int]:
+        """Check key → row id of every check stored for ``site`` (current or historical); do not modify."""
+        found = self._site_checks.get(site)
+        if found is None:
+            found = self._site_checks[site] = {k: r.row_id for k, r in self._refs.items() if r.site == site}
+        return found
 
     def subscribe(self, site: str) -> Subscription:
         sub = Subscription(site)
@@ -78,6 +86,7 @@ class CatalogueHub:
         old = self._catalogue
         self._catalogue = catalogue
         self._refs = dict(refs)
+        self._site_checks = {}
         told = 0
         for sub in list(self._subscribers):
             before = {cid: spec.revision for cid, spec in old.checks_for_site(sub.site).items()}

@@ -37,7 +37,7 @@ over the offset ladder. Retention: raw rows for ``reporting.retention.raw``, eve
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -165,6 +165,40 @@ class _Counts:
 SlotKey = tuple[int, int, int, int]  # (check, interval_ms, bucket, agent)
 CountKey = tuple[int, int, int, int]  # (check, bucket, agent, interval_ms)
 Grid = tuple[int, int, int]  # (valid_from, interval_ns, offset_ns)
+Slots = dict[SlotKey, list[int]]  # → [first_slot, n_due, ok, fail, deg]
+Hours = dict[CountKey, list[Any]]  # → [n_ok, n_fail, n_internal, n_unsynced, lat, clock, present]
+Folded = tuple[tuple[int, int], Slots, Hours]  # the grids' generation, and a fold made with them
+
+
+ROWS_PER_STATEMENT = 500
+_values_cache: dict[tuple[int, int], str] = {}
+
+
+def insert_many(
+    conn: sqlite3.Connection, one_sql: str, many_sql: str, width: int, rows: Sequence[Sequence[Any]]
+) -> None:
+    """``executemany(one_sql, rows)``, as statements of up to ``ROWS_PER_STATEMENT`` rows each.
+
+    Why: ``executemany`` steps the statement once per row and gives the GIL up and takes it back
+    at every step; with the event loop decoding on the same GIL, the writer waited for it once
+    per row. One statement of 500 rows binds under the GIL, then inserts them all in one step
+    without it. ``many_sql`` is ``one_sql`` up to ``VALUES``. Same effect, same constraints:
+    rows that ``OR IGNORE`` drops are dropped alike.
+    """
+    n = len(rows)
+    step = ROWS_PER_STATEMENT
+    if n < 8:
+        conn.executemany(one_sql, rows)
+        return
+    for i in range(0, n, step):
+        chunk = rows[i : i + step]
+        k = len(chunk)
+        values = _values_cache.get((width, k))
+        if values is None:
+            values = _values_cache[(width, k)] = ",".join(["(" + ",".join("?" * width) + ")"] * k)
+        if any(len(row) != width for row in chunk):
+            raise ValueError(f"rows of {width} values expected")
+        conn.execute(many_sql + values, [v for row in chunk for v in row])
 
 
 class Rollups:
@@ -196,9 +230,13 @@ class Rollups:
         self._insert_sql = (
             f"INSERT OR IGNORE INTO results ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         )
+        self._multi_sql = f"INSERT OR IGNORE INTO results ({', '.join(columns)}) VALUES "
         self._staged: list[Sequence[Any]] = []
+        self._folded: list[tuple[Folded, Sequence[Sequence[Any]]]] = []
         self._grids: dict[int, list[Grid]] = {}
         self._generation: tuple[int, int] | None = None
+        # (generation, grids), replaced whole: other threads may read it to fold rows elsewhere.
+        self.snapshot: tuple[tuple[int, int], dict[int, list[Grid]]] | None = None
         self._functions: set[int] = set()
 
     # -- the transaction's side
@@ -209,7 +247,7 @@ class Rollups:
             return []
         before = conn.total_changes
         conn.execute("SAVEPOINT rollup_insert")
-        conn.executemany(self._insert_sql, rows)
+        insert_many(conn, self._insert_sql, self._multi_sql, len(self.columns), rows)
         inserted = conn.total_changes - before
         if inserted == len(rows):
             conn.execute("RELEASE rollup_insert")
@@ -226,18 +264,40 @@ class Rollups:
     def stage(self, rows: Iterable[Sequence[Any]]) -> None:
         self._staged.extend(rows)
 
+    def stage_folded(self, folded: Folded, rows: Sequence[Sequence[Any]]) -> None:
+        """Stage rows already folded (elsewhere, with the grids of ``snapshot``); ``rows`` must be
+        exactly the rows folded and all of them inserted. If the grids changed before the flush,
+        the rows are folded again with the new ones."""
+        self._folded.append((folded, rows))
+
     def discard(self) -> None:
         self._staged = []
+        self._folded = []
 
     def flush(self, conn: sqlite3.Connection) -> int:
         """Fold the staged rows into the rollup tables; return how many were folded."""
         rows, self._staged = self._staged, []
-        if not rows:
+        folded, self._folded = self._folded, []
+        if not rows and not folded:
             return 0
         self._refresh_grids(conn)
-        slots, counts = self._aggregate(rows)
-        self.write(conn, slots, counts)
-        return len(rows)
+        slots: Slots = {}
+        hours: Hours = {}
+        n = len(rows)
+        for (generation, more_slots, more_hours), folded_rows in folded:
+            if generation == self._generation:
+                merge(slots, hours, more_slots, more_hours)
+            else:  # the catalogue changed since: fold them with the grids in force
+                rows.extend(folded_rows)
+            n += len(folded_rows)
+        fold(rows, self._pick, self._grids, slots, hours)
+        self.write(conn, slots, finish(slots, hours))
+        return n
+
+    @property
+    def pick(self) -> tuple[int, ...]:
+        """The positions in a row of the columns :func:`fold` reads."""
+        return self._pick
 
     # -- internals
 
@@ -258,126 +318,16 @@ class Rollups:
             grids.setdefault(int(cid), []).append((int(valid_from), interval, offset_ns(key, interval)))
         self._grids = grids
         self._generation = generation
-
-    def _grid(self, check: int, t: int) -> tuple[int, int]:
-        versions = self._grids.get(check)
-        if not versions:
-            raise KeyError(f"check row {check} has no version: persist the catalogue first")
-        chosen = versions[0]
-        for v in versions:
-            if v[0] <= t:
-                chosen = v
-            else:
-                break
-        return chosen[1], chosen[2]
-
-    def _grid_end(self, check: int, t: int) -> int:
-        """Where the version in force at ``t`` ends (0: it is the last)."""
-        for v in self._grids[check]:
-            if v[0] > t:
-                return v[0]
-        return 0
+        self.snapshot = (generation, grids)
 
     def _aggregate(
         self, rows: Iterable[Sequence[Any]]
     ) -> tuple[dict[SlotKey, list[int]], dict[tuple[int, CountKey], _Counts]]:
         """Fold rows: slot bits per 60-slot bucket, counts per hour; days from the hours."""
-        ia, ic, it, idur, iok, ideg, ikind, ioff, isync = self._pick
-        # check → (interval, offset, interval_ms, slot bucket); one version: no lookup by time.
-        single = {
-            c: (v[0][1], v[0][2], v[0][1] // NS_PER_MS, slot_bucket(v[0][1]))
-            for c, v in self._grids.items()
-            if len(v) == 1
-        }
-        slots: dict[SlotKey, list[int]] = {}  # → [first_slot, n_due, ok, fail, deg]
-        hours: dict[CountKey, list[Any]] = {}  # → [n_ok, n_fail, n_internal, n_unsynced, lat, clock, present]
-        edges, last_edge = LATENCY_EDGES_NS, len(LATENCY_EDGES_NS) - 1
-        step = CLOCK_FIRST_STEP
-        # Sorted by check, agent and time, consecutive rows share their grid, keys and buckets.
-        cur_check = cur_agent = -1
-        lo = hi = slo = shi = 0  # the hour of the scheduled time; the slot bucket
-        interval = offset = ims = size = 1
-        c: list[Any] = []
-        d: list[int] = []
-        grid_until = 0  # where the current version ends (0: the last one)
-        for r in sorted(rows, key=itemgetter(ic, ia, it)):
-            check, agent, t = r[ic], r[ia], r[it]
-            if check != cur_check or agent != cur_agent or (grid_until and t >= grid_until):
-                g = single.get(check)
-                if g is None:
-                    interval, offset = self._grid(check, t)
-                    ims, size = interval // NS_PER_MS, slot_bucket(interval)
-                    grid_until = self._grid_end(check, t)
-                else:
-                    interval, offset, ims, size = g
-                    grid_until = 0
-                cur_check, cur_agent, hi, shi = check, agent, 0, 0
-            if not lo <= t < hi:
-                lo = t - t % HOUR
-                hi = lo + HOUR
-                found = hours.get((check, lo, agent, ims))
-                if found is None:
-                    found = hours[(check, lo, agent, ims)] = [0, 0, 0, 0, {}, {}, 0]
-                c = found
-            if r[ikind] == INTERNAL:
-                c[2] += 1
-                continue
-            k = (t - offset) // interval
-            instant = offset + k * interval
-            if not slo <= instant < shi:
-                slo = instant - instant % size
-                shi = slo + size
-                known = slots.get((check, ims, slo, agent))
-                if known is None:
-                    first = -((offset - slo) // interval)
-                    n_due = -((offset - shi) // interval) - first
-                    known = slots[(check, ims, slo, agent)] = [first, n_due, 0, 0, 0]
-                d = known
-            bit = 1 << (k - d[0])
-            if r[iok]:
-                d[2] |= bit
-                if r[ideg]:
-                    d[4] |= bit
-                c[0] += 1
-                lat = c[4]
-                lb = bisect_left(edges, r[idur])
-                if lb > last_edge:
-                    lb = last_edge
-                lat[lb] = lat.get(lb, 0) + 1
-            else:
-                d[3] |= bit
-                c[1] += 1
-            off = r[ioff]
-            if not -step <= off <= step:  # bucket 0 (the usual case) is implied: results minus the rest
-                clock = c[5]
-                cb = clock_bucket(off)
-                clock[cb] = clock.get(cb, 0) + 1
-            if not r[isync]:
-                c[3] += 1
-        counts: dict[tuple[int, CountKey], _Counts] = {}
-        for key, v in hours.items():
-            counts[(1, key)] = _Counts(v[0], v[1], v[2], v[3], v[4], v[5])
-            check, b, agent, ims = key
-            day = (2, (check, b - b % DAY, agent, ims))
-            e = counts.get(day)
-            if e is None:
-                e = counts[day] = _Counts()
-            e.n_ok += v[0]
-            e.n_fail += v[1]
-            e.n_internal += v[2]
-            e.n_unsynced += v[3]
-            add(e.lat, v[4])
-            add(e.clock, v[5])
-        # Presence: which slot buckets have rows, on the parent row (the hour, or the day).
-        for check, ims, b, agent in slots:
-            size = slot_bucket(ims * NS_PER_MS)
-            level, parent = (2, DAY) if size == HOUR else (1, HOUR)
-            key2 = (level, (check, b - b % parent, agent, ims))
-            e = counts.get(key2)
-            if e is None:
-                e = counts[key2] = _Counts()
-            e.present_mask |= 1 << (b % parent // size)
-        return slots, counts
+        slots: Slots = {}
+        hours: Hours = {}
+        fold(rows, self._pick, self._grids, slots, hours)
+        return slots, finish(slots, hours)
 
     def write(
         self,
@@ -406,6 +356,162 @@ class Rollups:
         for level, table in ((1, "rollup_hour"), (2, "rollup_day")):
             if by_level[level]:
                 conn.executemany(_UPSERT_COUNTS.format(table=table), by_level[level])
+
+
+def fold(
+    rows: Iterable[Sequence[Any]],
+    pick: Sequence[int],
+    grids: Mapping[int, list[Grid]],
+    slots: Slots,
+    hours: Hours,
+) -> None:
+    """Fold result rows into slot bits per 60-slot bucket and counts per hour (into ``slots``, ``hours``).
+
+    A fold: rows folded in any grouping and then merged (:func:`merge`) give the same dicts, so a
+    batch can be folded where it is decoded and merged by the writer.
+    """
+    ia, ic, it, idur, iok, ideg, ikind, ioff, isync = pick
+    # check → (interval, offset, interval_ms, slot bucket); one version: no lookup by time.
+    single = {
+        c: (v[0][1], v[0][2], v[0][1] // NS_PER_MS, slot_bucket(v[0][1]))
+        for c, v in grids.items()
+        if len(v) == 1
+    }
+    edges, last_edge = LATENCY_EDGES_NS, len(LATENCY_EDGES_NS) - 1
+    step = CLOCK_FIRST_STEP
+    # Sorted by check, agent and time, consecutive rows share their grid, keys and buckets.
+    cur_check = cur_agent = -1
+    lo = hi = slo = shi = 0  # the hour of the scheduled time; the slot bucket
+    interval = offset = ims = size = 1
+    c: list[Any] = []
+    d: list[int] = []
+    grid_until = 0  # where the current version ends (0: the last one)
+    for r in sorted(rows, key=itemgetter(ic, ia, it)):
+        check, agent, t = r[ic], r[ia], r[it]
+        if check != cur_check or agent != cur_agent or (grid_until and t >= grid_until):
+            g = single.get(check)
+            if g is None:
+                interval, offset = _grid(grids, check, t)
+                ims, size = interval // NS_PER_MS, slot_bucket(interval)
+                grid_until = _grid_end(grids, check, t)
+            else:
+                interval, offset, ims, size = g
+                grid_until = 0
+            cur_check, cur_agent, hi, shi = check, agent, 0, 0
+        if not lo <= t < hi:
+            lo = t - t % HOUR
+            hi = lo + HOUR
+            found = hours.get((check, lo, agent, ims))
+            if found is None:
+                found = hours[(check, lo, agent, ims)] = [0, 0, 0, 0, {}, {}, 0]
+            c = found
+        if r[ikind] == INTERNAL:
+            c[2] += 1
+            continue
+        k = (t - offset) // interval
+        instant = offset + k * interval
+        if not slo <= instant < shi:
+            slo = instant - instant % size
+            shi = slo + size
+            known = slots.get((check, ims, slo, agent))
+            if known is None:
+                first = -((offset - slo) // interval)
+                n_due = -((offset - shi) // interval) - first
+                known = slots[(check, ims, slo, agent)] = [first, n_due, 0, 0, 0]
+            d = known
+        bit = 1 << (k - d[0])
+        if r[iok]:
+            d[2] |= bit
+            if r[ideg]:
+                d[4] |= bit
+            c[0] += 1
+            lat = c[4]
+            lb = bisect_left(edges, r[idur])
+            if lb > last_edge:
+                lb = last_edge
+            lat[lb] = lat.get(lb, 0) + 1
+        else:
+            d[3] |= bit
+            c[1] += 1
+        off = r[ioff]
+        if not -step <= off <= step:  # bucket 0 (the usual case) is implied: results minus the rest
+            clock = c[5]
+            cb = clock_bucket(off)
+            clock[cb] = clock.get(cb, 0) + 1
+        if not r[isync]:
+            c[3] += 1
+
+
+def finish(slots: Slots, hours: Hours) -> dict[tuple[int, CountKey], _Counts]:
+    """Hour counts and day counts (from the hours), with the presence masks from the slot buckets."""
+    counts: dict[tuple[int, CountKey], _Counts] = {}
+    for key, v in hours.items():
+        counts[(1, key)] = _Counts(v[0], v[1], v[2], v[3], v[4], v[5])
+        check, b, agent, ims = key
+        day = (2, (check, b - b % DAY, agent, ims))
+        e = counts.get(day)
+        if e is None:
+            e = counts[day] = _Counts()
+        e.n_ok += v[0]
+        e.n_fail += v[1]
+        e.n_internal += v[2]
+        e.n_unsynced += v[3]
+        add(e.lat, v[4])
+        add(e.clock, v[5])
+    # Presence: which slot buckets have rows, on the parent row (the hour, or the day).
+    for check, ims, b, agent in slots:
+        size = slot_bucket(ims * NS_PER_MS)
+        level, parent = (2, DAY) if size == HOUR else (1, HOUR)
+        key2 = (level, (check, b - b % parent, agent, ims))
+        e = counts.get(key2)
+        if e is None:
+            e = counts[key2] = _Counts()
+        e.present_mask |= 1 << (b % parent // size)
+    return counts
+
+
+def merge(slots: Slots, hours: Hours, more_slots: Slots, more_hours: Hours) -> None:
+    """Merge one fold into another (bits OR-ed, counts and histograms added)."""
+    for key, v in more_slots.items():
+        d = slots.get(key)
+        if d is None:
+            slots[key] = list(v)
+        else:
+            d[2] |= v[2]
+            d[3] |= v[3]
+            d[4] |= v[4]
+    for key, h in more_hours.items():
+        c = hours.get(key)
+        if c is None:
+            hours[key] = [h[0], h[1], h[2], h[3], dict(h[4]), dict(h[5]), h[6]]
+        else:
+            c[0] += h[0]
+            c[1] += h[1]
+            c[2] += h[2]
+            c[3] += h[3]
+            add(c[4], h[4])
+            add(c[5], h[5])
+
+
+def _grid(grids: Mapping[int, list[Grid]], check: int, t: int) -> tuple[int, int]:
+    versions = grids.get(check)
+    if not versions:
+        raise KeyError(f"check row {check} has no version: persist the catalogue first")
+    chosen = versions[0]
+    for v in versions:
+        if v[0] <= t:
+            chosen = v
+        else:
+            break
+    return chosen[1], chosen[2]
+
+
+def _grid_end(grids: Mapping[int, list[Grid]], check: int, t: int) -> int:
+    """Where the version in force at ``t`` ends (0: it is the last)."""
+    for v in grids[check]:
+        if v[0] > t:
+            return v[0]
+    return 0
 
 
 _UPSERT_SLOTS = """

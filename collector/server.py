@@ -207,5 +207,7 @@ class Collector:
         if self._server is not None:
             await self._server.stop(self.settings.grace_s)
             self._server = None
+        if self.service is not None:
+            self.service.close()
         await self.writer.close()
         log.info("collector stopped")

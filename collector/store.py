@@ -45,6 +45,7 @@ import sqlite_utils
 from collector import rollups
 from collector.catalogue import Catalogue
 from collector.hub import CheckRef
+from collector.wire import fields_json, phases_json
 from slaprobe.chain import GENESIS, fingerprint, key_id
 from slaprobe.model import CheckSpec, ClockSample, Gap, Measurement
 
@@ -381,8 +382,8 @@ def measurement_row(
         int(m.degraded),
         m.error_kind,
         m.detail,
-        json.dumps(dict(m.phases), separators=(",", ":")) if m.phases else "{}",
-        json.dumps(dict(m.fields), separators=(",", ":"), sort_keys=True) if m.fields else "{}",
+        phases_json(dict(m.phases)) if m.phases else "{}",
+        fields_json(dict(m.fields)) if m.fields else "{}",
         received_ns,
         m.clock_offset_ns,
         int(m.clock_synced),
@@ -416,6 +417,8 @@ def clock_row(agent_id: int, epoch: int, seq: int, c: ClockSample, received_ns: 
 
 
 # ---- the writer -------------------------------------------------------------------
+
+_LOG_SQL = "INSERT OR IGNORE INTO record_log VALUES (?, ?, ?, ?, ?, ?)"
 
 
 @dataclass
@@ -552,6 +555,13 @@ class Writer:
         for job in jobs:
             self._loop.call_soon_threadsafe(_settle, job)
 
+    def rollup_grids(self) -> tuple[tuple[int, int], dict[int, list[rollups.Grid]]] | None:
+        """The check grids the rollups fold with, and their generation (None before the first fold)."""
+        return self._rollups.snapshot
+
+    def rollup_pick(self) -> tuple[int, ...]:
+        return self._rollups.pick
+
     def submit(self, apply: Callable[[sqlite_utils.Database], T], rows: int = 1) -> asyncio.Future[T]:
         if self._thread is None:
             raise RuntimeError("writer is not running")
@@ -645,11 +655,14 @@ class Writer:
         raw: Sequence[tuple[int, int, int, int, int, bytes]] = (),
         links: BatchLinks | None = None,
         agent_name: str = "",
+        folded: rollups.Folded | None = None,
     ) -> IngestOutcome:
         """Store a batch once and advance the stream's contiguous acknowledgement.
 
         A sealed batch (``links``) must join the stream's chain where the stream's
         acknowledgement ends; otherwise it is refused whole (ChainRefused), loudly.
+        ``folded``: the rollup fold of ``rows`` made with the grids of :meth:`rollup_grids`
+        (``rollups.fold``); used when every row is inserted, else the inserted rows are folded.
         """
 
         def apply(db: sqlite_utils.Database) -> IngestOutcome:
@@ -657,7 +670,7 @@ class Writer:
             state = self._stream(db, agent_id, epoch)
             new_head = _join_chain(state, links, agent_name, epoch)
             if raw:
-                conn.executemany("INSERT OR IGNORE INTO record_log VALUES (?, ?, ?, ?, ?, ?)", raw)
+                rollups.insert_many(conn, _LOG_SQL, "INSERT OR IGNORE INTO record_log VALUES ", 6, raw)
             stored = self._rollups.insert(conn, rows)  # the rows not already stored
             inserted = len(stored)
             if gaps:
@@ -683,7 +696,12 @@ class Writer:
                     " head = excluded.head",
                     (agent_id, epoch, state.acked, state.head),
                 )
-            self._rollups.stage(stored)  # last: a job that failed above stages nothing
+            # Last: a job that failed above stages nothing. A fold made by the decoder holds for
+            # these rows only if every one of them was inserted (no resend overlapped them).
+            if folded is not None and inserted == len(rows):
+                self._rollups.stage_folded(folded, stored)
+            else:
+                self._rollups.stage(stored)
             return IngestOutcome(state.acked, inserted, len(rows) - inserted)
 
         return await self.submit(apply, rows=max(1, len(rows)))

@@ -1,0 +1,136 @@
+"""The collector's stream tests again, with every batch decoded in the decode worker process.
+
+In production only batches of ``OFFLOAD_MIN_BYTES`` or more go to the worker; here the threshold is
+0, so the sealed-stream tests of ``test_chain`` (bytes stored exactly, a broken chain refused whole
+with nothing stored, resends harmless) and a bad record rejected alone run through the worker path.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agent.wire import batch_bytes
+from collector import rollups, service
+from collector.server import Collector
+from collector.sla.histogram import merge_blobs
+from collector.store import RESULT_COLUMNS
+from protos import slaprobe_v1_pb2 as pb
+from tests.test_chain import (  # noqa: F401 - collected here too, with the worker on
+    collector,
+    push,
+    q,
+    register,
+    test_a_bad_batch_is_refused_whole_and_loudly_with_the_agent_named,
+    test_a_resent_batch_is_harmless_and_the_chain_goes_on,
+    test_sealed_batches_are_stored_with_their_bytes_and_the_head_advances,
+)
+
+
+@pytest.fixture(autouse=True)
+def every_batch_to_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "OFFLOAD_MIN_BYTES", 0)
+
+
+def record(seq: int, **change: object) -> bytes:
+    now = time.time_ns()
+    r = pb.Result(
+        check_id="lab/web",
+        check_revision="r",
+        scheduled_ns=now - 10**9,
+        started_ns=now - 10**9 + 5,
+        duration_ns=1_000_000,
+        success=True,
+        detail="ok",
+        phases=[pb.Phase(name="connect", duration_ns=5)],
+        fields={"code": pb.FieldValue(number=200)},
+    )
+    for k, v in change.items():
+        setattr(r, k, v)
+    return pb.Record(seq=seq, result=r).SerializeToString()
+
+
+async def test_the_worker_decodes_and_a_bad_record_is_rejected_alone(
+    collector: Collector,  # noqa: F811 - the fixture imported from test_chain
+    tmp_path: Path,
+) -> None:
+    records = [record(1), record(2, check_id="lab/nope"), record(3, duration_ns=-1), record(4)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.port}") as ch:
+        await register(ch, "w1", 3, None)
+        acks, err = await push(ch, [batch_bytes("w1", 3, 1, 4, records), b"\x2a\xff"])
+    assert err is None
+    assert acks[0].acked_seq == 4
+    assert [(r.seq, r.reason) for r in acks[0].rejected] == [
+        (2, "unknown check 'lab/nope' for this agent's site"),
+        (3, "duration -1 ns is negative or absurd"),
+    ]
+    assert [r.reason for r in acks[1].rejected] == ["undecodable batch"]
+    assert collector.service is not None and collector.service._pool is not None  # the worker ran
+    db = tmp_path / "c.db"
+    assert q(db, "SELECT seq FROM results ORDER BY seq") == [(1,), (4,)]
+    assert q(db, "SELECT seq, raw FROM record_log ORDER BY seq") == [
+        (i + 1, r) for i, r in enumerate(records)
+    ]
+
+
+def rollup_tables(db: Path) -> dict[str, list[tuple[object, ...]]]:
+    with sqlite3.connect(db) as c:
+        return {
+            t: c.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4").fetchall() for t in rollups.ROLLUP_TABLES
+        }
+
+
+async def test_rollups_folded_in_the_worker_equal_a_rebuild_from_the_rows(
+    collector: Collector,  # noqa: F811 - the fixture imported from test_chain
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = time.time_ns()
+    used: list[int] = []
+    stage_folded = rollups.Rollups.stage_folded
+
+    def counted(self: rollups.Rollups, folded: rollups.Folded, rows: Sequence[Sequence[object]]) -> None:
+        used.append(len(rows))
+        stage_folded(self, folded, rows)
+
+    monkeypatch.setattr(rollups.Rollups, "stage_folded", counted)
+
+    def rec(seq: int) -> bytes:
+        ok = seq % 7 != 0
+        t = now - 3600 * 10**9 + seq * 10**9  # one check at 10 s: every slot and a few more
+        return record(
+            seq,
+            scheduled_ns=t,
+            started_ns=t + 5,
+            duration_ns=seq * 997 % 50_000_000,
+            success=ok,
+            error_kind="" if ok else "refused",
+            degraded=seq % 11 == 0,
+            clock_offset_ns=(seq % 5 - 2) * 3_000_000,
+        )
+
+    batches = [(lo, lo + 99) for lo in range(1, 400, 100)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.port}") as ch:
+        await register(ch, "w1", 1, None)
+        payloads = [batch_bytes("w1", 1, lo, hi, [rec(s) for s in range(lo, hi + 1)]) for lo, hi in batches]
+        # In order, then a resend overlapping stored records (the writer folds the new ones itself).
+        acks, err = await push(
+            ch, [*payloads, batch_bytes("w1", 1, 351, 450, [rec(s) for s in range(351, 451)])]
+        )
+    assert err is None and acks[-1].acked_seq == 450
+    db = tmp_path / "c.db"
+    assert q(db, "SELECT count(*) FROM results") == [(450,)]
+    folded = rollup_tables(db)
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    with sqlite3.connect(copy) as c:
+        c.create_function("hist_merge", 2, merge_blobs, deterministic=True)
+        rollups.rebuild(c, RESULT_COLUMNS)
+    assert rollup_tables(copy) == folded
+    assert used == [100, 100, 100]  # the first batch came before any grids; the resend overlapped
