@@ -439,11 +439,12 @@ class SockStream:
     its time (``tls`` 5.4 vs blackbox_exporter's 3.7 ms, ``bench/RESULTS.md``).
     """
 
-    __slots__ = ("_loop", "sock")
+    __slots__ = ("_loop", "_sent", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._loop = asyncio.get_running_loop()
+        self._sent = False  # bytes went out since the last read: the answer cannot be in yet
 
     async def wait(self, writable: bool = False) -> None:
         """Until the selector reports the socket readable (or writable)."""
@@ -479,6 +480,7 @@ class SockStream:
                 await self.wait()
                 continue
             view = view[sent:]
+            self._sent = True
 
     def send_nowait(self, data: bytes) -> None:
         """Send what the socket takes now, ignoring errors (a courtesy such as HTTP/2's GOAWAY)."""
@@ -487,6 +489,13 @@ class SockStream:
 
     async def recv(self, size: int) -> bytes:
         """Up to ``size`` bytes; b"" at the end of the stream."""
+        if self._sent:
+            # Right after sending, the peer cannot have answered yet: wait for the selector
+            # first instead of a recv that would only say EAGAIN (OpenSSL keeps no record
+            # half-read: our reads are larger than a TLS record).
+            self._sent = False
+            if not (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
+                await self.wait()
         while True:
             try:
                 return self.sock.recv(size)
@@ -496,18 +505,21 @@ class SockStream:
                 await self.wait(writable=True)
 
     def close(self) -> None:
-        """Close the socket once the current callback is done, after the probe's result.
+        close_later(self.sock)
 
-        Closing a connected socket is not the target's time: on loopback the
-        kernel runs the peer's side of the teardown inside ``close()`` itself
-        (0.2-0.9 ms on a busy 2-core VM). asyncio's transports defer their close
-        the same way (``transport.close()`` closes on the next loop iteration).
-        """
-        sock = self.sock
-        try:
-            self._loop.call_soon(sock.close)
-        except RuntimeError:  # the loop is closing
-            sock.close()
+
+def close_later(sock: socket.socket) -> None:
+    """Close ``sock`` once the current callback is done: after the probe's result, outside its clock.
+
+    Closing a connected socket is not the target's time: on loopback the kernel
+    runs the peer's side of the teardown inside ``close()`` itself (0.2-0.9 ms
+    on a busy 2-core VM). asyncio's transports defer their close the same way
+    (``transport.close()`` closes on the next loop iteration).
+    """
+    try:
+        asyncio.get_running_loop().call_soon(sock.close)
+    except RuntimeError:  # no running loop, or it is closing
+        sock.close()
 
 
 async def tls_handshake(stream: SockStream, ctx: ssl.SSLContext, server_name: str, trace: PhaseTrace) -> None:

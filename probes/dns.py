@@ -55,7 +55,16 @@ import dns.reversename
 
 from slaprobe.configfile import Fields, Node
 
-from ._net import HostPort, IpVersion, SockAddr, connect, parse_host_port, read_ip_version, resolve
+from ._net import (
+    HostPort,
+    IpVersion,
+    SockAddr,
+    SockStream,
+    connect,
+    parse_host_port,
+    read_ip_version,
+    resolve,
+)
 from .base import ErrorKind, PhaseTrace, ProbeFailure, Prober, ProbeResult
 
 # Types a plain query cannot ask for: zone transfers and EDNS/TSIG machinery.
@@ -151,8 +160,8 @@ class DnsProber(Prober):
         rcode = answer.rcode()
         rcode_name = dns.rcode.to_text(rcode)
         fields["rcode"] = rcode_name
-        records = [line for rrset in answer.answer for line in rrset.to_text().splitlines()]
-        fields["answer_count"] = float(len(records))
+        count = sum(len(rrset) or 1 for rrset in answer.answer)  # the lines of to_text(), without it
+        fields["answer_count"] = float(count)
         if answer.answer:
             fields["ttl_min"] = float(min(rrset.ttl for rrset in answer.answer))
         if answer.flags & dns.flags.TC:
@@ -161,7 +170,10 @@ class DnsProber(Prober):
             expected = ", ".join(dns.rcode.to_text(r) for r in s.valid_rcodes)
             detail = f"{rcode_name} (expected {expected})"
             return ProbeResult(False, phases, ErrorKind.STATUS, detail, fields)
-        text = "\n".join(records)
+        # The text form costs more than parsing the reply did: only when a pattern needs it.
+        text = ""
+        if s.answer_matches or s.answer_not_matches:
+            text = "\n".join(line for rrset in answer.answer for line in rrset.to_text().splitlines())
         for pattern in s.answer_matches:
             if not pattern.search(text):
                 detail = f"answer does not match {pattern.pattern!r}"
@@ -170,7 +182,6 @@ class DnsProber(Prober):
             if pattern.search(text):
                 detail = f"answer matches forbidden {pattern.pattern!r}"
                 return ProbeResult(False, phases, ErrorKind.ASSERTION, detail, fields)
-        count = len(records)
         detail = f"{rcode_name}, {count} answer record{'' if count == 1 else 's'}"
         return ProbeResult(True, phases, None, detail, fields)
 
@@ -208,29 +219,30 @@ async def _exchange_udp(wire: bytes, sockaddr: SockAddr, family: int) -> bytes:
     an earlier query, and a stray or spoofed datagram must not decide the result.
     """
     where, port = str(sockaddr[0]), int(sockaddr[1])
-    loop = asyncio.get_running_loop()
     try:
         sock = socket.socket(family, socket.SOCK_DGRAM)
     except OSError as exc:
         raise ProbeFailure(
             ErrorKind.UNREACHABLE, f"cannot send to {_fmt(where, port)}: {exc.strerror or exc}"
         ) from exc
-    with sock:
-        try:
-            sock.setblocking(False)
-            sock.connect(sockaddr)
-            await loop.sock_sendall(sock, wire)
-            while True:
-                reply = await loop.sock_recv(sock, _UDP_MAX)
-                if reply[:2] == wire[:2]:
-                    return reply
-        except ConnectionRefusedError as exc:
-            raise ProbeFailure(
-                ErrorKind.REFUSED, f"port unreachable: nothing answers DNS on {_fmt(where, port)}/udp"
-            ) from exc
-        except OSError as exc:
-            detail = f"cannot query {_fmt(where, port)}: {exc.strerror or exc}"
-            raise ProbeFailure(ErrorKind.UNREACHABLE, detail) from exc
+    stream = SockStream(sock)  # send and recv work on a connected datagram socket alike
+    try:
+        sock.setblocking(False)
+        sock.connect(sockaddr)
+        await stream.send_all(wire)
+        while True:
+            reply = await stream.recv(_UDP_MAX)
+            if reply[:2] == wire[:2]:
+                return reply
+    except ConnectionRefusedError as exc:
+        raise ProbeFailure(
+            ErrorKind.REFUSED, f"port unreachable: nothing answers DNS on {_fmt(where, port)}/udp"
+        ) from exc
+    except OSError as exc:
+        detail = f"cannot query {_fmt(where, port)}: {exc.strerror or exc}"
+        raise ProbeFailure(ErrorKind.UNREACHABLE, detail) from exc
+    finally:
+        stream.close()
 
 
 def _parse_reply(query: dns.message.Message, wire: bytes) -> dns.message.Message:

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 
 from slaprobe.configfile import Fields, Node
 
-from ._net import HostPort, IpVersion, read_ip_version, resolve
+from ._net import HostPort, IpVersion, close_later, read_ip_version, resolve
 from .base import ErrorKind, FieldScalar, PhaseTrace, ProbeFailure, Prober, ProbeResult
 
 log = logging.getLogger(__name__)
@@ -404,7 +404,7 @@ class IcmpProber(Prober):
         except OSError as exc:  # EAFNOSUPPORT: no IPv6 on this host
             raise ProbeFailure(ErrorKind.UNREACHABLE, f"cannot open an ICMP socket: {exc.strerror}") from exc
         trace.fields["icmp_socket"] = "raw" if raw else "datagram"
-        with sock:
+        try:
             sock.setblocking(False)
             if raw:
                 _restrict_to_echo_replies(sock, ipv6)
@@ -436,6 +436,8 @@ class IcmpProber(Prober):
             trace.fields["sent"] = trace.fields["received"] = 0
             trace.enter("rtt")
             await self._run_burst(sock, burst, trace)
+        finally:
+            close_later(sock)  # after the result, outside its clock
         return self._outcome(burst, trace)
 
     async def _run_burst(self, sock: socket.socket, burst: EchoBurst, trace: PhaseTrace) -> None:

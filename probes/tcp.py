@@ -40,6 +40,7 @@ from ._net import (
     HostPort,
     IpVersion,
     TlsOptions,
+    close_later,
     connect,
     parse_host_port,
     read_ip_version,
@@ -142,7 +143,7 @@ class TcpProber(Prober):
         family, sockaddr = await resolve(self.endpoint, self.ip_version, trace)
         sock = await connect(family, sockaddr, trace)
         if ctx is None and not self.query:
-            sock.close()
+            close_later(sock)
             return ProbeResult(True, trace.close(), None, f"connected to {self.endpoint}", trace.fields)
         try:
             reader, writer = await asyncio.open_connection(sock=sock, limit=_MAX_LINE)

@@ -186,3 +186,37 @@ async def test_an_http_probe_reaches_a_name_from_the_hosts_file(
     assert result.success, result
     assert result.fields["ip"] == "127.0.0.1"
     assert server.requests[-1].header("host") == f"pinned.internal:{server.port}"
+
+
+# --------------------------------------------------------------------------- sockets closed after the result
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_sockets_are_closed_right_after_the_result(server: HttpTestServer) -> None:
+    # Probes close their sockets on the next loop iteration (outside the clock): none may stay open.
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a DNS "server" that never answers
+    udp.bind(("127.0.0.1", 0))
+    checks = [
+        (ProbeHarness("http", "c"), f"http://127.0.0.1:{server.port}/ok", None),
+        (ProbeHarness("tcp", "c"), f"127.0.0.1:{server.port}", None),
+        (ProbeHarness("http", "c"), f"http://127.0.0.1:{server.port}/no-such-path", {"valid_status": [200]}),
+    ]
+    try:
+        before = _open_fds()
+        for harness, target, settings in checks:
+            for _ in range(5):
+                await harness.probe(target, settings)
+        dns = ProbeHarness("dns", "c").make_prober(
+            f"127.0.0.1:{udp.getsockname()[1]}", {"query_name": "a.test"}
+        )
+        for _ in range(3):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await probes.run_probe(dns, PhaseTrace())
+        await asyncio.sleep(0)
+        assert _open_fds() == before
+    finally:
+        udp.close()
