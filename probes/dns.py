@@ -143,7 +143,7 @@ class DnsProber(Prober):
         wire = query.id.to_bytes(2, "big") + self._wire[2:]
         family, sockaddr = await resolve(self.server, s.ip_version, trace)
         if s.transport == "tcp":
-            sock = await connect(family, sockaddr, trace)
+            sock = await connect(family, sockaddr, trace, nodelay=False)  # the query is one send
             trace.enter("request")
             reply = await _exchange_tcp(wire, sock)
         else:

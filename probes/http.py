@@ -443,7 +443,8 @@ class HttpProber(Prober):
         h1 = None if s.http_version == "2" else h11.Connection(our_role=h11.CLIENT)
         h1_bytes = b"" if h1 is None else request.h11_bytes(h1)
         family, sockaddr = await resolve(hop.endpoint, s.ip_version, trace)
-        stream = SockStream(await connect(family, sockaddr, trace))
+        # HTTP/1.1 in clear text is one send: no TCP_NODELAY needed (see connect).
+        stream = SockStream(await connect(family, sockaddr, trace, nodelay=ctx is not None or h1 is None))
         try:
             if ctx is not None:
                 # server_name is for the configured host; a redirect elsewhere verifies its own name.

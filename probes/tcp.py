@@ -141,7 +141,7 @@ class TcpProber(Prober):
                 self._ssl = await self.tls.load_context()
             ctx = self._ssl
         family, sockaddr = await resolve(self.endpoint, self.ip_version, trace)
-        sock = await connect(family, sockaddr, trace)
+        sock = await connect(family, sockaddr, trace, nodelay=ctx is not None or bool(self.query))
         if ctx is None and not self.query:
             close_later(sock)
             return ProbeResult(True, trace.close(), None, f"connected to {self.endpoint}", trace.fields)
