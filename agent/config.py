@@ -12,6 +12,8 @@ keepalive: 20s                # gRPC ping interval; a dead path is noticed withi
 spool:
   max_size: 512MiB            # beyond this size or age the oldest unsent results are evicted
   max_age: 7d                 # and replaced by a gap record that is delivered in their place
+  seal_interval: 5s           # results are signed (sealed) in links at least this often; they are
+                              # sent once sealed, so this is also the longest a result waits
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class AgentConfig:
     keepalive_s: float = 20.0
     spool_max_bytes: int = 512 * 1024 * 1024
     spool_max_age_s: float = 7 * 86400.0
+    seal_interval_s: float = 5.0
     insecure: bool = False
     tls_dir: Path | None = None  # default: data_dir/tls
     source: str = ""
@@ -71,6 +74,7 @@ def parse_agent_config(root: Node, base_dir: Path | None = None) -> AgentConfig:
             cfg,
             spool_max_bytes=spool.size("max_size", cfg.spool_max_bytes, min=16 * 1024),
             spool_max_age_s=spool.duration("max_age", cfg.spool_max_age_s, min=1.0),
+            seal_interval_s=spool.duration("seal_interval", cfg.seal_interval_s, min=0.1, max=300.0),
         )
         spool.finish()
     f.finish()

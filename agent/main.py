@@ -49,7 +49,11 @@ class Agent:
         self.config = config
         self.outbox: Outbox = outbox or Spool(
             config.data_dir / SPOOL_FILE,
-            SpoolLimits(max_bytes=config.spool_max_bytes, max_age_s=config.spool_max_age_s),
+            SpoolLimits(
+                max_bytes=config.spool_max_bytes,
+                max_age_s=config.spool_max_age_s,
+                seal_interval_s=config.seal_interval_s,
+            ),
             signing_key=load_or_create_key(config.data_dir / SIGNING_KEY),
         )
         self.clock = clock

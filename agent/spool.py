@@ -75,9 +75,11 @@ class SpoolLimits:
     max_bytes: int = 512 * 1024 * 1024
     max_age_s: float = 7 * 86400.0
     check_every_s: float = 1.0
-    # Sealing: a link every this many records at most, and within this long of its first record.
+    # Sealing: a link every this many records at most, and every this long while records wait.
+    # The interval is how long a result may wait before it can be sent; longer ones make fewer,
+    # larger links (a quiet agent with 50 checks a minute makes one link per result at 1 s).
     seal_every: int = 500
-    seal_interval_s: float = 1.0
+    seal_interval_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -290,7 +292,11 @@ class Spool:
                 (after_seq, after_seq, after_seq, upto, limit),
             ).fetchall()
             if self.key is not None and rows and rows[-1][2] != KIND_SEAL:
-                # Whole links only: go on to the seal that closes the last one (upto is a seal).
+                # Whole links only: end at the last seal read, or (a link longer than the
+                # limit) go on to the seal that closes it (upto is a seal).
+                last_seal = max((i for i, r in enumerate(rows) if r[2] == KIND_SEAL), default=-1)
+                if last_seal >= 0:
+                    return [Stored(int(s), int(t), bytes(d)) for s, t, _k, d in rows[: last_seal + 1]]
                 more = self._read_conn.execute(
                     "SELECT seq, through_seq, kind, data FROM records WHERE seq > ? AND seq <= ?"
                     " ORDER BY seq LIMIT ?",
