@@ -6,7 +6,8 @@ after wrapping three collector methods to count and time what they already do:
 * ``Writer._commit_group`` (writer thread): rows per transaction, ingest jobs
   per transaction, wall and thread-CPU time per transaction;
 * ``CollectorService._accept`` (event loop): wall and thread-CPU time spent
-  decoding and validating each batch (it never suspends on the ingest path);
+  taking each batch in: decoding and validating it when it is small, else scanning
+  its header and sending it to the decode worker (whose CPU is not in this figure);
 * ``Writer.close``: after the writer has committed everything and stopped,
   print the figures as one line ``BENCH-STATS {json}`` on stderr.
 
@@ -65,12 +66,12 @@ def _commit_group(self: Writer, db: Any, jobs: list[Any]) -> None:
 _orig_accept = CollectorService._accept
 
 
-async def _accept(self: CollectorService, raw: bytes, context: Any) -> Any:
+async def _accept(self: CollectorService, raw: bytes, context: Any, *rest: Any) -> Any:
     if not _loop_tid:
         _loop_tid.append(threading.get_native_id())
     start = time.perf_counter()
     cpu = time.thread_time()
-    result = await _orig_accept(self, raw, context)
+    result = await _orig_accept(self, raw, context, *rest)
     _accepts.append((time.perf_counter() - start, time.thread_time() - cpu))
     return result
 

@@ -175,15 +175,21 @@ _values_cache: dict[tuple[int, int], str] = {}
 
 
 def insert_many(
-    conn: sqlite3.Connection, one_sql: str, many_sql: str, width: int, rows: Sequence[Sequence[Any]]
+    conn: sqlite3.Connection,
+    one_sql: str,
+    many_sql: str,
+    width: int,
+    rows: Sequence[Sequence[Any]],
+    tail: str = "",
 ) -> None:
     """``executemany(one_sql, rows)``, as statements of up to ``ROWS_PER_STATEMENT`` rows each.
 
     Why: ``executemany`` steps the statement once per row and gives the GIL up and takes it back
     at every step; with the event loop decoding on the same GIL, the writer waited for it once
     per row. One statement of 500 rows binds under the GIL, then inserts them all in one step
-    without it. ``many_sql`` is ``one_sql`` up to ``VALUES``. Same effect, same constraints:
-    rows that ``OR IGNORE`` drops are dropped alike.
+    without it. ``many_sql`` is ``one_sql`` up to ``VALUES``, ``tail`` what follows the values
+    (an upsert's ``ON CONFLICT`` clause). Same effect, same constraints: rows that ``OR IGNORE``
+    drops are dropped alike, a row whose key an earlier one inserted updates it.
     """
     n = len(rows)
     step = ROWS_PER_STATEMENT
@@ -198,7 +204,7 @@ def insert_many(
             values = _values_cache[(width, k)] = ",".join(["(" + ",".join("?" * width) + ")"] * k)
         if any(len(row) != width for row in chunk):
             raise ValueError(f"rows of {width} values expected")
-        conn.execute(many_sql + values, [v for row in chunk for v in row])
+        conn.execute(many_sql + values + tail, [v for row in chunk for v in row])
 
 
 class Rollups:
@@ -339,13 +345,17 @@ class Rollups:
             conn.create_function("hist_merge", 2, merge_blobs, deterministic=True)
             self._functions.add(id(conn))
         if slots:
-            conn.executemany(
+            insert_many(
+                conn,
                 _UPSERT_SLOTS,
+                _SLOTS_HEAD,
+                10,
                 [
                     (check, ims, b, agent, first, n_due, ok, fail, deg,
                      int(not fail and not deg and ok == (1 << n_due) - 1))
                     for (check, ims, b, agent), (first, n_due, ok, fail, deg) in slots.items()
                 ],
+                _SLOTS_TAIL,
             )  # fmt: skip
         by_level: dict[int, list[tuple[Any, ...]]] = {1: [], 2: []}
         for (level, (check, b, agent, ims)), e in counts.items():
@@ -355,7 +365,14 @@ class Rollups:
             )  # fmt: skip
         for level, table in ((1, "rollup_hour"), (2, "rollup_day")):
             if by_level[level]:
-                conn.executemany(_UPSERT_COUNTS.format(table=table), by_level[level])
+                insert_many(
+                    conn,
+                    _UPSERT_COUNTS.format(table=table),
+                    f"INSERT INTO {table} VALUES ",
+                    11,
+                    by_level[level],
+                    _COUNTS_TAIL,
+                )
 
 
 def fold(
@@ -514,8 +531,8 @@ def _grid_end(grids: Mapping[int, list[Grid]], check: int, t: int) -> int:
     return 0
 
 
-_UPSERT_SLOTS = """
-INSERT INTO rollup_slots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+_SLOTS_HEAD = "INSERT INTO rollup_slots VALUES "
+_SLOTS_TAIL = """
 ON CONFLICT (check_id, interval_ms, bucket_ns, agent_id) DO UPDATE SET
     ok_bits = ok_bits | excluded.ok_bits,
     fail_bits = fail_bits | excluded.fail_bits,
@@ -524,9 +541,9 @@ ON CONFLICT (check_id, interval_ms, bucket_ns, agent_id) DO UPDATE SET
         AND (deg_bits | excluded.deg_bits) = 0
         AND (ok_bits | excluded.ok_bits) = (1 << n_due) - 1
 """
+_UPSERT_SLOTS = _SLOTS_HEAD + "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + _SLOTS_TAIL
 
-_UPSERT_COUNTS = """
-INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+_COUNTS_TAIL = """
 ON CONFLICT (check_id, bucket_ns, agent_id, interval_ms) DO UPDATE SET
     n_ok = n_ok + excluded.n_ok,
     n_fail = n_fail + excluded.n_fail,
@@ -536,6 +553,7 @@ ON CONFLICT (check_id, bucket_ns, agent_id, interval_ms) DO UPDATE SET
     clock = CASE WHEN excluded.clock IS NULL THEN clock ELSE hist_merge(clock, excluded.clock) END,
     present_mask = present_mask | excluded.present_mask
 """
+_UPSERT_COUNTS = "INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + _COUNTS_TAIL
 
 
 def rebuild(conn: sqlite3.Connection, columns: Sequence[str], *, chunk: int = 200_000) -> int:

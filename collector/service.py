@@ -351,6 +351,7 @@ class CollectorService:
             else asyncio.get_running_loop().create_future()
         )
         acker = asyncio.create_task(write_acks())
+        order = _Order()  # the stream's batches go to the writer in the order they came
         try:
             while not self.stopping.is_set():
                 read = asyncio.ensure_future(context.read())
@@ -364,7 +365,7 @@ class CollectorService:
                 if raw is grpc.aio.EOF:
                     break
                 assert isinstance(raw, bytes)
-                fut = await self._accept(raw, context)
+                fut = await self._accept(raw, context, order)
                 put = asyncio.ensure_future(pending.put(fut))
                 await asyncio.wait({put, acker}, return_when=asyncio.FIRST_COMPLETED)
                 if not put.done():  # the ack writer failed; its exception surfaces below
@@ -388,11 +389,13 @@ class CollectorService:
             acker.cancel()
             revoked.cancel()
 
-    async def _accept(self, raw: bytes, context: Context) -> asyncio.Future[pb.BatchAck]:
+    async def _accept(self, raw: bytes, context: Context, order: _Order) -> asyncio.Future[pb.BatchAck]:
         """Decode and validate a batch; return a future of its ack (resolved after commit).
 
         Large batches are decoded in the decode worker process: this process (the event loop and
-        the writer thread share one GIL) then only scans the header and unpacks the rows.
+        the writer thread share one GIL) then only scans the header and unpacks the rows. The
+        stream goes on reading while the worker decodes; batches still reach the writer in the
+        order they came (``order``), and none after a batch that was refused whole.
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[pb.BatchAck] = loop.create_future()
@@ -408,8 +411,27 @@ class CollectorService:
             return done
         session = await self._session(batch.agent_id, context)
         now = self.clock()
+        prev = order.last
+        if pool is None and (prev is None or prev.done()):
+            failed = prev.exception() if prev is not None else None
+            if failed is not None:  # a batch before this one was refused whole: this one is not stored
+                raise failed
+            ctx = BatchContext(
+                session.row_id,
+                session.name,
+                batch.epoch,
+                now,
+                self.max_future_skew_ns,
+                _SiteChecks(self.hub, session.site),
+                session.keys,
+            )
+            return self._store(decode_batch(batch, raws, ctx), ctx, done)
+        checks = self.hub.site_checks(session.site)
+        ctx = BatchContext(
+            session.row_id, session.name, batch.epoch, now, self.max_future_skew_ns, checks, session.keys
+        )
+        decoding: asyncio.Future[_Packed] | None = None
         if pool is not None:
-            checks = self.hub.site_checks(session.site)
             job = _WorkerJob(
                 session.row_id,
                 session.name,
@@ -421,27 +443,41 @@ class CollectorService:
                 self._site_grids(session.site, checks),
                 self.writer.rollup_pick(),
             )
-            ctx = BatchContext(
-                job.agent_row, job.agent_name, job.epoch, now, job.max_skew_ns, checks, session.keys
-            )
+            decoding = loop.run_in_executor(pool, _decode_packed, raw, job)
+        submitted: asyncio.Future[None] = loop.create_future()
+        submitted.add_done_callback(_consume)
+        order.last = submitted
+
+        async def finish() -> None:
             try:
-                packed = await loop.run_in_executor(pool, _decode_packed, raw, job)
-            except BrokenProcessPool:
-                log.error("the decode worker died; decoding on the event loop from now on")
-                self.close()
+                if prev is not None:
+                    await prev  # a batch refused whole before this one: this one is not stored
+                decoded: DecodedBatch | None = None
+                if decoding is not None:
+                    try:
+                        decoded = (await decoding).unpack()
+                    except BrokenProcessPool:
+                        log.error("the decode worker died; decoding on the event loop from now on")
+                        self.close()
+                if decoded is None:
+                    whole, records = split_batch(raw)
+                    decoded = decode_batch(whole, records, ctx)
+                self._store(decoded, ctx, done)
+            except BaseException as exc:
+                if not done.done():
+                    done.set_exception(exc)
+                    done.add_done_callback(_consume)  # the stream may have ended on an earlier one
+                submitted.set_exception(
+                    exc if isinstance(exc, Exception) else RuntimeError("an earlier batch was cancelled")
+                )
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
             else:
-                return self._store(packed.unpack(), ctx, done)
-            batch, raws = split_batch(raw)
-        ctx = BatchContext(
-            session.row_id,
-            session.name,
-            batch.epoch,
-            now,
-            self.max_future_skew_ns,
-            _SiteChecks(self.hub, session.site),
-            session.keys,
-        )
-        return self._store(decode_batch(batch, raws, ctx), ctx, done)
+                submitted.set_result(None)
+
+        order.tasks.add(task := asyncio.ensure_future(finish()))
+        task.add_done_callback(order.tasks.discard)
+        return done
 
     def _store(
         self, d: DecodedBatch, ctx: BatchContext, done: asyncio.Future[pb.BatchAck]
@@ -704,6 +740,20 @@ def decode_batch(batch: pb.RecordBatch, raws: Sequence[bytes], ctx: BatchContext
         elif isinstance(payload, ClockSample):
             out.clocks.append(clock_row(agent, epoch, decoded.seq, payload, now))
     return out
+
+
+@dataclass
+class _Order:
+    """One stream's batches on their way to the writer: the last one handed over (or failing)."""
+
+    last: asyncio.Future[None] | None = None
+    tasks: set[asyncio.Future[None]] = field(default_factory=set)
+
+
+def _consume(f: asyncio.Future[Any]) -> None:
+    """Mark a hand-over's failure as seen (the batch's ack future carries it to the stream)."""
+    if not f.cancelled():
+        f.exception()
 
 
 @dataclass(frozen=True)

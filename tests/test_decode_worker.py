@@ -14,7 +14,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.outbox import Stored
 from agent.wire import batch_bytes
 from collector import rollups, service
 from collector.server import Collector
@@ -22,10 +24,12 @@ from collector.sla.histogram import merge_blobs
 from collector.store import RESULT_COLUMNS
 from protos import slaprobe_v1_pb2 as pb
 from tests.test_chain import (  # noqa: F401 - collected here too, with the worker on
+    as_batch,
     collector,
     push,
     q,
     register,
+    sealed_spool,
     test_a_bad_batch_is_refused_whole_and_loudly_with_the_agent_named,
     test_a_resent_batch_is_harmless_and_the_chain_goes_on,
     test_sealed_batches_are_stored_with_their_bytes_and_the_head_advances,
@@ -134,3 +138,42 @@ async def test_rollups_folded_in_the_worker_equal_a_rebuild_from_the_rows(
         rollups.rebuild(c, RESULT_COLUMNS)
     assert rollup_tables(copy) == folded
     assert used == [100, 100, 100]  # the first batch came before any grids; the resend overlapped
+
+
+async def read_all(call: grpc.aio.StreamStreamCall[bytes, pb.BatchAck], into: list[pb.BatchAck]) -> None:
+    while True:
+        ack = await call.read()
+        assert isinstance(ack, pb.BatchAck)
+        into.append(ack)
+
+
+async def test_batches_written_ahead_are_stored_in_order_and_none_after_a_refused_one(
+    collector: Collector,  # noqa: F811 - the fixture imported from test_chain
+    tmp_path: Path,
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    spool = await sealed_spool(tmp_path / "a.db", key, 40, seal_every=5)
+    records = await spool.read(0, 1000)
+    epoch = spool.epoch
+    await spool.close()
+    links = [records[i : i + 6] for i in range(0, len(records), 6)]  # five results and a seal each
+    r = links[3][2]
+    rec = pb.Record.FromString(r.data)
+    rec.result.detail = "altered"
+    links[3][2] = Stored(r.seq, r.through_seq, rec.SerializeToString())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.port}") as ch:
+        await register(ch, "a1", epoch, key)
+        call: grpc.aio.StreamStreamCall[bytes, pb.BatchAck] = ch.stream_stream(
+            "/slaprobe.v1.Collector/PushRecords",
+            request_serializer=None,
+            response_deserializer=pb.BatchAck.FromString,
+        )()
+        for link in links:  # every batch written before any ack is read: decoded side by side
+            await call.write(as_batch("a1", epoch, link))
+        acks: list[pb.BatchAck] = []
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await read_all(call, acks)
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert [a.acked_seq for a in acks] == [6, 12, 18]  # in order, each after its commit
+    held = {s for (s,) in q(tmp_path / "c.db", "SELECT seq FROM record_log")}
+    assert held == set(range(1, 19)), "nothing of the refused batch nor of those after it"
