@@ -97,7 +97,7 @@ async def _close(self: Writer) -> None:
 
 
 Writer._commit_group = _commit_group  # type: ignore[method-assign]
-CollectorService._accept = _accept  # type: ignore[method-assign]
+CollectorService._accept = _accept  # type: ignore[method-assign,assignment]
 Writer.close = _close  # type: ignore[method-assign]
 
 if __name__ == "__main__":
