@@ -11,9 +11,9 @@ What one run does:
 1. Builds the collector database (cached in ``bench/out/``, keyed by the parameters): every
    record exactly as an agent encodes it (``agent.wire.encode_record``) and sealed as the
    agent's spool seals it (``slaprobe.chain.make_seal``, Ed25519): a seal when 500 records wait
-   or at the spool's 1 s sealing tick, whichever comes first. At 50 checks per minute the tick
-   comes first almost every time, so a link covers one or two results (~1.5 M seals for the
-   month). Stored as the collector stores a delivered batch: ``record_log`` (kind 2 result, 4
+   or at the spool's sealing tick (``SpoolLimits.seal_interval_s``, 5 s; ``--seal-interval``),
+   whichever comes first. At 50 checks per minute the tick comes first: a link covers ~4
+   results at 5 s (~0.5 M seals for the month), 1.4 at the former 1 s (1.55 M). Stored as the collector stores a delivered batch: ``record_log`` (kind 2 result, 4
    clock, 5 seal), ``results`` (``collector.store.measurement_row``), ``clock_samples``,
    ``streams`` with the chain's head, ``agents``, ``agent_keys``; the catalogue persisted a
    month before (``store._persist_catalogue``), ad-hoc maintenance windows (one cancelled),
@@ -69,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
+from agent.spool import SpoolLimits  # noqa: E402
 from agent.wire import encode_record  # noqa: E402
 from collector import rollups, store  # noqa: E402
 from collector.catalogue import parse_catalogue  # noqa: E402
@@ -89,8 +90,8 @@ END = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp()) * NS_PER_S
 NOW = END + HOUR
 HANDOVER = START + 16 * DAY + 12 * HOUR  # shop-a1's host is replaced on the 17th at noon UTC
 OUTAGE = (START + 13 * DAY + 9 * HOUR + 12 * MINUTE, START + 13 * DAY + 9 * HOUR + 58 * MINUTE)
-SEAL_EVERY = 500  # agent.spool.SpoolLimits defaults
-SEAL_INTERVAL_NS = NS_PER_S
+SEAL_EVERY = SpoolLimits().seal_every  # the agent's defaults (--seal-interval overrides the interval)
+SEAL_INTERVAL_S = SpoolLimits().seal_interval_s
 CHECKOUT = 10  # the checkout service: the first CHECKOUT checks
 
 
@@ -138,8 +139,9 @@ class AgentSpec:
     epoch: int
     start_ns: int  # first slot probed
     end_ns: int  # no slot at or after this
-    tick_phase_ns: int  # the spool's sealing ticks: tick_phase + k seconds
+    tick_phase_ns: int  # the spool's sealing ticks: tick_phase + k intervals
     seed: int
+    seal_interval_ns: int = int(SEAL_INTERVAL_S * NS_PER_S)
 
 
 def agent_key(seed: int, agent: str) -> Ed25519PrivateKey:
@@ -148,12 +150,19 @@ def agent_key(seed: int, agent: str) -> Ed25519PrivateKey:
     )
 
 
-def agents(seed: int) -> list[AgentSpec]:
+def agents(seed: int, seal_interval_s: float) -> list[AgentSpec]:
     a1_start = START - HOUR
     a2_start = HANDOVER + 20 * MINUTE
     return [
         AgentSpec(
-            1, f"{SITE}-a1", a1_start - 3 * NS_PER_S, a1_start, HANDOVER, a1_start - 2_630_000_000, seed
+            1,
+            f"{SITE}-a1",
+            a1_start - 3 * NS_PER_S,
+            a1_start,
+            HANDOVER,
+            a1_start - 2_630_000_000,
+            seed,
+            int(seal_interval_s * NS_PER_S),
         ),
         AgentSpec(
             2,
@@ -163,6 +172,7 @@ def agents(seed: int) -> list[AgentSpec]:
             END + 30 * MINUTE,
             a2_start - 4_170_000_000,
             seed,
+            int(seal_interval_s * NS_PER_S),
         ),
     ]
 
@@ -326,12 +336,14 @@ def generate_agent(spec: AgentSpec, checks: list[tuple[str, int, str, bool]], pa
 
     conn.execute("BEGIN")
     for appended, ci, t, started, dur, outcome in events:
-        tick = -(-(appended - spec.tick_phase_ns) // SEAL_INTERVAL_NS)
+        tick = -(-(appended - spec.tick_phase_ns) // spec.seal_interval_ns)
         if digest.count and tick != open_tick:
-            seal(spec.tick_phase_ns + open_tick * SEAL_INTERVAL_NS + 300_000)
+            seal(spec.tick_phase_ns + open_tick * spec.seal_interval_ns + 300_000)
         if not digest.count:
             open_tick = tick
-        received = spec.tick_phase_ns + open_tick * SEAL_INTERVAL_NS + 42 * MS  # delivered after its seal
+        received = (
+            spec.tick_phase_ns + open_tick * spec.seal_interval_ns + 42 * MS
+        )  # delivered after its seal
         seq += 1
         if ci < 0:
             off = offset + rng.randrange(-40_000, 40_000)
@@ -354,7 +366,7 @@ def generate_agent(spec: AgentSpec, checks: list[tuple[str, int, str, bool]], pa
         if len(log_rows) >= 100_000:
             flush()
     if digest.count:
-        seal(spec.tick_phase_ns + open_tick * SEAL_INTERVAL_NS + 300_000)
+        seal(spec.tick_phase_ns + open_tick * spec.seal_interval_ns + 300_000)
     flush()
     conn.execute("COMMIT")
     conn.close()
@@ -375,11 +387,11 @@ def _generate(args: tuple[AgentSpec, list[tuple[str, int, str, bool]], Path]) ->
 # ---- the database ---------------------------------------------------------------------------------------
 
 
-def db_path(checks: int, seed: int) -> Path:
-    return OUT / f"evidence-{checks}c-s{seed}-v{BUILD_VERSION}.db"
+def db_path(checks: int, seed: int, seal_interval_s: float) -> Path:
+    return OUT / f"evidence-{checks}c-s{seed}-seal{seal_interval_s:g}s-v{BUILD_VERSION}.db"
 
 
-def build(path: Path, checks: int, seed: int, workers: int) -> dict[str, Any]:
+def build(path: Path, checks: int, seed: int, workers: int, seal_interval_s: float) -> dict[str, Any]:
     for suffix in ("", "-wal", "-shm", ".json"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -389,7 +401,7 @@ def build(path: Path, checks: int, seed: int, workers: int) -> dict[str, Any]:
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA cache_size=-1048576")
     cat = parse_catalogue(catalogue(checks), "bench-evidence.yaml")
-    specs = agents(seed)
+    specs = agents(seed, seal_interval_s)
     with store.immediate(db):
         refs = store._persist_catalogue(db, cat, START - 30 * DAY)
         for s in specs:
@@ -704,6 +716,12 @@ def main() -> None:
         "--repeat", type=int, default=1, help="CLI runs of export and of verify (median reported)"
     )
     ap.add_argument("--build-workers", type=int, default=2)
+    ap.add_argument(
+        "--seal-interval",
+        type=float,
+        default=SEAL_INTERVAL_S,
+        help="the agents' sealing interval in seconds (default: the spool's, %(default)g s)",
+    )
     ap.add_argument("--rebuild", action="store_true", help="build the database even if cached")
     ap.add_argument("--no-phases", action="store_true", help="skip the in-process per-phase run")
     ap.add_argument("--profile", action="store_true", help="the per-phase run under cProfile too")
@@ -715,8 +733,9 @@ def main() -> None:
     )
     a = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    path = db_path(a.checks, a.seed)
+    path = db_path(a.checks, a.seed, a.seal_interval)
     figures: dict[str, Any] = {
+        "seal_interval_s": a.seal_interval,
         "machine": machine(),
         "code": code_version(),
         "checks": a.checks,
@@ -724,7 +743,7 @@ def main() -> None:
     }
     if a.rebuild or not path.exists() or not Path(f"{path}.json").exists():
         print(f"building {path}: {a.checks} checks at 60 s, October 2026, sealed records ...", flush=True)
-        figures["build"] = build(path, a.checks, a.seed, a.build_workers)
+        figures["build"] = build(path, a.checks, a.seed, a.build_workers, a.seal_interval)
         figures["build"]["cached"] = False
     else:
         figures["build"] = json.loads(Path(f"{path}.json").read_text())
@@ -850,7 +869,7 @@ def markdown(f: dict[str, Any]) -> str:
 
 Machine: {m["cpu"]}, {m["cores"]} vCPU, Linux {m["kernel"]}; Python {m["python"]}, SQLite {m["sqlite"]}, zlib {m["zlib"]}. Load average at the end {m["load_average_end"]:.1f}.
 Code: commit {code["commit"]}{dirty}.
-World (`bench/evidence.py`, database {built}, {b["db_gib"]:.2f} GiB): one site, {f["checks"]} checks at 60 s, October 2026: {b["results"]:,} results, {b["clock_samples"]:,} clock samples and {b["seals"]:,} seals (the spool's 1 s sealing tick at 0.83 results/s) from 2 agents in turn; runs: export {", ".join(f"{x:.1f}" for x in f["export_runs_s"])} s, verify {", ".join(f"{x:.1f}" for x in f["verify_runs_s"])} s.
+World (`bench/evidence.py`, database {built}, {b["db_gib"]:.2f} GiB): one site, {f["checks"]} checks at 60 s, October 2026: {b["results"]:,} results, {b["clock_samples"]:,} clock samples and {b["seals"]:,} seals (sealed every {f["seal_interval_s"]:g} s or 500 records, at 0.83 results/s) from 2 agents in turn; runs: export {", ".join(f"{x:.1f}" for x in f["export_runs_s"])} s, verify {", ".join(f"{x:.1f}" for x in f["verify_runs_s"])} s.
 
 | command | wall (median) | CPU | max RSS (largest process / sampled tree) | load avg before → after | other processes, cores |
 |---|---:|---:|---:|---|---:|
