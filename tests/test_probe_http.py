@@ -1094,6 +1094,12 @@ async def test_client_certificate_missing(mtls_server: HttpTestServer, ca_file: 
         "TLS alert TLSV13_ALERT_CERTIFICATE_REQUIRED before any response"
     )
     assert names(result) == ["resolve", "connect", "tls", "processing"]
+    # The server's thread records its failed handshake after sending the alert, which the
+    # probe may have read (and returned on) first.
+    for _ in range(200):
+        if mtls_server.handshake_errors:
+            break
+        await asyncio.sleep(0.005)
     assert len(mtls_server.handshake_errors) == 1
     assert mtls_server.requests == []
 
