@@ -81,10 +81,12 @@ class CheckRunner:
         trace = PhaseTrace()
         started_ns = self.clock.time_ns()
         t0 = time.perf_counter()
+        timed_out = False
         try:
             async with asyncio.timeout(spec.timeout_ms / 1000):
                 result = await run_probe(self.prober, trace)
         except TimeoutError:
+            timed_out = True
             hung = trace.current or "start"
             result = ProbeResult(
                 False,
@@ -98,7 +100,10 @@ class CheckRunner:
             result = ProbeResult(
                 False, trace.close(), ErrorKind.INTERNAL, f"probe error: {type(exc).__name__}: {exc}"[:1000]
             )
-        duration_ns = int((time.perf_counter() - t0) * 1e9)
+        # The target's time: up to its last byte (trace.end), not our parsing after it; a
+        # timeout is the whole wait.
+        end = trace.end if trace.end is not None and not timed_out else time.perf_counter()
+        duration_ns = int((max(end, t0) - t0) * 1e9)
         degraded = (
             result.success and spec.degraded_after_ms > 0 and duration_ns > spec.degraded_after_ms * NS_PER_MS
         )

@@ -95,13 +95,16 @@ class PhaseTrace:
     calls :meth:`close` and reports the phase that hung).
     """
 
-    __slots__ = ("_current", "_mark", "_phases", "fields")
+    __slots__ = ("_current", "_mark", "_phases", "end", "fields")
 
     def __init__(self) -> None:
         self._phases: list[tuple[str, float]] = []
         self._current: str | None = None
         self._mark = time.perf_counter()
         self.fields: dict[str, FieldScalar] = {}
+        # When the target's part ended (perf_counter): set by the first stop() or close(). The
+        # runner measures the total to here, so parsing the answer is not counted as latency.
+        self.end: float | None = None
 
     def enter(self, name: str) -> None:
         now = time.perf_counter()
@@ -117,8 +120,11 @@ class PhaseTrace:
         the probe's own time, not the target's, so no phase holds it.
         """
         if self._current is not None:
-            self._phases.append((self._current, time.perf_counter() - self._mark))
+            now = time.perf_counter()
+            self._phases.append((self._current, now - self._mark))
             self._current = None
+            if self.end is None:
+                self.end = now
 
     def skip(self, name: str) -> None:
         """Record a phase that took no time (for example resolving an IP literal)."""
@@ -127,6 +133,8 @@ class PhaseTrace:
     def close(self) -> tuple[tuple[str, float], ...]:
         self.enter("")
         self._current = None
+        if self.end is None:
+            self.end = self._mark
         return tuple(self._phases)
 
     @property

@@ -175,3 +175,25 @@ async def test_degraded_marks_slow_successes() -> None:
     )
     m = await CheckRunner(spec, Slow(), lambda m: None).run_once(1)
     assert m.success and m.degraded
+
+
+async def test_the_duration_ends_at_the_targets_last_byte_not_after_our_parsing() -> None:
+    class ParsesSlowly(Prober):
+        type_name = "parses"
+
+        @classmethod
+        def from_config(cls, target: Node, settings: Fields) -> Prober:  # pragma: no cover
+            raise NotImplementedError
+
+        async def probe(self, trace: PhaseTrace) -> ProbeResult:
+            trace.enter("connect")
+            await asyncio.sleep(0.05)  # the target's time
+            trace.stop()  # its last byte
+            await asyncio.sleep(0.3)  # our own work on the answer
+            return ProbeResult(True, trace.close())
+
+    spec = CheckSpec("lab/p", "lab", "p", "parses", "x", interval_ms=1000, timeout_ms=2000, revision="r")
+    m = await CheckRunner(spec, ParsesSlowly(), lambda m: None).run_once(1)
+    assert m.success
+    assert 0.04e9 < m.duration_ns < 0.25e9, m.duration_ns  # the 0.3 s of parsing is not latency
+    assert [p for p, _ in m.phases] == ["connect"]
