@@ -60,6 +60,7 @@ ACK_WINDOW = 64  # batches decoded ahead of their commit, per stream
 _KIND_NUMBER = {f.name: f.number for f in pb.Record.DESCRIPTOR.oneofs_by_name["kind"].fields}
 # Batches at least this large are decoded in the decode worker process (smaller: on the event loop).
 OFFLOAD_MIN_BYTES = 16 * 1024
+FOLD_MIN_ROWS_PER_CHECK = 3  # the decode worker folds a batch for the rollups from this many rows per check
 
 
 @dataclass
@@ -850,7 +851,14 @@ def _decode_packed(raw: bytes, job: _WorkerJob) -> _Packed:
         job.agent_row, job.agent_name, job.epoch, job.now_ns, job.max_skew_ns, job.checks, keys
     )
     d = decode_batch(batch, raws, ctx)
-    if job.grids is not None and d.rows:
+    # Fold only where it pays: merging a fold costs the writer about what folding a row does, so a
+    # batch with about one row per check (a backlog over many checks) is left to the writer's fold.
+    ic = job.pick[1] if job.pick else 0
+    if (
+        job.grids is not None
+        and d.rows
+        and len({r[ic] for r in d.rows}) * FOLD_MIN_ROWS_PER_CHECK <= len(d.rows)
+    ):
         generation, grids = job.grids
         slots: rollups.Slots = {}
         hours: rollups.Hours = {}
