@@ -34,7 +34,12 @@ class ProbeHarness:
     async def probe(self, target: str, settings: Any = None) -> ProbeResult:
         # A generous guard so a regression shows up as a failure, not a hung run.
         async with asyncio.timeout(self.guard_s):
-            return await run_probe(self.make_prober(target, settings), PhaseTrace())
+            result = await run_probe(self.make_prober(target, settings), PhaseTrace())
+        # Probes close sockets and transports after their result, on later loop turns (their
+        # time is not the target's); let those run before the test's loop is torn down.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return result
 
     def config_error(self, target: Any, settings: Any = None) -> str:
         with pytest.raises(ConfigError) as info:
