@@ -191,7 +191,12 @@ class Agent:
         """Give the link a moment to deliver the last records before exit."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self.outbox.depth and loop.time() < deadline and not link_task.done():  # noqa: ASYNC110
+        while self.outbox.depth and loop.time() < deadline and not link_task.done():
+            if isinstance(self.outbox, Spool):
+                # Seal what waits (a clock sample may still arrive): only sealed records can be
+                # sent, and the periodic seal may be seconds away.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.outbox.flush(), max(0.01, deadline - loop.time()))
             await asyncio.sleep(0.05)
         if self.outbox.depth:
             where = "kept in the spool for the next start" if isinstance(self.outbox, Spool) else "LOST"

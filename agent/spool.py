@@ -149,8 +149,19 @@ class Spool:
         self._epoch, self._acked, self._committed, self._oldest_ns = epoch, acked, last, oldest
         self._next_seq = last
         if self.key is not None:
-            self._committed = await asyncio.to_thread(self._load_chain, conn, last)
-            self._unsealed = last - self._committed
+            sealed = await asyncio.to_thread(self._load_chain, conn, last)
+            if sealed is None:
+                log.warning(
+                    "spool %s holds %d records written before this agent sealed its records: this run"
+                    " delivers them unsealed (the collector accepts them from an agent presenting no"
+                    " key) and sealing starts at the first start with nothing of them left",
+                    self.path,
+                    last - acked,
+                )
+                self.key = None
+            else:
+                self._committed = sealed
+                self._unsealed = last - self._committed
         self._read_conn = await asyncio.to_thread(self._connect)
         self._thread = threading.Thread(target=self._run, args=(conn,), name="slaprobe-spool", daemon=True)
         self._thread.start()
@@ -182,13 +193,20 @@ class Spool:
         oldest = conn.execute("SELECT scheduled_ns FROM records ORDER BY seq LIMIT 1").fetchone()
         return int(meta["epoch"]), int(meta["acked_seq"]), last, int(oldest[0]) if oldest else 0
 
-    def _load_chain(self, conn: sqlite3.Connection, last: int) -> int:
-        """Restore the chain state; return the seq sealed through (what is readable)."""
+    def _load_chain(self, conn: sqlite3.Connection, last: int) -> int | None:
+        """Restore the chain state; return the seq sealed through (what is readable).
+
+        None for a spool written before sealing that still holds unsent records: they
+        cannot be sealed after the fact in links a batch can carry (their seqs are taken),
+        so they go out unsealed first, the way they were written.
+        """
         row = conn.execute("SELECT head, sealed FROM chain WHERE id = 1").fetchone()
         if row is None:
-            # A new spool, or one written before sealing: the chain starts after what the
-            # collector already holds, and the first seal covers whatever waits unsent.
+            # A new spool, or one written before sealing with nothing unsent: the chain
+            # starts after what the collector already holds.
             acked = int(conn.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()[0])
+            if last > acked:
+                return None
             head, sealed = chain.GENESIS, acked
             conn.execute("INSERT INTO chain VALUES (1, ?, ?)", (head, sealed))
         else:

@@ -361,3 +361,48 @@ async def test_an_agent_presenting_another_key_is_refused(collector: Collector) 
         with pytest.raises(grpc.aio.AioRpcError) as exc:
             await register(ch, "a1", 1, None)
         assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_backlog_written_before_sealing_is_delivered_unsealed_then_the_chain_starts(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """An agent upgraded with 2,000 unsent records from before sealing neither stalls nor loses them."""
+    path = tmp_path / "old.db"
+    old = Spool(path)  # no key: as written by an agent from before sealing
+    await old.open()
+    for i in range(2000):
+        old.append(measurement(-i))  # in the past: results from before the upgrade
+    await old.flush()
+    await old.close()
+    key = Ed25519PrivateKey.generate()
+    upgraded = Spool(path, SpoolLimits(seal_every=50, seal_interval_s=3600), signing_key=key)
+    await upgraded.open()
+    try:
+        assert upgraded.signing_key == b""  # this run presents no key and sends the backlog as it is
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.port}") as ch:
+            await register(ch, "a1", upgraded.epoch, None)
+            after, payloads = 0, []
+            while batch := await upgraded.read(after, 1000):
+                payloads.append(as_batch("a1", upgraded.epoch, batch))
+                after = batch[-1].through_seq
+            acks, err = await push(ch, payloads)
+        assert err is None and acks[-1].acked_seq == 2000
+        upgraded.ack(2000)
+    finally:
+        await upgraded.close()
+    again = Spool(path, SpoolLimits(seal_every=50, seal_interval_s=3600), signing_key=key)
+    await again.open()  # nothing unsent is left: sealing starts, the chain after seq 2000
+    try:
+        assert again.signing_key == chain.public_raw(key)
+        for i in range(60):
+            again.append(measurement(-i))
+        await again.flush()
+        records = await again.read(2000, 1000)
+        assert pb.Record.FromString(records[-1].data).WhichOneof("kind") == "seal"
+        first = next(
+            pb.Record.FromString(r.data) for r in records if pb.Record.FromString(r.data).HasField("seal")
+        )
+        assert chain.parse_link(first.seq, first.seal).body.first_seq == 2001
+    finally:
+        await again.close()
+    assert q(tmp_path / "c.db", "SELECT count(*) FROM results")[0][0] == 2000
