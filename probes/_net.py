@@ -401,27 +401,6 @@ def _why(exc: BaseException) -> str:
     return str(exc)
 
 
-async def start_tls(
-    writer: asyncio.StreamWriter, ctx: ssl.SSLContext, server_name: str, trace: PhaseTrace
-) -> None:
-    """Upgrade an open connection to TLS and record certificate facts."""
-    trace.enter("tls")
-    try:
-        await writer.start_tls(ctx, server_hostname=server_name)
-    except ssl.SSLCertVerificationError as exc:
-        raise ProbeFailure(ErrorKind.TLS, f"certificate rejected: {exc.verify_message}") from exc
-    except ssl.SSLError as exc:
-        detail = tls_error_detail(exc, "during the handshake")
-        if detail.startswith("TLS error"):
-            detail = f"TLS handshake failed: {exc.reason or exc}"
-        raise ProbeFailure(ErrorKind.TLS, detail) from exc
-    except (ConnectionError, asyncio.IncompleteReadError) as exc:
-        raise ProbeFailure(ErrorKind.RESET, "connection closed during the TLS handshake") from exc
-    ssl_object = writer.get_extra_info("ssl_object")
-    if ssl_object is not None:
-        record_tls_facts(ssl_object, trace)
-
-
 def record_tls_facts(tls: ssl.SSLObject | ssl.SSLSocket, trace: PhaseTrace) -> None:
     """``tls_version`` and ``cert_days_left`` of an established TLS connection.
 
@@ -530,8 +509,9 @@ def close_later(sock: socket.socket) -> None:
 async def tls_handshake(stream: SockStream, ctx: ssl.SSLContext, server_name: str, trace: PhaseTrace) -> None:
     """Make ``stream`` a TLS connection (the handshake on its own socket) and record certificate facts.
 
-    Errors mean what :func:`start_tls`'s mean: a rejected certificate or a
-    failed handshake is ``tls``, the peer closing or resetting is ``reset``.
+    A rejected certificate or a failed handshake is ``tls``, the peer closing or
+    resetting is ``reset``. Every probe that speaks TLS goes through here, so a
+    handshake fails the same way (same kinds, same words) in all of them.
     """
     trace.enter("tls")
     try:

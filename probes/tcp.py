@@ -29,7 +29,6 @@ goes unnoticed, as in the TLS probe.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import ssl
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from slaprobe.configfile import Fields, Node
 from ._net import (
     HostPort,
     IpVersion,
+    SockStream,
     TlsOptions,
     close_later,
     connect,
@@ -46,8 +46,8 @@ from ._net import (
     read_ip_version,
     reset_after_tls_hint,
     resolve,
-    start_tls,
     tls_error_detail,
+    tls_handshake,
 )
 from .base import ErrorKind, PhaseTrace, ProbeFailure, Prober, ProbeResult
 
@@ -145,43 +145,37 @@ class TcpProber(Prober):
         if ctx is None and not self.query:
             close_later(sock)
             return ProbeResult(True, trace.close(), None, f"connected to {self.endpoint}", trace.fields)
-        try:
-            reader, writer = await asyncio.open_connection(sock=sock, limit=_MAX_LINE)
-        except BaseException:
-            sock.close()
-            raise
+        stream = SockStream(sock)
         detail = f"connected to {self.endpoint}"
         try:
             if ctx is not None and self.tls is not None:
-                await start_tls(writer, ctx, self.tls.server_name or self.endpoint.host, trace)
+                await tls_handshake(stream, ctx, self.tls.server_name or self.endpoint.host, trace)
                 detail += f", {trace.fields.get('tls_version', 'TLS')}"
             if self.query:
                 trace.enter("query")
-                await self._run_query(reader, writer, trace)
+                await self._run_query(_LineReader(stream), trace)
                 detail += f", query passed ({len(self.query)} steps)"
         finally:
-            writer.close()
+            # At once, TLS included: no wait for the peer's close_notify after the result.
+            stream.close()
         return ProbeResult(True, trace.close(), None, detail, trace.fields)
 
-    async def _run_query(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trace: PhaseTrace
-    ) -> None:
+    async def _run_query(self, lines: _LineReader, trace: PhaseTrace) -> None:
         for step in self.query:
             # Left in the fields while the step runs: a timeout result then names it.
             trace.fields["query_step"] = step.label
             if step.send is not None:
                 try:
-                    writer.write(step.send)
-                    await writer.drain()
-                except ConnectionError as exc:
-                    raise ProbeFailure(ErrorKind.RESET, f"{step.label}: connection reset") from exc
+                    await lines.stream.send_all(step.send)
                 except ssl.SSLError as exc:
                     raise ProbeFailure(ErrorKind.TLS, tls_error_detail(exc, f"at {step.label}")) from exc
+                except OSError as exc:  # reset, broken pipe
+                    raise ProbeFailure(ErrorKind.RESET, f"{step.label}: connection reset") from exc
                 continue
             assert step.expect is not None
             skipped = 0
             while True:
-                line = await _read_line(reader, step, trace, self.tls.client_cert if self.tls else None)
+                line = await _read_line(lines, step, trace, self.tls.client_cert if self.tls else None)
                 if line is None:
                     what = f"after {skipped} skipped lines" if skipped else "before any line"
                     raise ProbeFailure(ErrorKind.RESET, f"{step.label}: connection closed {what}")
@@ -195,24 +189,53 @@ class TcpProber(Prober):
         del trace.fields["query_step"]
 
 
+class _LineReader:
+    """Lines from a :class:`SockStream`, buffered: one ``recv`` may carry several lines."""
+
+    __slots__ = ("_buffer", "stream")
+
+    def __init__(self, stream: SockStream) -> None:
+        self.stream = stream
+        self._buffer = bytearray()
+
+    async def readline(self) -> tuple[bytes, bool]:
+        """The next line with its ``\\n``; at EOF what is left and ``True``.
+
+        Raises ``ValueError`` for a line longer than ``_MAX_LINE`` bytes.
+        """
+        searched = 0
+        while True:
+            end = self._buffer.find(b"\n", searched)
+            if end >= 0:
+                line = bytes(self._buffer[: end + 1])
+                del self._buffer[: end + 1]
+                return line, False
+            if len(self._buffer) > _MAX_LINE:
+                raise ValueError(f"a line longer than {_MAX_LINE} bytes")
+            searched = len(self._buffer)
+            chunk = await self.stream.recv(_MAX_LINE)
+            if not chunk:
+                rest = bytes(self._buffer)
+                self._buffer.clear()
+                return rest, True
+            self._buffer += chunk
+
+
 async def _read_line(
-    reader: asyncio.StreamReader, step: QueryStep, trace: PhaseTrace, client_cert: str | None
+    lines: _LineReader, step: QueryStep, trace: PhaseTrace, client_cert: str | None
 ) -> bytes | None:
     """The next line without its line end; a last line without one at EOF; None at EOF."""
     try:
-        raw = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raw = exc.partial
-    except asyncio.LimitOverrunError as exc:
-        detail = f"{step.label}: a line longer than {_MAX_LINE} bytes"
-        raise ProbeFailure(ErrorKind.PROTOCOL, detail) from exc
-    except ConnectionError as exc:
-        hint = "" if "banner" in trace.fields else reset_after_tls_hint(trace.fields, client_cert)
-        raise ProbeFailure(ErrorKind.RESET, f"{step.label}: connection reset{hint}") from exc
+        raw, eof = await lines.readline()
+    except ValueError as exc:
+        raise ProbeFailure(ErrorKind.PROTOCOL, f"{step.label}: {exc}") from exc
     except ssl.SSLError as exc:
         raise ProbeFailure(ErrorKind.TLS, tls_error_detail(exc, f"at {step.label}")) from exc
+    except OSError as exc:  # reset
+        hint = "" if "banner" in trace.fields else reset_after_tls_hint(trace.fields, client_cert)
+        raise ProbeFailure(ErrorKind.RESET, f"{step.label}: connection reset{hint}") from exc
+    if eof and not raw:
+        return None
     line = raw.rstrip(b"\r\n")
     trace.fields.setdefault("banner", _show(line))
     return line

@@ -35,12 +35,13 @@ from slaprobe.configfile import Fields, Node
 from ._net import (
     HostPort,
     IpVersion,
+    SockStream,
     check_host,
     connect,
     parse_host_port,
     read_ip_version,
     resolve,
-    start_tls,
+    tls_handshake,
 )
 from .base import ErrorKind, FieldScalar, PhaseTrace, ProbeFailure, Prober, ProbeResult
 
@@ -128,25 +129,22 @@ class TlsProber(Prober):
         s = self.settings
         ctx = await self._context()
         family, sockaddr = await resolve(self.endpoint, s.ip_version, trace)
-        sock = await connect(family, sockaddr, trace)
-        try:
-            _, writer = await asyncio.open_connection(sock=sock)
-        except BaseException:
-            sock.close()
-            raise
+        stream = SockStream(await connect(family, sockaddr, trace, nodelay=True))
         try:
             try:
-                await start_tls(writer, ctx, s.server_name or self.endpoint.host, trace)
+                await tls_handshake(stream, ctx, s.server_name or self.endpoint.host, trace)
             except ProbeFailure as failure:
                 if failure.kind is ErrorKind.TLS and _is_version_refusal(failure.detail):
                     detail = f"{failure.detail} (no protocol version at or above min_version {s.min_version})"
                     raise ProbeFailure(ErrorKind.TLS, detail) from failure
                 raise
-            ssl_object = writer.get_extra_info("ssl_object")
-            cipher = ssl_object.cipher() if ssl_object is not None else None
-            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            tls = stream.sock
+            cipher = tls.cipher() if isinstance(tls, ssl.SSLSocket) else None
+            der = tls.getpeercert(binary_form=True) if isinstance(tls, ssl.SSLSocket) else None
         finally:
-            writer.close()
+            # Closed at once, without waiting for the peer's close_notify: asyncio's SSL
+            # transport waits up to 30 s for it, holding the socket open after the result.
+            stream.close()
         phases = trace.close()
         fields = trace.fields
         if cipher:
