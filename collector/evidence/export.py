@@ -43,7 +43,6 @@ from collector.evidence.report_doc import build_report
 from collector.rollups import RawSource
 from collector.sla.report import Context, Period, _overlaps, parts_for, selected, slice_and_origin
 from collector.store import Reader
-from protos import slaprobe_v1_pb2 as pb
 from slaprobe import __version__
 from slaprobe.chain import fingerprint, key_id, public_pem, public_raw
 from slaprobe.schedule import NS_PER_S
@@ -463,7 +462,7 @@ def _write_chain(
     """Write one chain file (seqs ``first..last``), rendering its records through ``upto`` into the
     tables; return (records, links)."""
     records = links = 0
-    parse, add, agent = pb.Record.FromString, tables.add, chain.agent
+    add, agent = tables.add_raw, chain.agent
     with open(path, "wb") as f:
         cur = conn.execute(
             "SELECT seq, kind, raw FROM record_log WHERE agent_id = ? AND epoch = ? AND seq >= ? AND seq <= ?"
@@ -478,7 +477,7 @@ def _write_chain(
                     continue
                 records += 1
                 if seq <= upto:
-                    add(agent, epoch, parse(raw))
+                    add(agent, epoch, raw)
     return records, links
 
 
@@ -502,7 +501,7 @@ def _render_job(
             open(out / Path(layout.RESULTS_JSONL).name, "w", encoding="utf-8") as jsonl,
         ):
             tables = TableWriter(start, end, rcsv, gcsv, jsonl, set(check_keys), header=False)
-            parse, add = pb.Record.FromString, tables.add
+            add = tables.add_raw
             for i, (agent_id, epoch, name, first, last) in enumerate(spans):
                 cur = reader.db.conn.execute(
                     "SELECT raw FROM record_log WHERE agent_id = ? AND epoch = ? AND seq >= ? AND seq <= ?"
@@ -511,7 +510,7 @@ def _render_job(
                 )
                 while rows := cur.fetchmany(4096):
                     for (raw,) in rows:
-                        add(name, epoch, parse(raw))
+                        add(name, epoch, raw)
             tables.flush()
     finally:
         reader.close()
