@@ -6,6 +6,13 @@ system users are created on the CI machine) and, systemd not being PID 1
 here, the fallback supervisor is what runs the agent. The collector is a
 real subprocess with mutual TLS; an agent counts as installed only once it
 has enrolled, registered and delivered results.
+
+Time: each install, unpack or pip run on a "host" is this machine's CPU, and
+the suite has a 10-minute budget on 2 cores. So the wheelhouse and the
+runtime bundle are built once per module (the `world` fixture; only
+test_bundle_cache_builds_once_then_hits builds another, on purpose), and the
+tests whose subject starts from an installed host share one (`shared_host`)
+instead of installing their own first.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -78,6 +86,60 @@ def sshd(world: dict[str, object], tmp_path: Path) -> Iterator[SshServer]:
     s = SshServer(tmp_path / "sshd", client_key=Path(str(world["key"]))).start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_host(
+    world: dict[str, object], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """One host with the agent installed from the session's bundle, for the tests whose subject starts
+    from an installed host (a first install costs ~10 s of this machine's 2 cores). Each of them
+    leaves it installed that way; `installed_host` checks so before handing it to the next."""
+    if why_not is not None:
+        pytest.skip(why_not)
+    tmp = tmp_path_factory.mktemp("shared-host")
+    server = SshServer(tmp / "sshd", client_key=Path(str(world["key"]))).start()
+    kh, prefix, inv = tmp / "known_hosts", tmp / "opt", tmp / "fleet.txt"
+    kh.write_text(server.known_hosts_line())
+    inv.write_text(f"root@127.0.0.1:{server.port} name=shared-1\n")
+    host: dict[str, Any] = {
+        "sshd": server,
+        "prefix": prefix,
+        "known_hosts": kh,
+        "args": ["-i", str(inv), *install_args(world, kh, prefix)],
+        "uninstall": ["-i", str(inv), *base_args(world, kh, prefix)],
+    }
+    try:
+        h = _json_install(host["args"])
+        assert (h["result"], h["method"]) == ("installed", "bundle"), h
+        yield host
+    finally:
+        cli("uninstall", *host["uninstall"])
+        server.stop()
+        _kill_processes_under(tmp)
+
+
+@pytest.fixture
+def installed_host(world: dict[str, object], shared_host: dict[str, Any]) -> dict[str, Any]:
+    """`shared_host`, checked from its files (it is this machine's directory): the session's bundle in
+    force and the agent running; else installed again, so one test's failure is not the next one's."""
+    b = world["bundle"]
+    assert isinstance(b, bundle.Bundle)
+    prefix = shared_host["prefix"]
+    try:
+        manifest = json.loads((prefix / "manifest.json").read_text())
+        ready = (
+            manifest.get("complete")
+            and (manifest.get("mode"), manifest.get("bundle")) == ("bundle", b.key)
+            and installed_bundle(prefix) == b.key
+            and pid_alive(prefix / "run" / "agent.pid") is not None
+        )
+    except (OSError, ValueError, AssertionError):
+        ready = False
+    if not ready:
+        h = _json_install(shared_host["args"])
+        assert h["method"] == "bundle" and installed_bundle(prefix) == b.key, h
+    return shared_host
 
 
 def base_args(world: dict[str, object], known_hosts: Path, prefix: Path) -> list[str]:
@@ -197,9 +259,13 @@ def test_supervisor_script_is_valid_sh(tmp_path: Path) -> None:
 def _no_stray_processes(tmp_path: Path) -> Iterator[None]:
     """A failed test must not leave an installed supervisor or agent running on the machine."""
     yield
+    _kill_processes_under(tmp_path)
+
+
+def _kill_processes_under(directory: Path) -> None:
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if any(str(tmp_path) in part for part in proc.info["cmdline"] or []):
+            if any(str(directory) in part for part in proc.info["cmdline"] or []):
                 proc.kill()
         except psutil.Error:
             pass
@@ -357,57 +423,6 @@ def test_changed_host_key_aborts_before_authentication(
     assert not prefix.exists()
 
 
-@needs_sshd
-def test_unreachable_and_wrong_password_fail_only_their_host(
-    world: dict[str, object], sshd: SshServer, tmp_path: Path
-) -> None:
-    other_key = keygen(tmp_path / "id_other")
-    pw = SshServer(
-        tmp_path / "sshd-pw",
-        {"PasswordAuthentication": "yes", "PermitRootLogin": "yes"},
-        client_key=other_key,
-    ).start()
-    try:
-        kh, prefix = tmp_path / "known_hosts", tmp_path / "opt"
-        kh.write_text(sshd.known_hosts_line() + pw.known_hosts_line())
-        dead = free_port()
-        inv = tmp_path / "fleet.txt"
-        inv.write_text(
-            f"root@127.0.0.1:{sshd.port} name=good-1\nroot@127.0.0.1:{dead}\nroot@127.0.0.1:{pw.port} name=pw-1\n"
-        )
-        t0 = time.monotonic()
-        r = cli(
-            "install",
-            "-i",
-            str(inv),
-            *install_args(world, kh, prefix),
-            "--accept-new",
-            "--connect-timeout",
-            "5",
-            env={"SLAPROBE_SSH_PASSWORD": "not-the-password"},
-        )
-        assert r.returncode == 1, r.stdout + r.stderr
-        rows = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.startswith("127.0.0.1:")}
-        assert "installed" in rows[f"127.0.0.1:{sshd.port}"], r.stdout
-        assert "cannot reach" in rows[f"127.0.0.1:{dead}"] and "refused" in rows[f"127.0.0.1:{dead}"], (
-            r.stdout
-        )
-        assert (
-            "authentication as root" in rows[f"127.0.0.1:{pw.port}"]
-            and "failed" in rows[f"127.0.0.1:{pw.port}"]
-        )
-        assert "1 of 3 hosts ok" in r.stdout
-        assert time.monotonic() - t0 < 120
-        assert "not-the-password" not in r.stdout + r.stderr
-    finally:
-        pw.stop()
-        cli(
-            "uninstall",
-            *base_args(world, tmp_path / "known_hosts", tmp_path / "opt"),
-            f"root@127.0.0.1:{sshd.port}",
-        )
-
-
 # ---- the runtime bundle ---------------------------------------------------------------------------
 
 
@@ -489,89 +504,122 @@ def test_decision_bundle_or_wheels_from_the_hosts_real_python(
 
 @pytest.mark.slow
 def test_bundle_cache_builds_once_then_hits(world: dict[str, object], tmp_path: Path) -> None:
+    """The session's bundle, built by the world fixture, is this test's first build: copied into a
+    cache of its own, it is a hit; damaged, it is built again (the one build here), then hit again."""
     wh = wheelhouse.load(Path(str(world["wheelhouse"])))
+    made = world["bundle"]
+    assert isinstance(made, bundle.Bundle)
     root = tmp_path / "cache"
     killed = root / ".0.0.9-old-build"  # what a build killed an hour ago left
     killed.mkdir(parents=True)
     os.utime(killed, (time.time() - 7200, time.time() - 7200))
+    for suffix in (".tar.gz", ".json"):
+        shutil.copy2(made.path.with_name(made.key + suffix), root / (made.key + suffix))
     first = bundle.ensure(wh, root)
-    assert first is not None and first.build_s > 0
-    assert not killed.exists()
-    stat = first.path.stat()
+    assert first is not None and first.build_s == 0  # a hit: nothing built
+    assert (first.key, first.sha256, first.size) == (made.key, made.sha256, made.size)
+    assert first.path == root / f"{made.key}.tar.gz"
+    # A damaged cache entry (every host would refuse it) is built again, not handed out.
+    data = bytearray(first.path.read_bytes())
+    data[100] ^= 0xFF
+    first.path.write_bytes(bytes(data))
+    built = bundle.ensure(wh, root)
+    assert built is not None and built.build_s > 0 and built.key == first.key
+    assert wheelhouse._file_sha256(built.path) == built.sha256
+    assert not killed.exists()  # a build prunes what killed builds left
+    stat = built.path.stat()
     second = bundle.ensure(wh, root)
-    assert second is not None and second.build_s == 0  # a hit: nothing built
-    assert (second.key, second.sha256, second.path) == (first.key, first.sha256, first.path)
+    assert second is not None and second.build_s == 0  # a hit again: built once
+    assert (second.key, second.sha256, second.path) == (built.key, built.sha256, built.path)
     assert second.path.stat().st_mtime_ns == stat.st_mtime_ns
     assert sorted(p.name for p in root.iterdir()) == [
-        f".{first.key}.lock",
-        f"{first.key}.json",
-        f"{first.key}.tar.gz",
+        f".{built.key}.lock",
+        f"{built.key}.json",
+        f"{built.key}.tar.gz",
     ]
-    assert first.key == world["bundle"].key  # type: ignore[attr-defined]  # same inputs, same key
     # The archive: the agent's packages with bytecode for this Python, no pip, no scripts with our paths.
     import tarfile
 
-    with tarfile.open(first.path) as tar:
+    with tarfile.open(built.path) as tar:
         names = set(tar.getnames())
         members = tar.getmembers()
     assert "slaprobe/cli.py" in names and "grpc/__init__.py" in names and bundle.META in names
     assert f"slaprobe/__pycache__/cli.{sys.implementation.cache_tag}.pyc" in names
     assert not any(n.split("/")[0] in ("pip", "bin") or n.startswith("pip-") for n in names)
     assert all(m.uid == 0 and m.mode & 0o022 == 0 for m in members)
-    # A damaged cache entry (every host would refuse it) is built again, not handed out.
-    data = bytearray(first.path.read_bytes())
-    data[100] ^= 0xFF
-    first.path.write_bytes(bytes(data))
-    third = bundle.ensure(wh, root)
-    assert third is not None and third.build_s > 0 and third.key == first.key
-    assert wheelhouse._file_sha256(third.path) == third.sha256
 
 
 @needs_sshd
 @pytest.mark.slow
-def test_one_bundle_for_several_hosts_and_the_agents_run_from_it(
+def test_one_bundle_for_several_hosts_while_unreachable_and_refused_hosts_fail_alone(
     world: dict[str, object], tmp_path: Path
 ) -> None:
+    """Three hosts take the same archive in one run and their agents run from it; in the same run an
+    unreachable host and one refusing the login fail, each alone, and the others are not held up."""
     key = Path(str(world["key"]))
     servers = [SshServer(tmp_path / f"sshd-{i}", client_key=key).start() for i in range(3)]
+    # Authorizes another key than the installer's: the login falls back to the (wrong) password.
+    pw = SshServer(
+        tmp_path / "sshd-pw",
+        {"PasswordAuthentication": "yes", "PermitRootLogin": "yes"},
+        client_key=keygen(tmp_path / "id_other"),
+    ).start()
     try:
         kh = tmp_path / "known_hosts"
-        kh.write_text("".join(s.known_hosts_line() for s in servers))
-        inv = tmp_path / "fleet.txt"
+        kh.write_text("".join(s.known_hosts_line() for s in [*servers, pw]))
         prefixes = [tmp_path / f"host-{i}" / "opt" for i in range(3)]
-        inv.write_text(
-            "".join(
-                f"root@127.0.0.1:{s.port} name=multi-{i} prefix={p}\n"
-                for i, (s, p) in enumerate(zip(servers, prefixes, strict=True))
-            )
+        good = "".join(
+            f"root@127.0.0.1:{s.port} name=multi-{i} prefix={p}\n"
+            for i, (s, p) in enumerate(zip(servers, prefixes, strict=True))
         )
-        cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}  # cold: this run builds the bundle
-        args = ["-i", str(inv), *install_args(world, kh, tmp_path / "unused"), "--format", "json"]
-        r = cli("install", *args, env=cache)
-        assert r.returncode == 0, r.stdout + r.stderr
+        dead = free_port()
+        inv, fleet = tmp_path / "all.txt", tmp_path / "fleet.txt"
+        inv.write_text(f"{good}root@127.0.0.1:{dead}\nroot@127.0.0.1:{pw.port} name=pw-1\n")
+        fleet.write_text(good)
+        # The bundle cache is the one the world fixture warmed (building it is
+        # test_bundle_cache_builds_once_then_hits's subject): prepared once for the whole run.
+        b = world["bundle"]
+        assert isinstance(b, bundle.Bundle)
+        common = [*install_args(world, kh, tmp_path / "unused"), "--format", "json"]
+        t0 = time.monotonic()
+        r = cli(
+            "install",
+            "-i",
+            str(inv),
+            *common,
+            "--accept-new",
+            "--connect-timeout",
+            "5",
+            env={"SLAPROBE_SSH_PASSWORD": "not-the-password"},
+        )
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert time.monotonic() - t0 < 120
+        assert "not-the-password" not in r.stdout + r.stderr
         assert r.stderr.count("preparing the runtime bundle") == 1
-        (built,) = [ln for ln in r.stderr.splitlines() if ln.startswith("runtime bundle:")]
-        assert " built in " in built, built
-        archives = list((tmp_path / "cache" / "slaprobe" / "bundle").glob("*.tar.gz"))
-        assert len(archives) == 1
-        size = archives[0].stat().st_size
+        (prepared,) = [ln for ln in r.stderr.splitlines() if ln.startswith("runtime bundle:")]
+        assert prepared.endswith(f"cached: {b.path}"), prepared
         hosts = json.loads(r.stdout)["hosts"]
-        assert [h["result"] for h in hosts] == ["installed"] * 3
+        assert [h["host"] for h in hosts[3:]] == [f"127.0.0.1:{dead}", f"127.0.0.1:{pw.port}"]
+        failed_dead, failed_pw = hosts[3:]
+        assert not failed_dead["ok"] and failed_dead["result"] == "failed"
+        assert "cannot reach" in failed_dead["detail"] and "refused" in failed_dead["detail"], failed_dead
+        assert not failed_pw["ok"] and failed_pw["result"] == "failed"
+        assert "authentication as root" in failed_pw["detail"] and "failed" in failed_pw["detail"], failed_pw
+        hosts = hosts[:3]
+        assert [(h["ok"], h["result"]) for h in hosts] == [(True, "installed")] * 3
         assert {h["method"] for h in hosts} == {"bundle"}
         for h in hosts:  # one archive each, plus a few kB of manifest, config and scripts
-            assert size <= h["bytes_uploaded"] < size + 50_000
+            assert b.size <= h["bytes_uploaded"] < b.size + 50_000
         keys = {installed_bundle(p) for p in prefixes}
-        assert keys == {archives[0].name.removesuffix(".tar.gz")}
+        assert keys == {b.key}
         for p in prefixes:
-            (k,) = keys
-            assert agent_code_dirs(p) == {f"runtime/{k}"}  # grpc, cryptography, ... from the bundle
+            assert agent_code_dirs(p) == {f"runtime/{b.key}"}  # grpc, cryptography, ... from the bundle
             assert not (p / "wheels").exists() and not list((p / "bundles").iterdir())
             assert json.loads((p / "manifest.json").read_text())["mode"] == "bundle"
 
-        # Again: a cache hit, nothing sent, nothing changed.
-        r = cli("install", *args, env=cache)
+        # Again: nothing sent, nothing changed.
+        r = cli("install", "-i", str(fleet), *common)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert "cached" in r.stderr and " built in " not in r.stderr
         hosts = json.loads(r.stdout)["hosts"]
         assert [h["result"] for h in hosts] == ["unchanged"] * 3
         assert all(h["bytes_uploaded"] < 5_000 for h in hosts)
@@ -582,6 +630,7 @@ def test_one_bundle_for_several_hosts_and_the_agents_run_from_it(
             str(tmp_path / "fleet.txt"),
             *base_args(world, tmp_path / "known_hosts", tmp_path),
         )
+        pw.stop()
         for s in servers:
             s.stop()
 
@@ -597,14 +646,12 @@ def _json_install(args: list[str]) -> dict[str, object]:
 @needs_sshd
 @pytest.mark.slow
 def test_interrupted_upload_and_unpack_are_completed_on_rerun(
-    world: dict[str, object], sshd: SshServer, tmp_path: Path
+    world: dict[str, object], installed_host: dict[str, Any]
 ) -> None:
-    kh, prefix = tmp_path / "known_hosts", tmp_path / "opt"
-    kh.write_text(sshd.known_hosts_line())
-    args = [f"root@127.0.0.1:{sshd.port}", *install_args(world, kh, prefix)]
+    """From an installed host, what a run killed in the package step leaves: each is completed."""
+    prefix, args = installed_host["prefix"], installed_host["args"]
     b = world["bundle"]
     assert isinstance(b, bundle.Bundle)
-    assert _json_install(args)["result"] == "installed"
     runtime, bundles = prefix / "runtime" / b.key, prefix / "bundles"
     manifest = prefix / "manifest.json"
 
@@ -666,19 +713,18 @@ def test_interrupted_upload_and_unpack_are_completed_on_rerun(
 
     # And then nothing to do.
     assert _json_install(args)["result"] == "unchanged"
-    cli("uninstall", *base_args(world, kh, prefix), f"root@127.0.0.1:{sshd.port}")
 
 
 @needs_sshd
 @pytest.mark.slow
 def test_pip_fallback_and_switching_to_the_bundle_and_back(
-    world: dict[str, object], sshd: SshServer, tmp_path: Path
+    world: dict[str, object], installed_host: dict[str, Any]
 ) -> None:
-    """--method wheels is the path hosts with another Python take (pip on the host); an install made
-    that way (or by an older slaprobe) moves to the bundle on the next run, and back."""
-    kh, prefix = tmp_path / "known_hosts", tmp_path / "opt"
-    kh.write_text(sshd.known_hosts_line())
-    args = [f"root@127.0.0.1:{sshd.port}", *install_args(world, kh, prefix)]
+    """--method wheels is the path hosts with another Python take (pip on the host). A host installed
+    from the bundle moves to it (the runtime removed, a venv of its own: exactly what a first install
+    with pip does from there on), and an install made that way (or by an older slaprobe) moves to the
+    bundle on the next run."""
+    prefix, args = installed_host["prefix"], installed_host["args"]
     b = world["bundle"]
     assert isinstance(b, bundle.Bundle)
 
@@ -686,8 +732,12 @@ def test_pip_fallback_and_switching_to_the_bundle_and_back(
     assert (h["result"], h["method"]) == ("installed", "wheels"), h
     assert "pip on the host: --method wheels" in str(h["detail"])
     (site,) = (prefix / "venv" / "lib").glob("python3.*/site-packages")
-    assert (site / "slaprobe").is_dir() and (prefix / "wheels").is_dir() and not (prefix / "runtime").exists()
+    assert (site / "slaprobe").is_dir() and (prefix / "wheels").is_dir()
+    assert not (prefix / "runtime").exists() and not (prefix / "bundles").exists()
+    assert not (site / bundle.PTH).exists()
     assert agent_code_dirs(prefix) == {"venv/lib"}
+    assert json.loads((prefix / "manifest.json").read_text())["mode"] == "wheels"
+    assert _json_install([*args, "--method", "wheels"])["result"] == "unchanged"
 
     h = _json_install(args)
     assert (h["result"], h["method"]) == ("installed", "bundle"), h
@@ -695,14 +745,6 @@ def test_pip_fallback_and_switching_to_the_bundle_and_back(
     assert not (prefix / "wheels").exists()
     assert agent_code_dirs(prefix) == {f"runtime/{b.key}"}
     assert json.loads((prefix / "manifest.json").read_text())["mode"] == "bundle"
-
-    h = _json_install([*args, "--method", "wheels"])
-    assert (h["result"], h["method"]) == ("installed", "wheels"), h
-    assert not (prefix / "runtime").exists() and not (prefix / "bundles").exists()
-    assert not (site / bundle.PTH).exists()
-    assert agent_code_dirs(prefix) == {"venv/lib"}
-    assert _json_install([*args, "--method", "wheels"])["result"] == "unchanged"
-    cli("uninstall", *base_args(world, kh, prefix), f"root@127.0.0.1:{sshd.port}")
 
 
 def test_the_wheel_carries_every_package_and_is_built_from_the_source_files_only(
