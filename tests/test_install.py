@@ -747,13 +747,15 @@ def test_pip_fallback_and_switching_to_the_bundle_and_back(
     assert json.loads((prefix / "manifest.json").read_text())["mode"] == "bundle"
 
 
-def test_the_wheel_carries_every_package_and_is_built_from_the_source_files_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A wheel missing a subpackage (collector.sla once was) or carrying a deleted module breaks hosts."""
+def test_the_wheel_carries_every_package_and_is_built_from_the_source_files_only(tmp_path: Path) -> None:
+    """A wheel missing a subpackage (collector.sla once was) or carrying a deleted module breaks hosts.
+
+    ``build_wheel`` is how ``wheelhouse.ensure`` makes slaprobe's wheel (the dependencies' wheels are
+    pip's business): built here into a directory of its own, while a stale module sits in build/.
+    """
     import zipfile
 
-    from slaprobe.install.wheelhouse import source_files, source_tree
+    from slaprobe.install.wheelhouse import build_wheel, source_files, source_tree
 
     root = source_tree()
     assert root is not None
@@ -767,14 +769,13 @@ def test_the_wheel_carries_every_package_and_is_built_from_the_source_files_only
     (root / "build" / "lib" / "collector").mkdir(parents=True, exist_ok=True)
     stale = root / "build" / "lib" / "collector" / "deleted_module.py"
     stale.write_text("raise SystemExit('stale')\n")
+    out = tmp_path / "wheels"
+    out.mkdir()
     try:
-        from slaprobe.install import wheelhouse
-
-        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-        wh = wheelhouse.ensure(None)
+        wheel = build_wheel(root, out)
     finally:
         stale.unlink()
-    (wheel,) = [wh.dir / n for n in wh.wheels if n.startswith("slaprobe-")]
+    assert wheel.name.startswith(f"slaprobe-{__version__}-") and list(out.iterdir()) == [wheel]
     inside = {
         n.rsplit("/", 1)[0].replace("/", ".")
         for n in zipfile.ZipFile(wheel).namelist()

@@ -8,8 +8,8 @@ nor Debian's ``python3-venv`` (ensurepip): ``python3 -m venv --without-pip``
 is in the standard library.
 
 The wheelhouse is built once per version and source content (``pip wheel``
-of the source tree) into ``$XDG_CACHE_HOME/slaprobe/wheelhouse/VERSION-HASH``
-and reused while warm. A directory of prebuilt wheels can be given instead
+of the source tree alone, then of that wheel's dependencies and pip) into
+``$XDG_CACHE_HOME/slaprobe/wheelhouse/VERSION-HASH`` and reused while warm. A directory of prebuilt wheels can be given instead
 (``--wheelhouse DIR``), e.g. for hosts of another architecture.
 """
 
@@ -111,31 +111,10 @@ def ensure(explicit: Path | None = None) -> Wheelhouse:
         return load(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
-    # Build from a clean copy of exactly the source files: setuptools reuses the tree's
-    # build/ directory, where a module deleted from the source would live on in the wheel.
-    src = Path(tempfile.mkdtemp(prefix=f".{key}-src-", dir=target.parent))
     try:
-        for name in source_files(root):
-            (src / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / name, src / name)
-        for what in ([str(src)], ["pip"]):
-            r = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "wheel",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "-w",
-                    str(tmp),
-                    *what,
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if r.returncode != 0:
-                raise InstallError(f"building the wheelhouse failed: {r.stderr.strip()[-2000:]}")
+        wheel = build_wheel(root, tmp)
+        # The dependencies, as the wheel's metadata names them (pip copies the wheel itself), and pip.
+        _pip("wheel", "-w", str(tmp), str(wheel), "pip")
         (tmp / ".complete").write_text(key + "\n")
         try:
             tmp.rename(target)
@@ -143,10 +122,51 @@ def ensure(explicit: Path | None = None) -> Wheelhouse:
             shutil.rmtree(tmp, ignore_errors=True)
         _prune(target.parent, keep=KEEP)
     finally:
-        shutil.rmtree(src, ignore_errors=True)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return load(target)
+
+
+def build_wheel(root: Path, out: Path) -> Path:
+    """slaprobe's own wheel (no dependencies) from the source tree ``root``, written to ``out``.
+
+    Built from a clean copy of exactly the source files: setuptools reuses the tree's build/
+    directory, where a module deleted from the source would live on in the wheel. Where the build
+    backend pyproject.toml asks for is already importable here (a development environment), pip
+    uses it instead of installing it into a fresh isolated environment first (half the ~10 s).
+    """
+    src = Path(tempfile.mkdtemp(prefix=".slaprobe-src-", dir=out.parent))
+    try:
+        for name in source_files(root):
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, src / name)
+        no_isolation = ["--no-build-isolation"] if _build_backend_here() else []
+        _pip("wheel", "--no-deps", *no_isolation, "-w", str(out), str(src))
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+    (wheel,) = out.glob("slaprobe-*.whl")
+    return wheel
+
+
+def _build_backend_here() -> bool:
+    """Whether this interpreter has the build backend pyproject.toml requires (setuptools>=77)."""
+    from importlib import metadata
+
+    try:
+        major = metadata.version("setuptools").split(".")[0]
+    except metadata.PackageNotFoundError:
+        return False
+    return major.isdigit() and int(major) >= 77
+
+
+def _pip(*args: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", *args[:1], "--quiet", "--disable-pip-version-check", *args[1:]],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        raise InstallError(f"building the wheelhouse failed: {r.stderr.strip()[-2000:]}")
 
 
 def _prune(root: Path, keep: int) -> None:
