@@ -49,9 +49,9 @@ from collector.sla.histogram import (
     Hist,
     add,
     clock_bucket,
+    decode,
     encode,
     latency_bucket,
-    merge_blobs,
     merge_into,
 )
 from collector.sla.timeline import Interval
@@ -243,7 +243,6 @@ class Rollups:
         self._generation: tuple[int, int] | None = None
         # (generation, grids), replaced whole: other threads may read it to fold rows elsewhere.
         self.snapshot: tuple[tuple[int, int], dict[int, list[Grid]]] | None = None
-        self._functions: set[int] = set()
 
     # -- the transaction's side
 
@@ -286,7 +285,7 @@ class Rollups:
         folded, self._folded = self._folded, []
         if not rows and not folded:
             return 0
-        self._refresh_grids(conn)
+        self.refresh_grids(conn)
         slots: Slots = {}
         hours: Hours = {}
         n = len(rows)
@@ -307,7 +306,7 @@ class Rollups:
 
     # -- internals
 
-    def _refresh_grids(self, conn: sqlite3.Connection) -> None:
+    def refresh_grids(self, conn: sqlite3.Connection) -> None:
         """Check versions (interval and offset by period), reread when the catalogue changed."""
         gen_row = conn.execute(
             "SELECT max(id), (SELECT count(*) FROM check_versions) FROM catalogue_versions"
@@ -341,9 +340,13 @@ class Rollups:
         slots: dict[SlotKey, list[int]],
         counts: dict[tuple[int, CountKey], _Counts],
     ) -> None:
-        if id(conn) not in self._functions:
-            conn.create_function("hist_merge", 2, merge_blobs, deterministic=True)
-            self._functions.add(id(conn))
+        """Upsert folded slot bits and counts into the rollup tables (in the caller's transaction).
+
+        Histograms are merged here, in Python, with the stored ones read first (one indexed
+        lookup per statement of keys): an SQL merge function would be a Python callback per
+        upserted row, each taking the GIL back from inside the statement. The writer holds the
+        write lock, so nothing changes the rows between the read and the upsert.
+        """
         if slots:
             insert_many(
                 conn,
@@ -357,22 +360,73 @@ class Rollups:
                 ],
                 _SLOTS_TAIL,
             )  # fmt: skip
-        by_level: dict[int, list[tuple[Any, ...]]] = {1: [], 2: []}
-        for (level, (check, b, agent, ims)), e in counts.items():
-            by_level[level].append(
-                (check, b, agent, ims, e.n_ok, e.n_fail, e.n_internal, e.n_unsynced,
-                 encode(e.lat), encode(e.clock), e.present_mask)
-            )  # fmt: skip
+        by_level: dict[int, list[tuple[CountKey, _Counts]]] = {1: [], 2: []}
+        for (level, key), e in counts.items():
+            by_level[level].append((key, e))
         for level, table in ((1, "rollup_hour"), (2, "rollup_day")):
-            if by_level[level]:
-                insert_many(
-                    conn,
-                    _UPSERT_COUNTS.format(table=table),
-                    f"INSERT INTO {table} VALUES ",
-                    11,
-                    by_level[level],
-                    _COUNTS_TAIL,
-                )
+            entries = by_level[level]
+            if not entries:
+                continue
+            stored = _stored_histograms(conn, table, [key for key, e in entries if e.lat or e.clock])
+            rows = []
+            for key, e in entries:
+                lat, clock = e.lat, e.clock
+                old = stored.get(key)
+                if old is not None:  # the row exists: write the sum (NULL keeps the stored blob)
+                    lat_blob = _merged(old[0], lat)
+                    clock_blob = _merged(old[1], clock)
+                else:
+                    lat_blob, clock_blob = encode(lat), encode(clock)
+                check, b, agent, ims = key
+                rows.append(
+                    (check, b, agent, ims, e.n_ok, e.n_fail, e.n_internal, e.n_unsynced,
+                     lat_blob, clock_blob, e.present_mask)
+                )  # fmt: skip
+            insert_many(
+                conn,
+                _UPSERT_COUNTS.format(table=table),
+                f"INSERT INTO {table} VALUES ",
+                11,
+                rows,
+                _COUNTS_TAIL,
+            )
+
+
+_KEYS_PER_LOOKUP = 500
+_lookup_cache: dict[tuple[str, int], str] = {}
+
+
+def _stored_histograms(
+    conn: sqlite3.Connection, table: str, keys: Sequence[CountKey]
+) -> dict[CountKey, tuple[bytes | None, bytes | None]]:
+    """The stored (lat, clock) blobs of those of ``keys`` that have a row in ``table``.
+
+    The keys join the primary key from a VALUES list (``(a, b) IN (VALUES ...)`` would scan the
+    table in SQLite 3.40), so each is one b-tree search, on pages the upsert visits next anyway.
+    """
+    out: dict[CountKey, tuple[bytes | None, bytes | None]] = {}
+    for i in range(0, len(keys), _KEYS_PER_LOOKUP):
+        chunk = keys[i : i + _KEYS_PER_LOOKUP]
+        sql = _lookup_cache.get((table, len(chunk)))
+        if sql is None:
+            sql = _lookup_cache[(table, len(chunk))] = (
+                "WITH k(c, b, a, i) AS (VALUES " + ",".join(["(?,?,?,?)"] * len(chunk)) + ")"
+                f" SELECT t.check_id, t.bucket_ns, t.agent_id, t.interval_ms, t.lat, t.clock FROM k"
+                f" JOIN {table} t ON t.check_id = k.c AND t.bucket_ns = k.b AND t.agent_id = k.a"
+                " AND t.interval_ms = k.i"
+            )
+        for check, b, agent, ims, lat, clock in conn.execute(sql, [v for key in chunk for v in key]):
+            out[(check, b, agent, ims)] = (lat, clock)
+    return out
+
+
+def _merged(stored: bytes | None, hist: Hist) -> bytes | None:
+    """The encoded sum of a stored histogram blob and a new histogram."""
+    if not hist:
+        return stored
+    if not stored:
+        return encode(hist)
+    return encode(add(decode(stored), hist))
 
 
 def fold(
@@ -549,8 +603,8 @@ ON CONFLICT (check_id, bucket_ns, agent_id, interval_ms) DO UPDATE SET
     n_fail = n_fail + excluded.n_fail,
     n_internal = n_internal + excluded.n_internal,
     n_unsynced = n_unsynced + excluded.n_unsynced,
-    lat = CASE WHEN excluded.lat IS NULL THEN lat ELSE hist_merge(lat, excluded.lat) END,
-    clock = CASE WHEN excluded.clock IS NULL THEN clock ELSE hist_merge(clock, excluded.clock) END,
+    lat = coalesce(excluded.lat, lat),
+    clock = coalesce(excluded.clock, clock),
     present_mask = present_mask | excluded.present_mask
 """
 _UPSERT_COUNTS = "INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + _COUNTS_TAIL

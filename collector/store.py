@@ -499,6 +499,15 @@ class Writer:
             self._open_error = exc
             self._opened.set()
             return
+        try:
+            # Grids from the start: batches decoded before the first commit are folded by the
+            # decode worker too (with none, the writer folded the whole first window itself).
+            self._rollups.refresh_grids(db.conn)
+        except BaseException as exc:
+            db.conn.close()
+            self._open_error = exc
+            self._opened.set()
+            return
         self._opened.set()
         try:
             stopping = False
@@ -574,7 +583,16 @@ class Writer:
 
     async def persist_catalogue(self, catalogue: Catalogue, now_ns: int) -> dict[str, CheckRef]:
         """Record the catalogue, its sites and check versions; return every check ever stored."""
-        return await self.submit(lambda db: _persist_catalogue(db, catalogue, now_ns))
+
+        def apply(db: sqlite_utils.Database) -> dict[str, CheckRef]:
+            refs = _persist_catalogue(db, catalogue, now_ns)
+            # New checks or versions: new grids now, so batches decoded from here on fold with them.
+            # (Should this transaction roll back, the next flush sees another generation and
+            # refolds whatever was folded with these.)
+            self._rollups.refresh_grids(db.conn)
+            return refs
+
+        return await self.submit(apply)
 
     async def register_agent(
         self,

@@ -137,7 +137,7 @@ async def test_rollups_folded_in_the_worker_equal_a_rebuild_from_the_rows(
         c.create_function("hist_merge", 2, merge_blobs, deterministic=True)
         rollups.rebuild(c, RESULT_COLUMNS)
     assert rollup_tables(copy) == folded
-    assert used == [100, 100, 100]  # the first batch came before any grids; the resend overlapped
+    assert used == [100, 100, 100, 100]  # every batch but the resend (it overlapped stored records)
 
 
 async def read_all(call: grpc.aio.StreamStreamCall[bytes, pb.BatchAck], into: list[pb.BatchAck]) -> None:
