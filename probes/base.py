@@ -102,40 +102,56 @@ class PhaseTrace:
         self._current: str | None = None
         self._mark = time.perf_counter()
         self.fields: dict[str, FieldScalar] = {}
-        # When the target's part ended (perf_counter): set by the first stop() or close(). The
-        # runner measures the total to here, so parsing the answer is not counted as latency.
+        # When the target's part ended (perf_counter): set by stop() or close(), cleared when a
+        # phase opens again. The runner measures the total to here, so parsing the answer is
+        # not counted as latency.
         self.end: float | None = None
 
-    def enter(self, name: str) -> None:
-        now = time.perf_counter()
+    def enter(self, name: str, at: float | None = None) -> None:
+        """Close the phase in progress and open ``name``.
+
+        ``at`` (a ``perf_counter`` time) puts the boundary earlier than now: when
+        the kernel says when the bytes arrived (a receive timestamp), waking this
+        task up afterwards is not the target's time. It is kept between the
+        phase's start and now.
+        """
+        now = self._when(at)
         if self._current is not None:
             self._phases.append((self._current, now - self._mark))
         self._current = name
         self._mark = now
+        self.end = None  # the target's part goes on (an HTTP redirect's next hop, say)
 
-    def stop(self) -> None:
-        """Close the phase in progress without opening another.
+    def stop(self, at: float | None = None) -> None:
+        """Close the phase in progress without opening another; the target's part ends here.
 
         For work after the target's last byte (parsing its answer, say): that is
-        the probe's own time, not the target's, so no phase holds it.
+        the probe's own time, not the target's, so no phase holds it. ``at`` as
+        for :meth:`enter`.
         """
         if self._current is not None:
-            now = time.perf_counter()
+            now = self._when(at)
             self._phases.append((self._current, now - self._mark))
             self._current = None
-            if self.end is None:
-                self.end = now
+            self._mark = now
+            self.end = now
 
     def skip(self, name: str) -> None:
         """Record a phase that took no time (for example resolving an IP literal)."""
         self.enter(name)
 
     def close(self) -> tuple[tuple[str, float], ...]:
-        self.enter("")
-        self._current = None
+        """Stop the phase in progress, if any, and return the phases; ``end`` stays where it was set."""
+        self.stop()
         if self.end is None:
             self.end = self._mark
         return tuple(self._phases)
+
+    def _when(self, at: float | None) -> float:
+        now = time.perf_counter()
+        if at is None:
+            return now
+        return min(max(at, self._mark), now)
 
     @property
     def current(self) -> str | None:

@@ -32,6 +32,14 @@ result (as asyncio's transports did): inside the phases there is only I/O
 and the parsing that tells the end of the response. Measured against
 blackbox_exporter in ``bench/RESULTS.md``.
 
+Over plain HTTP the socket reads with the kernel's receive times
+(``SO_TIMESTAMPNS``): ``processing`` ends when the first response bytes
+arrived and ``transfer`` (with the run's total) when the last ones did, not
+when this task was next scheduled after them. On an idle VM that wake-up
+costs 0.3-0.5 ms and is not the target's time. With TLS, OpenSSL reads the
+socket itself and gives no receive times: the boundaries are when the task
+read the bytes, as before.
+
 HTTP/2 (``http_version: 2``) takes the same road: the same raw asyncio
 connection, ALPN ``h2`` (or prior knowledge over ``http://``), and the ``h2``
 library (the state machine httpx itself uses for HTTP/2) for framing, HPACK
@@ -445,6 +453,8 @@ class HttpProber(Prober):
         family, sockaddr = await resolve(hop.endpoint, s.ip_version, trace)
         # HTTP/1.1 in clear text is one send: no TCP_NODELAY needed (see connect).
         stream = SockStream(await connect(family, sockaddr, trace, nodelay=ctx is not None or h1 is None))
+        if ctx is None:
+            stream.stamp_reads()  # phases end when the bytes arrived (kernel receive times)
         try:
             if ctx is not None:
                 # server_name is for the configured host; a redirect elsewhere verifies its own name.
@@ -458,10 +468,13 @@ class HttpProber(Prober):
                         detail = f"the server did not agree to HTTP/2 (ALPN: {alpn or 'none'})"
                         raise ProbeFailure(ErrorKind.PROTOCOL, detail)
             if h1 is None:
-                return await self._exchange_h2(request, stream, trace)
-            return await self._exchange_h1(request, h1, h1_bytes, stream, trace)
+                response = await self._exchange_h2(request, stream, trace)
+            else:
+                response = await self._exchange_h1(request, h1, h1_bytes, stream, trace)
         finally:
             stream.close()
+        trace.stop(at=stream.rx_perf())  # the last byte's arrival: judging the answer is our time
+        return response
 
     # ------------------------------------------------------------------ HTTP/1.1
 
@@ -481,7 +494,7 @@ class HttpProber(Prober):
             raise ProbeFailure(ErrorKind.TLS, tls_error_detail(exc, "before any response")) from exc
         if not first:
             raise ProbeFailure(ErrorKind.RESET, "connection closed before any response")
-        trace.enter("transfer")
+        trace.enter("transfer", at=stream.rx_perf())
         return await self._read_response(conn, stream, first)
 
     async def _read_response(self, conn: h11.Connection, stream: SockStream, first: bytes) -> _Response:

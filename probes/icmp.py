@@ -31,6 +31,8 @@ target) and its detail names the fix.
 Timing. Each reply's receive time is the kernel's (``SO_TIMESTAMPNS``), so a
 busy event loop does not inflate RTTs; the event-loop time is the fallback
 when the kernel time is missing or implausible (a wall clock step mid-run).
+When every reply is in, the ``rtt`` phase (and the run's total) ends at the
+last one's arrival, not when the task next ran.
 
 Fields: ``ip``, ``icmp_socket`` (``datagram`` or ``raw``), ``sent``,
 ``received``, ``loss_pct``, and with replies ``rtt_min_ms``, ``rtt_avg_ms``,
@@ -57,7 +59,16 @@ from dataclasses import dataclass, field
 
 from slaprobe.configfile import Fields, Node
 
-from ._net import HostPort, IpVersion, close_later, read_ip_version, resolve
+from ._net import (
+    TIMESTAMP_ANCILLARY_SIZE,
+    HostPort,
+    IpVersion,
+    close_later,
+    enable_rx_timestamps,
+    read_ip_version,
+    resolve,
+    timestamp_ns,
+)
 from .base import ErrorKind, FieldScalar, PhaseTrace, ProbeFailure, Prober, ProbeResult
 
 log = logging.getLogger(__name__)
@@ -84,9 +95,7 @@ _ICMP_FILTER = 1
 _ICMPV6_FILTER = 1
 
 _TOKEN_SIZE = 8
-_SCM_TIMESTAMPNS = getattr(socket, "SCM_TIMESTAMPNS", 35)
-_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-_ANCILLARY_SIZE = socket.CMSG_SPACE(16)
+_ANCILLARY_SIZE = TIMESTAMP_ANCILLARY_SIZE
 _IP_RECVERR = 11  # linux/in.h
 _IPV6_RECVERR = 25  # linux/in6.h
 # A timestamp, then struct sock_extended_err (16 bytes) and the offender's sockaddr_in6 (28) at most.
@@ -170,6 +179,7 @@ class EchoBurst:
     rtts: dict[int, float] = field(default_factory=dict)
     duplicates: int = 0
     errors: list[str] = field(default_factory=list)
+    last_arrival: float = 0.0  # perf_counter time the latest reply arrived (the kernel's, if stamped)
 
     @property
     def sent(self) -> int:
@@ -225,6 +235,7 @@ class EchoBurst:
         if rtt > self.wait:
             return False  # too late: counted as lost
         self.rtts[seq] = rtt
+        self.last_arrival = max(self.last_arrival, sent[0] + rtt)
         return True
 
     def stats(self) -> RttStats:
@@ -408,8 +419,7 @@ class IcmpProber(Prober):
             sock.setblocking(False)
             if raw:
                 _restrict_to_echo_replies(sock, ipv6)
-            with contextlib.suppress(OSError):  # without kernel times, the event loop's
-                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            enable_rx_timestamps(sock)  # without kernel times, the event loop's
             # Report ICMP errors about our requests ("host unreachable" is a soft error that
             # a connected socket would otherwise never hear about).
             with contextlib.suppress(OSError):
@@ -436,6 +446,9 @@ class IcmpProber(Prober):
             trace.fields["sent"] = trace.fields["received"] = 0
             trace.enter("rtt")
             await self._run_burst(sock, burst, trace)
+            if burst.received == self.count:
+                # Every reply is in: the target's part ended at the last one's arrival.
+                trace.stop(at=burst.last_arrival)
         finally:
             close_later(sock)  # after the result, outside its clock
         return self._outcome(burst, trace)
@@ -465,13 +478,7 @@ class IcmpProber(Prober):
                 except OSError as exc:  # a pending error not (yet) in the queue
                     burst.errors.append(exc.strerror or str(exc))
                     return
-                perf = time.perf_counter()
-                kernel_ns: int | None = None
-                for level, kind, value in ancdata:
-                    if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS and len(value) >= 16:
-                        sec, nsec = struct.unpack("=qq", value[:16])
-                        kernel_ns = sec * 1_000_000_000 + nsec
-                if burst.receive(data, perf, kernel_ns):
+                if burst.receive(data, time.perf_counter(), timestamp_ns(ancdata)):
                     trace.fields["received"] = burst.received
                     if burst.received == self.count:
                         all_in.set()

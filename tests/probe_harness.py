@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -49,3 +51,14 @@ class ProbeHarness:
 
 def phase_names(result: ProbeResult) -> list[str]:
     return [name for name, _ in result.phases]
+
+
+async def block_the_loop_once(when: Callable[[], bool], seconds: float) -> None:
+    """Freeze the event loop for ``seconds`` the first time ``when()`` holds (checked every turn).
+
+    Stands in for a busy agent: bytes that arrive meanwhile wait in the kernel,
+    and a probe must not count that wait as the target's time.
+    """
+    while not when():  # noqa: ASYNC110 - a condition of the probe's own state, checked every turn
+        await asyncio.sleep(0)
+    time.sleep(seconds)  # noqa: ASYNC251 - blocking on purpose: nothing else runs meanwhile

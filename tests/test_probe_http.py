@@ -16,7 +16,7 @@ import trustme
 
 from probes import ErrorKind, PhaseTrace, run_probe
 from probes._net import der_not_after
-from tests.probe_harness import ProbeHarness, phase_names
+from tests.probe_harness import ProbeHarness, block_the_loop_once, phase_names
 from tests.probe_servers import (
     CHUNKS,
     GARBAGE,
@@ -846,6 +846,47 @@ async def test_redirect_phases_are_summed_over_the_hops(server: HttpTestServer) 
     assert 0.25 <= phases["processing"] < 3.0  # the second hop's wait is in the sum
     assert sum(phases.values()) <= total
     assert total - sum(phases.values()) < 0.25
+
+
+async def test_the_total_of_a_redirected_run_covers_every_hop(server: HttpTestServer) -> None:
+    # The runner's total ends at trace.end: the first hop's end would leave the second hop's 0.3 s out.
+    trace = PhaseTrace()
+    start = time.perf_counter()
+    result = await run_probe(make_prober(server.url("/redirect/302?to=/delay/0.3")), trace)
+    assert result.success, result
+    assert trace.end is not None
+    assert trace.end - start >= 0.3
+    assert trace.end - start >= sum(dict(result.phases).values()) - 1e-6
+
+
+async def test_plain_http_phases_end_when_the_bytes_arrived_not_when_the_loop_got_to_them(
+    server: HttpTestServer,
+) -> None:
+    trace = PhaseTrace()
+    start = time.perf_counter()
+    blocker = asyncio.create_task(block_the_loop_once(lambda: trace.current == "processing", 0.4))
+    result = await run_probe(make_prober(server.url("/ok")), trace)
+    await blocker
+    wall = time.perf_counter() - start
+    assert result.success, result
+    assert wall >= 0.4
+    # The answer came within the freeze; the kernel's receive time says so.
+    assert trace.end is not None
+    assert trace.end - start < 0.3, (trace.end - start, result.phases)
+    assert dict(result.phases)["processing"] < 0.3
+
+
+async def test_https_phases_end_when_the_task_read_the_bytes(https_server: HttpTestServer) -> None:
+    # OpenSSL reads a TLS socket itself (no receive times): the freeze is inside processing.
+    trace = PhaseTrace()
+    start = time.perf_counter()
+    blocker = asyncio.create_task(block_the_loop_once(lambda: trace.current == "processing", 0.4))
+    result = await run_probe(make_prober(https_server.url("/ok"), {"tls_verify": False}), trace)
+    await blocker
+    assert result.success, result
+    assert trace.end is not None
+    assert trace.end - start >= 0.4
+    assert dict(result.phases)["processing"] >= 0.4
 
 
 async def test_redirect_not_followed_is_judged_as_it_is(server: HttpTestServer) -> None:

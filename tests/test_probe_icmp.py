@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import pytest
 
 import probes.icmp
-from probes import ErrorKind, PhaseTrace, ProbeResult
+from probes import ErrorKind, PhaseTrace, ProbeResult, run_probe
 from probes.icmp import (
     ICMP_ECHO_REPLY,
     ICMPV6_ECHO_REPLY,
@@ -48,7 +48,7 @@ from probes.icmp import (
     checksum,
     describe_icmp_error,
 )
-from tests.probe_harness import ProbeHarness, phase_names
+from tests.probe_harness import ProbeHarness, block_the_loop_once, phase_names
 
 SOURCE = "catalogue.yaml"
 CHECK = "sites.lab.checks.router"
@@ -136,6 +136,20 @@ async def test_loopback_ipv4_answers_every_request() -> None:
     assert 0.15 <= elapsed < 0.5
     rtt_phase = dict(result.phases)["rtt"]
     assert 0.15 <= rtt_phase <= elapsed
+
+
+@needs_icmp
+async def test_the_run_ends_when_the_last_reply_arrived_not_when_the_loop_got_to_it() -> None:
+    trace = PhaseTrace()
+    start = time.perf_counter()
+    blocker = asyncio.create_task(block_the_loop_once(lambda: trace.fields.get("sent") == 1, 0.4))
+    result = await run_probe(make_prober("127.0.0.1", {"count": 1}), trace)
+    await blocker
+    assert time.perf_counter() - start >= 0.4
+    assert_sane_success(result, 1)
+    assert trace.end is not None
+    assert trace.end - start < 0.3, (trace.end - start, result.phases)
+    assert dict(result.phases)["rtt"] < 0.3
 
 
 @needs_icmp

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,15 @@ import pytest
 
 import probes._net
 from probes import ErrorKind, PhaseTrace
-from probes._net import HostPort, HostsFile, resolve
+from probes._net import (
+    SO_TIMESTAMPNS,
+    TIMESTAMP_ANCILLARY_SIZE,
+    HostPort,
+    HostsFile,
+    enable_rx_timestamps,
+    resolve,
+    timestamp_ns,
+)
 from tests.probe_harness import ProbeHarness
 from tests.probe_servers import HttpTestServer
 
@@ -220,3 +229,52 @@ async def test_sockets_are_closed_right_after_the_result(server: HttpTestServer)
         assert _open_fds() == before
     finally:
         udp.close()
+
+
+# --------------------------------------------------------------------------- PhaseTrace boundaries
+
+
+def test_a_boundary_given_by_a_receive_time_stays_inside_its_phase() -> None:
+    trace = PhaseTrace()
+    trace.enter("processing")
+    opened = time.perf_counter()
+    time.sleep(0.02)
+    trace.enter("transfer", at=opened - 10.0)  # before the phase opened: clamped to its start
+    assert dict(trace._phases)["processing"] == pytest.approx(0.0, abs=0.005)
+    time.sleep(0.02)
+    trace.stop(at=time.perf_counter() + 10.0)  # in the future: clamped to now
+    assert trace.end is not None
+    assert trace.end <= time.perf_counter()
+    assert 0.015 <= dict(trace._phases)["transfer"] < 1.0
+
+
+def test_the_end_moves_when_the_target_s_part_resumes() -> None:
+    trace = PhaseTrace()
+    trace.enter("connect")
+    trace.stop()
+    first_end = trace.end
+    trace.enter("connect")  # a redirect's next hop
+    while_resumed = trace.end
+    assert while_resumed is None
+    time.sleep(0.01)
+    phases = trace.close()
+    assert first_end is not None and trace.end is not None
+    assert trace.end - first_end >= 0.01
+    assert [name for name, _ in phases] == ["connect", "connect"]
+    end = trace.end
+    assert trace.close() == phases
+    assert trace.end == end  # closing again changes nothing
+
+
+def test_receive_timestamps_can_be_switched_on() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        assert enable_rx_timestamps(sock)
+        assert sock.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS) == 1
+        sock.bind(("127.0.0.1", 0))
+        before = time.time_ns()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"x", sock.getsockname())
+        data, ancdata, _, _ = sock.recvmsg(16, TIMESTAMP_ANCILLARY_SIZE)
+        stamp = timestamp_ns(ancdata)
+        assert data == b"x"
+        assert stamp is not None and before - 1_000_000 <= stamp <= time.time_ns()
