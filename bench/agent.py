@@ -13,7 +13,9 @@ One run does, in order:
 2. **drain**: writes a spool of ``--backlog`` results into a fresh agent data directory, the first
    ``--api-records`` through ``agent.spool.Spool`` itself and the rest in bulk with the same rows
    (``agent.wire.encode_record``; the bulk builder is checked byte for byte against what ``Spool``
-   wrote), as an agent holds them after a long outage. Then starts a fresh collector and an agent on
+   wrote), as an agent holds them after a long outage: sealed and signed (a seal every 500 results,
+   the agent's own ``signing.key``), as a running agent spools them (``--unsealed`` for a spool written
+   before sealing). Then starts a fresh collector and an agent on
    that directory (its checks point at a closed port: only the backlog matters) and measures the
    time from the agent's registration until the collector's ``streams.acked_seq`` covers the last
    spooled seq, with the agent's and the collector's CPU and RSS meanwhile. Then the same backlog (a
@@ -69,11 +71,12 @@ from typing import Any
 import grpc
 import psutil
 
-from agent.main import build_runner_prober
+from agent.main import SIGNING_KEY, build_runner_prober
 from agent.runner import CheckRunner
-from agent.spool import KIND_RESULT, Spool
+from agent.spool import KIND_RESULT, KIND_SEAL, Spool, SpoolLimits
 from agent.wire import encode_record
 from collector.catalogue import load_catalogue
+from slaprobe import chain
 from slaprobe.model import CheckSpec, Measurement
 from slaprobe.schedule import NS_PER_S, offset_ns, slot_index, slots_in
 
@@ -111,6 +114,7 @@ class Params:
     steady: bool
     drain: bool
     null_drain: bool
+    sealed: bool
     quiet_wait: float
     profile: Path | None
     workdir: Path | None
@@ -708,12 +712,34 @@ def backlog_measurement(plan: BacklogPlan, seq: int) -> Measurement:
 
 
 SpoolRow = tuple[int, int, int, str, int, bytes]
+SEAL_EVERY = SpoolLimits().seal_every  # results per link, as the agent seals a busy spool
 
 
-def spool_row(plan: BacklogPlan, seq: int) -> SpoolRow:
-    """The row ``Spool`` commits for this result (``agent/spool.py``: ``INSERT INTO records``)."""
-    m = backlog_measurement(plan, seq)
+def spool_row(plan: BacklogPlan, index: int, seq: int) -> SpoolRow:
+    """The row ``Spool`` commits for the index-th result at ``seq`` (``agent/spool.py``: ``INSERT INTO records``)."""
+    m = backlog_measurement(plan, index)
     return (seq, seq, m.scheduled_ns, m.check_id, KIND_RESULT, encode_record(seq, m))
+
+
+@dataclass(frozen=True)
+class BulkSpan:
+    """Results ``first_index`` .. ``end_index - 1``, the first at ``first_seq``; with ``sealed``, a seal
+    follows every ``SEAL_EVERY`` results (and the last), each taking the next seq."""
+
+    first_index: int
+    end_index: int
+    first_seq: int
+    sealed: bool
+
+
+@dataclass(frozen=True)
+class OpenLink:
+    """A link's results, to be sealed in order by the main process (the seal needs the previous head)."""
+
+    first_seq: int
+    last_seq: int
+    digest: bytes
+    count: int
 
 
 _worker_plan: list[BacklogPlan] = []
@@ -723,8 +749,26 @@ def _init_worker(plan: BacklogPlan) -> None:
     _worker_plan[:] = [plan]
 
 
-def _build_rows(span: tuple[int, int]) -> list[SpoolRow]:
-    return [spool_row(_worker_plan[0], seq) for seq in range(span[0], span[1])]
+def _build_rows(span: BulkSpan) -> tuple[list[SpoolRow], list[OpenLink]]:
+    plan = _worker_plan[0]
+    rows: list[SpoolRow] = []
+    links: list[OpenLink] = []
+    seq = span.first_seq
+    index = span.first_index
+    while index < span.end_index:
+        group_end = min(index + SEAL_EVERY, span.end_index) if span.sealed else span.end_index
+        digest = chain.Digest()
+        first = seq
+        for i in range(index, group_end):
+            row = spool_row(plan, i, seq)
+            rows.append(row)
+            digest.add(row[5])
+            seq += 1
+        if span.sealed:
+            links.append(OpenLink(first, seq - 1, digest.value(), digest.count))
+            seq += 1  # the seal's own seq
+        index = group_end
+    return rows, links
 
 
 def make_plan(catalogue: Path, backlog: int, templates: Sequence[Measurement]) -> BacklogPlan:
@@ -747,18 +791,23 @@ def make_plan(catalogue: Path, backlog: int, templates: Sequence[Measurement]) -
 
 
 def build_spool(
-    path: Path, plan: BacklogPlan, backlog: int, api_records: int, workers: int
+    path: Path, plan: BacklogPlan, backlog: int, api_records: int, workers: int, sealed: bool
 ) -> dict[str, Any]:
-    """Spool ``backlog`` results: the first ``api_records`` through Spool, the rest as the same rows in bulk."""
+    """Spool ``backlog`` results: the first ``api_records`` through Spool, the rest as the same rows in bulk.
+
+    ``sealed``: signed with the key in the data directory (``signing.key``, the one the agent then
+    loads), a seal after every ``SEAL_EVERY`` results, as a running agent's spool holds a backlog.
+    Without it the spool is one written before sealing: the agent delivers it unsealed.
+    """
     api_records = min(api_records, backlog)
+    key = chain.load_or_create_key(path.parent / SIGNING_KEY) if sealed else None
 
     async def through_api() -> float:
-        spool = Spool(path)
+        spool = Spool(path, SpoolLimits(seal_every=SEAL_EVERY, seal_interval_s=3600.0), signing_key=key)
         await spool.open()
         t = time.perf_counter()
-        for seq in range(1, api_records + 1):
-            if spool.append(backlog_measurement(plan, seq)) != seq:
-                raise SystemExit("bench: a fresh spool did not number from 1")
+        for index in range(1, api_records + 1):
+            spool.append(backlog_measurement(plan, index))
         await spool.flush()
         elapsed = time.perf_counter() - t
         await spool.close()
@@ -766,39 +815,78 @@ def build_spool(
 
     api_s = asyncio.run(through_api())
     conn = sqlite3.connect(str(path), isolation_level=None)
-    stored = conn.execute("SELECT * FROM records WHERE seq <= ? ORDER BY seq", (api_records,)).fetchall()
-    expected = [spool_row(plan, seq) for seq in range(1, api_records + 1)]
-    if [tuple(r) for r in stored] != expected:
+    stored = conn.execute("SELECT * FROM records WHERE kind = ? ORDER BY seq", (KIND_RESULT,)).fetchall()
+    expected = [spool_row(plan, i, int(row[0])) for i, row in enumerate(stored, 1)]
+    if len(stored) != api_records or [tuple(r) for r in stored] != expected:
         raise SystemExit("bench: the bulk row builder differs from what agent.spool.Spool writes")
+    epoch = int(dict(conn.execute("SELECT key, value FROM meta").fetchall())["epoch"])
+    next_seq = int(conn.execute("SELECT max(seq) FROM records").fetchone()[0] or 0) + 1
+    head = chain.GENESIS
+    if key is not None:
+        head_row = conn.execute("SELECT head, sealed FROM chain WHERE id = 1").fetchone()
+        head = bytes(head_row[0])
+        if int(head_row[1]) != next_seq - 1:
+            raise SystemExit("bench: Spool left records unsealed after flush")
     t = time.perf_counter()
-    chunk = 20_000
-    spans = [(lo, min(lo + chunk, backlog + 1)) for lo in range(api_records + 1, backlog + 1, chunk)]
+    chunk = SEAL_EVERY * 40
+    spans = []
+    for lo in range(api_records + 1, backlog + 1, chunk):
+        hi = min(lo + chunk, backlog + 1)
+        spans.append(BulkSpan(lo, hi, next_seq, sealed))
+        next_seq += (hi - lo) + (-(-(hi - lo) // SEAL_EVERY) if sealed else 0)
     conn.execute("PRAGMA synchronous=OFF")  # bulk set-up only; the agent opens it with its own pragmas
+    seals = 0
 
-    def insert(rows: list[SpoolRow]) -> None:
+    def insert(built: tuple[list[SpoolRow], list[OpenLink]]) -> None:
+        nonlocal head, seals
+        rows, links = built
+        for link in links:
+            assert key is not None
+            now = time.time_ns()
+            seal = chain.make_seal(
+                key,
+                epoch=epoch,
+                first_seq=link.first_seq,
+                last_seq=link.last_seq,
+                prev=head,
+                digest=link.digest,
+                count=link.count,
+                sealed_ns=now,
+            )
+            seal_seq = link.last_seq + 1
+            head = chain.parse_link(seal_seq, seal).head
+            rows.append((seal_seq, seal_seq, now, "", KIND_SEAL, chain.seal_record(seal_seq, seal)))
+        seals += len(links)
+        rows.sort()
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
+        if key is not None and links:
+            conn.execute("UPDATE chain SET head = ?, sealed = ? WHERE id = 1", (head, rows[-1][0]))
         conn.execute("COMMIT")
 
     if workers > 1 and spans:
         with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (plan,)) as pool:
-            for rows in pool.imap(_build_rows, spans):
-                insert(rows)
+            for built in pool.imap(_build_rows, spans):
+                insert(built)
     else:
         _init_worker(plan)
         for span in spans:
             insert(_build_rows(span))
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    count, last, data_bytes = conn.execute(
-        "SELECT count(*), max(seq), sum(length(data)) FROM records"
+    count, data_bytes = conn.execute(
+        "SELECT count(*), sum(length(data)) FROM records WHERE kind = ?", (KIND_RESULT,)
     ).fetchone()
-    epoch = dict(conn.execute("SELECT key, value FROM meta").fetchall())["epoch"]
+    last_seq = int(conn.execute("SELECT max(seq) FROM records").fetchone()[0])
+    all_seals = int(conn.execute("SELECT count(*) FROM records WHERE kind = ?", (KIND_SEAL,)).fetchone()[0])
     conn.close()
-    if count != backlog or last != backlog:
-        raise SystemExit(f"bench: spool holds {count} records up to seq {last}, expected {backlog}")
+    if count != backlog or last_seq != next_seq - 1:
+        raise SystemExit(f"bench: spool holds {count} results up to seq {last_seq}, expected {backlog}")
     return {
         "records": backlog,
-        "epoch": int(epoch),
+        "last_seq": last_seq,
+        "seals": all_seals,
+        "sealed": sealed,
+        "epoch": epoch,
         "api_records": api_records,
         "api_appends_per_s": api_records / api_s if api_s else 0.0,
         "bulk_s": time.perf_counter() - t,
@@ -907,7 +995,7 @@ def drain(p: Params, workdir: Path, templates: Sequence[Measurement]) -> dict[st
     data_dir = d / "agent-data"
     data_dir.mkdir()
     t = time.perf_counter()
-    spool = build_spool(data_dir / "spool.db", plan, p.backlog, p.api_records, p.build_workers)
+    spool = build_spool(data_dir / "spool.db", plan, p.backlog, p.api_records, p.build_workers, p.sealed)
     spool["build_s"] = time.perf_counter() - t
     print(
         f"drain: spooled {p.backlog:,} results ({spool['file_bytes'] / MIB:.0f} MiB) in {spool['build_s']:.1f} s",
@@ -917,6 +1005,8 @@ def drain(p: Params, workdir: Path, templates: Sequence[Measurement]) -> dict[st
     if p.null_drain:
         null_data.mkdir()
         shutil.copyfile(data_dir / "spool.db", null_data / "spool.db")
+        if (data_dir / SIGNING_KEY).exists():
+            shutil.copyfile(data_dir / SIGNING_KEY, null_data / SIGNING_KEY)
     real = drain_once(p, d / "real", data_dir, spool, lambda: RealCollector(d / "real", cat))
     out: dict[str, Any] = {"spool": spool, **real}
     if real["complete"]:
@@ -924,7 +1014,7 @@ def drain(p: Params, workdir: Path, templates: Sequence[Measurement]) -> dict[st
         out["stored"] = query(
             collector_db,
             "SELECT count(*) FROM results WHERE epoch = ? AND seq <= ?",
-            (spool["epoch"], p.backlog),
+            (spool["epoch"], spool["last_seq"]),
         )[0][0]
         out["rejected"] = query(collector_db, "SELECT count(*) FROM rejections")[0][0]
         out["gaps"] = query(collector_db, "SELECT count(*) FROM gaps")[0][0]
@@ -940,8 +1030,12 @@ def drain_once(
     spool: dict[str, Any],
     make: Callable[[], RealCollector | NullCollector],
 ) -> dict[str, Any]:
-    """Start a collector and an agent on a spooled backlog; time registration → last backlog seq acked."""
+    """Start a collector and an agent on a spooled backlog; time registration → last backlog seq acked.
+
+    Progress is in seqs (seals take seqs too); results/s counts results only.
+    """
     d.mkdir()
+    target = int(spool["last_seq"])
     others_before = wait_quiet(p.quiet_wait, [psutil.Process()]) if p.quiet_wait else -1.0
     collector = make()
     agent = None
@@ -962,10 +1056,10 @@ def drain_once(
         progress: list[tuple[float, int]] = []
         deadline = time.monotonic() + p.drain_timeout
         acked = 0
-        while acked < p.backlog and time.monotonic() < deadline:
+        while acked < target and time.monotonic() < deadline:
             acked = collector.acked()
             progress.append(((time.time_ns() - reg_ns) / 1e9, acked))
-            if acked < p.backlog:
+            if acked < target:
                 time.sleep(0.05)
         done_ns = time.time_ns()
         usage = meter.stop()
@@ -981,17 +1075,17 @@ def drain_once(
             agent.stop()
         collector.stop()
     wall_s = (done_ns - reg_ns) / 1e9
-    drained = min(acked, p.backlog)
+    drained = min(acked, target) * p.backlog // target
     result = {
         "against": collector.name,
-        "complete": acked >= p.backlog,
+        "complete": acked >= target,
         "records_to_send_at_registration": to_send,
         "drained": drained,
         "wall_s": wall_s,
         "results_per_s": drained / wall_s if wall_s > 0 else 0.0,
         "agent_start_to_registration_s": (reg_ns - start_ns) / 1e9,
         "meter_lag_s": (meter_start_ns - reg_ns) / 1e9,
-        "progress": deciles(progress, p.backlog),
+        "progress": deciles(progress, target),
         "usage": usage,
         "agent_vm_hwm": hwm,
         "others_cores": meter.others_cores,
@@ -1173,10 +1267,10 @@ def human(r: dict[str, Any]) -> str:
         a, c = d["usage"]["agent"], d["usage"]["collector"]
         sp = d["spool"]
         lines += [
-            f"drain: {sp['records']:,} spooled results ({sp['file_bytes'] / MIB:.0f} MiB,"
+            f"drain: {sp['records']:,} spooled results, {seals_text(sp)} ({sp['file_bytes'] / MIB:.0f} MiB,"
             f" {sp['record_bytes_mean']:.0f} B per record, an outage of {sp['outage_s'] / 3600:.1f} h);"
             f" built in {sp['build_s']:.1f} s (Spool.append {sp['api_appends_per_s']:,.0f}/s)",
-            f"  collector: {drain_text(d)} (registration → acked_seq ≥ {sp['records']:,});"
+            f"  collector: {drain_text(d)} (registration → acked_seq ≥ {sp['last_seq']:,});"
             f" agent start → registration {d['agent_start_to_registration_s']:.1f} s; {others_text(d)}",
             "  per tenth: " + ", ".join(f"{x['per_s']:,.0f}" for x in d["progress"]) + " results/s",
             f"  agent      CPU {a.cpu_pct:.1f} %; RSS peak {mib(a.rss_peak)}, mean {mib(a.rss_mean)},"
@@ -1213,6 +1307,12 @@ the machine (CPU model, cores, Python, SQLite, grpcio), the parameters and the f
 shared 2-vCPU VM vary by about ±20%; compare runs on the same machine only. Sections are appended by
 `--markdown`; notes between them are written by hand.
 """
+
+
+def seals_text(sp: dict[str, Any]) -> str:
+    if not sp.get("sealed"):
+        return "unsealed (a spool written before sealing)"
+    return f"sealed: {sp['seals']:,} signed links of up to {SEAL_EVERY} results"
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -1256,7 +1356,7 @@ def markdown(r: dict[str, Any]) -> str:
         a, c = d["usage"]["agent"], d["usage"]["collector"]
         sp = d["spool"]
         out += [
-            f"| drain: spool | {sp['records']:,} results, {sp['file_bytes'] / MIB:.0f} MiB"
+            f"| drain: spool | {sp['records']:,} results, {seals_text(sp)}, {sp['file_bytes'] / MIB:.0f} MiB"
             f" ({sp['record_bytes_mean']:.0f} B per encoded record), an outage of {sp['outage_s'] / 3600:.1f} h |",
             f"| drain: registration → last backlog seq acknowledged by the collector | {d['wall_s']:.1f} s ="
             f" **{d['results_per_s']:,.0f} results/s**{'' if d['complete'] else ' (INCOMPLETE)'} |",
@@ -1343,6 +1443,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Params:
         help="skip draining a copy of the backlog into a null collector (the agent's own ceiling)",
     )
     ap.add_argument(
+        "--unsealed",
+        dest="sealed",
+        action="store_false",
+        help="spool the backlog unsealed (as written before agents sealed their records)",
+    )
+    ap.add_argument(
         "--quiet-wait",
         type=float,
         default=30.0,
@@ -1369,6 +1475,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Params:
         steady=a.steady,
         drain=a.drain,
         null_drain=a.null_drain,
+        sealed=a.sealed,
         quiet_wait=a.quiet_wait,
         profile=a.profile,
         workdir=a.workdir,
