@@ -9,10 +9,10 @@ has enrolled, registered and delivered results.
 
 Time: each install, unpack or pip run on a "host" is this machine's CPU, and
 the suite has a 10-minute budget on 2 cores. So the wheelhouse and the
-runtime bundle are built once per module (the `world` fixture; only
-test_bundle_cache_builds_once_then_hits builds another, on purpose), and the
-tests whose subject starts from an installed host share one (`shared_host`)
-instead of installing their own first.
+runtime bundle are built once per module (the `world` fixture, whose bundle
+build is also the subject of test_bundle_cache_builds_once_then_hits), and
+the tests whose subject starts from an installed host share one
+(`shared_host`) instead of installing their own first.
 """
 
 from __future__ import annotations
@@ -65,11 +65,29 @@ sites:
     key = keygen(tmp / "id_test")
     # Built (or found warm in the cache) once and pinned: the source tree may change under a long run.
     wheels = wheelhouse.ensure()
-    runtime = bundle.ensure(wheels)  # warm in the default cache the CLI uses too
-    assert runtime is not None, "this interpreter's wheelhouse gives a bundle"
+    # The runtime bundle (~10 s of 2 cores to build) is built once, in a cache of the module's own
+    # that the CLI runs then find warm (XDG_CACHE_HOME). There a damaged entry for the same key and a
+    # killed build's directory wait first, so this build is also test_bundle_cache_builds_once_then_hits's.
+    cache = tmp / "cache"
+    root = cache / "slaprobe" / "bundle"
+    target = bundle.target_for(wheels)
+    assert target is not None, "this interpreter's wheelhouse gives a bundle"
+    bundle_key = bundle.key_of(wheels, target)
+    root.mkdir(parents=True)
+    (root / f"{bundle_key}.tar.gz").write_bytes(b"not the archive")
+    (root / f"{bundle_key}.json").write_text(json.dumps({"sha256": "0" * 64, "size": 15, "key": bundle_key}))
+    killed = root / ".0.0.9-old-build"  # what a build killed an hour ago left
+    killed.mkdir()
+    os.utime(killed, (time.time() - 7200, time.time() - 7200))
+    runtime = bundle.ensure(wheels, root)
+    assert runtime is not None
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
     yield {
         "wheelhouse": wheels.dir,
         "bundle": runtime,
+        "bundle_cache": root,
+        "killed_build": killed,
         "tmp": tmp,
         "tls": tls,
         "db": tmp / "slaprobe.db",
@@ -78,6 +96,10 @@ sites:
         "key": key,
         "collector": proc,
     }
+    if xdg is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = xdg
     assert proc.stop() == 0, proc.log()
 
 
@@ -502,36 +524,22 @@ def test_decision_bundle_or_wheels_from_the_hosts_real_python(
     assert choose_method(opts(with_bundle=False), host)[0] == "wheels"
 
 
-@pytest.mark.slow
-def test_bundle_cache_builds_once_then_hits(world: dict[str, object], tmp_path: Path) -> None:
-    """The session's bundle, built by the world fixture, is this test's first build: copied into a
-    cache of its own, it is a hit; damaged, it is built again (the one build here), then hit again."""
+def test_bundle_cache_builds_once_then_hits(world: dict[str, object]) -> None:
+    """The world fixture built the session's bundle in a cache where a damaged entry for the same key
+    (every host would refuse it) and a killed build's directory waited: the entry was built again, not
+    handed out, and the leftovers pruned. Asked again, the cache hands out that build."""
     wh = wheelhouse.load(Path(str(world["wheelhouse"])))
-    made = world["bundle"]
-    assert isinstance(made, bundle.Bundle)
-    root = tmp_path / "cache"
-    killed = root / ".0.0.9-old-build"  # what a build killed an hour ago left
-    killed.mkdir(parents=True)
-    os.utime(killed, (time.time() - 7200, time.time() - 7200))
-    for suffix in (".tar.gz", ".json"):
-        shutil.copy2(made.path.with_name(made.key + suffix), root / (made.key + suffix))
-    first = bundle.ensure(wh, root)
-    assert first is not None and first.build_s == 0  # a hit: nothing built
-    assert (first.key, first.sha256, first.size) == (made.key, made.sha256, made.size)
-    assert first.path == root / f"{made.key}.tar.gz"
-    # A damaged cache entry (every host would refuse it) is built again, not handed out.
-    data = bytearray(first.path.read_bytes())
-    data[100] ^= 0xFF
-    first.path.write_bytes(bytes(data))
-    built = bundle.ensure(wh, root)
-    assert built is not None and built.build_s > 0 and built.key == first.key
-    assert wheelhouse._file_sha256(built.path) == built.sha256
-    assert not killed.exists()  # a build prunes what killed builds left
+    built, root = world["bundle"], Path(str(world["bundle_cache"]))
+    assert isinstance(built, bundle.Bundle)
+    assert built.build_s > 0 and built.path == root / f"{built.key}.tar.gz"
+    assert wheelhouse._file_sha256(built.path) == built.sha256 and built.path.stat().st_size == built.size
+    assert json.loads((root / f"{built.key}.json").read_text())["sha256"] == built.sha256
+    assert not Path(str(world["killed_build"])).exists()
     stat = built.path.stat()
-    second = bundle.ensure(wh, root)
-    assert second is not None and second.build_s == 0  # a hit again: built once
-    assert (second.key, second.sha256, second.path) == (built.key, built.sha256, built.path)
-    assert second.path.stat().st_mtime_ns == stat.st_mtime_ns
+    again = bundle.ensure(wh, root)
+    assert again is not None and again.build_s == 0  # a hit: nothing built
+    assert (again.key, again.sha256, again.path) == (built.key, built.sha256, built.path)
+    assert again.path.stat().st_mtime_ns == stat.st_mtime_ns
     assert sorted(p.name for p in root.iterdir()) == [
         f".{built.key}.lock",
         f"{built.key}.json",
@@ -576,7 +584,7 @@ def test_one_bundle_for_several_hosts_while_unreachable_and_refused_hosts_fail_a
         inv, fleet = tmp_path / "all.txt", tmp_path / "fleet.txt"
         inv.write_text(f"{good}root@127.0.0.1:{dead}\nroot@127.0.0.1:{pw.port} name=pw-1\n")
         fleet.write_text(good)
-        # The bundle cache is the one the world fixture warmed (building it is
+        # The bundle cache is the one the world fixture built into (building is
         # test_bundle_cache_builds_once_then_hits's subject): prepared once for the whole run.
         b = world["bundle"]
         assert isinstance(b, bundle.Bundle)
