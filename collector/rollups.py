@@ -37,10 +37,10 @@ over the offset ladder. Retention: raw rows for ``reporting.retention.raw``, eve
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import chain
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from collector.sla.engine import AgentBits, Part, Summary, runs
 from collector.sla.histogram import (
@@ -151,17 +151,6 @@ def set_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
 # ---- maintenance (writer thread) ------------------------------------------------------------------
 
 
-@dataclass
-class _Counts:
-    n_ok: int = 0
-    n_fail: int = 0
-    n_internal: int = 0
-    n_unsynced: int = 0
-    lat: Hist = field(default_factory=dict)
-    clock: Hist = field(default_factory=dict)
-    present_mask: int = 0  # hour rows: slot buckets with rows; day rows: hours with rows
-
-
 SlotKey = tuple[int, int, int, int]  # (check, interval_ms, bucket, agent)
 CountKey = tuple[int, int, int, int]  # (check, bucket, agent, interval_ms)
 Grid = tuple[int, int, int]  # (valid_from, interval_ns, offset_ns)
@@ -172,6 +161,44 @@ Folded = tuple[tuple[int, int], Slots, Hours]  # the grids' generation, and a fo
 
 ROWS_PER_STATEMENT = 500
 _values_cache: dict[tuple[int, int], str] = {}
+
+
+class Columns(Sequence[tuple[Any, ...]]):
+    """Rows held by column, as the decode worker sends them back (integer arrays, string lists).
+
+    Why: :func:`insert_many` binds a statement's parameters straight from the columns
+    (``zip`` and ``chain`` in C), so nobody builds a tuple per row on the ingest path; the
+    tuples exist only if something asks for rows (a fold, a resend that overlapped stored
+    rows), and then once.
+    """
+
+    __slots__ = ("_n", "_rows", "columns")
+
+    def __init__(self, columns: Sequence[Sequence[Any]]) -> None:
+        self.columns = columns
+        self._n = len(columns[0]) if columns else 0
+        if any(len(c) != self._n for c in columns):
+            raise ValueError("columns of different lengths")
+        self._rows: list[tuple[Any, ...]] | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self._rows) if self._rows is not None else zip(*self.columns, strict=True)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[Any, ...]: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[tuple[Any, ...]]: ...
+    def __getitem__(self, i: int | slice) -> tuple[Any, ...] | Sequence[tuple[Any, ...]]:
+        if self._rows is None:
+            self._rows = list(zip(*self.columns, strict=True))
+        return self._rows[i]
+
+    def params(self, start: int, stop: int) -> list[Any]:
+        """The flat parameters of rows ``start``..``stop - 1``, row after row."""
+        return list(chain.from_iterable(zip(*(c[start:stop] for c in self.columns), strict=True)))
 
 
 def insert_many(
@@ -196,15 +223,22 @@ def insert_many(
     if n < 8:
         conn.executemany(one_sql, rows)
         return
+    by_column = rows if isinstance(rows, Columns) else None
+    if by_column is not None and len(by_column.columns) != width:
+        raise ValueError(f"rows of {width} values expected")
     for i in range(0, n, step):
-        chunk = rows[i : i + step]
-        k = len(chunk)
+        k = min(step, n - i)
         values = _values_cache.get((width, k))
         if values is None:
             values = _values_cache[(width, k)] = ",".join(["(" + ",".join("?" * width) + ")"] * k)
-        if any(len(row) != width for row in chunk):
-            raise ValueError(f"rows of {width} values expected")
-        conn.execute(many_sql + values + tail, [v for row in chunk for v in row])
+        if by_column is not None:
+            params = by_column.params(i, i + k)
+        else:
+            chunk = rows[i : i + step]
+            if any(len(row) != width for row in chunk):
+                raise ValueError(f"rows of {width} values expected")
+            params = [v for row in chunk for v in row]
+        conn.execute(many_sql + values + tail, params)
 
 
 class Rollups:
@@ -246,7 +280,7 @@ class Rollups:
 
     # -- the transaction's side
 
-    def insert(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    def insert(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
         """Insert result rows, ignoring those already stored; return the ones inserted."""
         if not rows:
             return []
@@ -256,7 +290,7 @@ class Rollups:
         inserted = conn.total_changes - before
         if inserted == len(rows):
             conn.execute("RELEASE rollup_insert")
-            return list(rows)
+            return rows
         if inserted == 0:
             conn.execute("RELEASE rollup_insert")
             return []
@@ -296,7 +330,7 @@ class Rollups:
                 rows.extend(folded_rows)
             n += len(folded_rows)
         fold(rows, self._pick, self._grids, slots, hours)
-        self.write(conn, slots, finish(slots, hours))
+        self.write(conn, slots, *finish(slots, hours))
         return n
 
     @property
@@ -325,22 +359,15 @@ class Rollups:
         self._generation = generation
         self.snapshot = (generation, grids)
 
-    def _aggregate(
-        self, rows: Iterable[Sequence[Any]]
-    ) -> tuple[dict[SlotKey, list[int]], dict[tuple[int, CountKey], _Counts]]:
+    def _aggregate(self, rows: Iterable[Sequence[Any]]) -> tuple[Slots, Hours, Hours]:
         """Fold rows: slot bits per 60-slot bucket, counts per hour; days from the hours."""
         slots: Slots = {}
         hours: Hours = {}
         fold(rows, self._pick, self._grids, slots, hours)
-        return slots, finish(slots, hours)
+        return (slots, *finish(slots, hours))
 
-    def write(
-        self,
-        conn: sqlite3.Connection,
-        slots: dict[SlotKey, list[int]],
-        counts: dict[tuple[int, CountKey], _Counts],
-    ) -> None:
-        """Upsert folded slot bits and counts into the rollup tables (in the caller's transaction).
+    def write(self, conn: sqlite3.Connection, slots: Slots, hours: Hours, days: Hours) -> None:
+        """Upsert folded slot bits, hour and day counts (:func:`finish`) in the caller's transaction.
 
         Histograms are merged here, in Python, with the stored ones read first (one indexed
         lookup per statement of keys): an SQL merge function would be a Python callback per
@@ -360,28 +387,19 @@ class Rollups:
                 ],
                 _SLOTS_TAIL,
             )  # fmt: skip
-        by_level: dict[int, list[tuple[CountKey, _Counts]]] = {1: [], 2: []}
-        for (level, key), e in counts.items():
-            by_level[level].append((key, e))
-        for level, table in ((1, "rollup_hour"), (2, "rollup_day")):
-            entries = by_level[level]
-            if not entries:
+        for table, counts in (("rollup_hour", hours), ("rollup_day", days)):
+            if not counts:
                 continue
-            stored = _stored_histograms(conn, table, [key for key, e in entries if e.lat or e.clock])
+            stored = _stored_histograms(conn, table, [key for key, v in counts.items() if v[4] or v[5]])
             rows = []
-            for key, e in entries:
-                lat, clock = e.lat, e.clock
+            for key, (n_ok, n_fail, n_internal, n_unsynced, lat, clock, present) in counts.items():
                 old = stored.get(key)
                 if old is not None:  # the row exists: write the sum (NULL keeps the stored blob)
                     lat_blob = _merged(old[0], lat)
                     clock_blob = _merged(old[1], clock)
                 else:
                     lat_blob, clock_blob = encode(lat), encode(clock)
-                check, b, agent, ims = key
-                rows.append(
-                    (check, b, agent, ims, e.n_ok, e.n_fail, e.n_internal, e.n_unsynced,
-                     lat_blob, clock_blob, e.present_mask)
-                )  # fmt: skip
+                rows.append((*key, n_ok, n_fail, n_internal, n_unsynced, lat_blob, clock_blob, present))
             insert_many(
                 conn,
                 _UPSERT_COUNTS.format(table=table),
@@ -513,32 +531,35 @@ def fold(
             c[3] += 1
 
 
-def finish(slots: Slots, hours: Hours) -> dict[tuple[int, CountKey], _Counts]:
-    """Hour counts and day counts (from the hours), with the presence masks from the slot buckets."""
-    counts: dict[tuple[int, CountKey], _Counts] = {}
-    for key, v in hours.items():
-        counts[(1, key)] = _Counts(v[0], v[1], v[2], v[3], v[4], v[5])
-        check, b, agent, ims = key
-        day = (2, (check, b - b % DAY, agent, ims))
-        e = counts.get(day)
+def finish(slots: Slots, hours: Hours) -> tuple[Hours, Hours]:
+    """The hour counts (``hours`` itself, updated) and day counts summed from them, with the
+    presence masks from the slot buckets (on the parent row: the hour, or the day)."""
+    days: Hours = {}
+    for (check, b, agent, ims), v in hours.items():
+        v[6] = 0
+        key = (check, b - b % DAY, agent, ims)
+        e = days.get(key)
         if e is None:
-            e = counts[day] = _Counts()
-        e.n_ok += v[0]
-        e.n_fail += v[1]
-        e.n_internal += v[2]
-        e.n_unsynced += v[3]
-        add(e.lat, v[4])
-        add(e.clock, v[5])
-    # Presence: which slot buckets have rows, on the parent row (the hour, or the day).
+            days[key] = [v[0], v[1], v[2], v[3], dict(v[4]), dict(v[5]), 0]
+        else:
+            e[0] += v[0]
+            e[1] += v[1]
+            e[2] += v[2]
+            e[3] += v[3]
+            add(e[4], v[4])
+            add(e[5], v[5])
+    sizes: dict[int, int] = {}
     for check, ims, b, agent in slots:
-        size = slot_bucket(ims * NS_PER_MS)
-        level, parent = (2, DAY) if size == HOUR else (1, HOUR)
-        key2 = (level, (check, b - b % parent, agent, ims))
-        e = counts.get(key2)
+        size = sizes.get(ims)
+        if size is None:
+            size = sizes[ims] = slot_bucket(ims * NS_PER_MS)
+        target, parent = (days, DAY) if size == HOUR else (hours, HOUR)
+        key = (check, b - b % parent, agent, ims)
+        e = target.get(key)
         if e is None:
-            e = counts[key2] = _Counts()
-        e.present_mask |= 1 << (b % parent // size)
-    return counts
+            e = target[key] = [0, 0, 0, 0, {}, {}, 0]
+        e[6] |= 1 << (b % parent // size)
+    return hours, days
 
 
 def merge(slots: Slots, hours: Hours, more_slots: Slots, more_hours: Hours) -> None:

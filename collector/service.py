@@ -681,11 +681,11 @@ class DecodedBatch:
     undecodable: bool = False
     problem: str | None = None  # an inconsistent batch: refused alone, the stream stays open
     chain_error: str | None = None  # a broken chain: refused whole, the stream is ended
-    rows: list[ResultRow] = field(default_factory=list)
+    rows: Sequence[ResultRow] = field(default_factory=list)
     gaps: list[tuple[Any, ...]] = field(default_factory=list)
     clocks: list[tuple[Any, ...]] = field(default_factory=list)
     rejections: list[tuple[int, str]] = field(default_factory=list)
-    log_rows: list[tuple[int, int, int, int, int, bytes]] = field(default_factory=list)
+    log_rows: Sequence[tuple[Any, ...]] = field(default_factory=list)
     links: BatchLinks | None = None
     gap_notes: list[tuple[int, str, int, int]] = field(default_factory=list)  # count, reason, seq, through
     folded: rollups.Folded | None = None  # the rollup fold of ``rows`` (made in the decode worker)
@@ -715,7 +715,8 @@ def decode_batch(batch: pb.RecordBatch, raws: Sequence[bytes], ctx: BatchContext
         (agent, epoch, r.seq, end, _KIND_NUMBER.get(k or "", 0), b)
         for r, k, end, b in zip(records, kinds, ends, raws, strict=True)
     ]
-    rows = out.rows
+    rows: list[ResultRow] = []
+    out.rows = rows
     rejections = out.rejections
     checks = ctx.checks
     skew = ctx.max_skew_ns
@@ -816,13 +817,15 @@ class _Packed:
         return _Packed(d, columns, agent, epoch, log_columns, raws)
 
     def unpack(self) -> DecodedBatch:
+        """The batch again, its rows left by column (``rollups.Columns``): the writer binds its
+        statements from the columns, and no tuple is made per row on the event loop."""
         d = self.decoded
         if self.columns:
-            d.rows = list(zip(*self.columns, strict=True))
+            d.rows = rollups.Columns(self.columns)
         if self.log_columns:
             n = len(self.log_raws)
-            d.log_rows = list(
-                zip([self.log_agent] * n, [self.log_epoch] * n, *self.log_columns, self.log_raws, strict=True)
+            d.log_rows = rollups.Columns(
+                [[self.log_agent] * n, [self.log_epoch] * n, *self.log_columns, self.log_raws]
             )
         return d
 

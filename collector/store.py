@@ -323,6 +323,10 @@ def _evidence(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE streams ADD COLUMN head BLOB")
 
 
+# Checkpoint the WAL into the database once it holds this many pages (SQLite's default: 1,000).
+WAL_AUTOCHECKPOINT_PAGES = 1000
+
+
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite_utils.Database:
     """Open the database with the pragmas every connection needs."""
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -331,6 +335,7 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite_utils.Databas
     conn.execute("PRAGMA synchronous=FULL")
     # A cache larger than the hot index pages turns random index writes into cache hits.
     conn.execute("PRAGMA cache_size=-65536")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     conn.execute("PRAGMA foreign_keys=ON")
     if readonly:
         conn.execute("PRAGMA query_only=ON")
@@ -670,7 +675,7 @@ class Writer:
         *,
         gaps: Sequence[tuple[Any, ...]] = (),
         clocks: Sequence[tuple[Any, ...]] = (),
-        raw: Sequence[tuple[int, int, int, int, int, bytes]] = (),
+        raw: Sequence[tuple[Any, ...]] = (),
         links: BatchLinks | None = None,
         agent_name: str = "",
         folded: rollups.Folded | None = None,

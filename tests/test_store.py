@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from collector.catalogue import parse_catalogue
-from collector.store import MIGRATIONS, Writer, measurement_row, open_store
+from collector.store import MIGRATIONS, RESULT_COLUMNS, Writer, measurement_row, open_store
 from slaprobe.model import Measurement
 
 CAT = """
@@ -111,3 +111,28 @@ def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     assert [r[0] for r in db.execute("SELECT name FROM _migrations").fetchall()] == names
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.conn.close()
+
+
+def test_rows_by_column_are_stored_like_row_tuples(tmp_path: Path) -> None:
+    """The decode worker's rows come back by column (``rollups.Columns``) and are bound from the
+    columns: the same rows as tuples, partial resends included."""
+    from array import array
+
+    from collector import rollups
+
+    tuples = [measurement_row(3, 1, s, 1, m(s, ok=s % 3 != 0), 42) for s in range(1, 1_201)]
+    columns = rollups.Columns(
+        [array("q", c) if isinstance(c[0], int) else list(c) for c in zip(*tuples, strict=True)]
+    )
+    assert len(columns) == 1_200 and list(columns) == tuples and columns[5] == tuples[5]
+    assert columns.params(10, 12) == [v for row in tuples[10:12] for v in row]
+    dbs = []
+    for name, rows in (("tuples", tuples), ("columns", columns)):
+        db = open_store(tmp_path / f"{name}.db")
+        r = rollups.Rollups(RESULT_COLUMNS)
+        db.execute("BEGIN")
+        assert r.insert(db.conn, tuples[:100]) == tuples[:100]  # stored before: a resend overlaps them
+        assert list(r.insert(db.conn, rows)) == tuples[100:]
+        db.execute("COMMIT")
+        dbs.append(db.execute("SELECT * FROM results ORDER BY rowid").fetchall())
+    assert dbs[0] == dbs[1] and len(dbs[0]) == 1_200
