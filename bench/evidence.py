@@ -850,7 +850,7 @@ def markdown(f: dict[str, Any]) -> str:
     phases = ""
     if "phases" in f:
         p = f["phases"]
-        phases = "\n\nPer phase (one more run of each in the benchmark's process; wall seconds):\n\n"
+        phases = "\n\nPer phase (one more run of each in the benchmark's process; wall seconds, CPU seconds where named CPU):\n\n"
         for what in ("export", "verify"):
             phases += (
                 f"* {what} ({p[f'{what}_s']:.1f} s): "

@@ -94,7 +94,7 @@ def export_bundle(
     now_ns: int | None = None,
     period_label: str = "",
 ) -> ExportResult:
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     now = time.time_ns() if now_ns is None else now_ns
     reader = Reader(db_path)
     try:
@@ -155,6 +155,7 @@ def export_bundle(
             os.replace(part, out)
         result.size = out.stat().st_size
         result.seconds = time.monotonic() - t0
+        result.phases["CPU: this process (and its compression threads)"] = time.process_time() - cpu0
         return result
     finally:
         reader.close()
@@ -182,9 +183,9 @@ def _submit(pool: ProcessPoolExecutor | None, fn: Callable[..., T], *args: Any) 
 
 def _report_job(
     db_path: str, stored: tuple[str, str], site: str, service: str | None, start: int, end: int, now: int
-) -> tuple[str, str, float]:
-    """(report.json text, report.html text, seconds taken)."""
-    t = time.monotonic()
+) -> tuple[str, str, float, float]:
+    """(report.json text, report.html text, seconds taken, CPU seconds taken)."""
+    t, cpu = time.monotonic(), time.process_time()
     catalogue = parse_catalogue(stored[1], f"{stored[0]} (as stored in {db_path})")
     reader = Reader(db_path)
     try:
@@ -192,7 +193,8 @@ def _report_job(
         doc = build_report(ctx, site, start, end, service)
     finally:
         reader.close()
-    return _json_text(doc), render_html(doc), time.monotonic() - t
+    html = render_html(doc)
+    return _json_text(doc), html, time.monotonic() - t, time.process_time() - cpu
 
 
 def _slice_s(reader: Reader, site: str, services: list[Any], start: int, end: int) -> list[int]:
@@ -220,7 +222,7 @@ def _write(
     key: Ed25519PrivateKey,
     result: ExportResult,
     archiver: Archiver,
-    report: Future[tuple[str, str, float]],
+    report: Future[tuple[str, str, float, float]],
     pool: ProcessPoolExecutor | None,
     db_path: Path,
     scratch: Path,
@@ -254,7 +256,7 @@ def _write(
     # The tables are most of the export's work: a worker process renders the records from a cut
     # on (every line depends on its record alone, so the parts join into the same bytes).
     cut = _cut(spans) if pool is not None else None
-    rendered: Future[tuple[int, int, int]] | None = None
+    rendered: Future[tuple[int, int, int, float]] | None = None
     if cut is not None:
         rendered = _submit(
             pool, _render_job, str(db_path), [s[:5] for s in spans[cut[0] :]], cut[1], start, end,
@@ -291,8 +293,9 @@ def _write(
     counts = [tables.results, tables.gaps, tables.clocks]
     if rendered is not None:
         t = time.monotonic()
-        more = rendered.result()
+        *more, render_cpu = rendered.result()
         result.phases["waiting for the tables' second part"] = time.monotonic() - t
+        result.phases["CPU: table process"] = render_cpu
         counts = [a + b for a, b in zip(counts, more, strict=True)]
         for name in (layout.RESULTS_CSV, layout.GAPS_CSV, layout.RESULTS_JSONL):
             with open(root / name, "ab") as dst, open(scratch / Path(name).name, "rb") as src:
@@ -320,8 +323,9 @@ def _write(
         archiver.add_file(root / name)
 
     t = time.monotonic()
-    report_json, report_html, report_s = report.result()
+    report_json, report_html, report_s, report_cpu = report.result()
     result.phases["report (its own process)"] = report_s
+    result.phases["CPU: report process"] = report_cpu
     result.phases["waiting for the report"] = time.monotonic() - t
     doc_slices = [int(v["report"]["slice_s"]) for v in json.loads(report_json)["services"]]
     if doc_slices != slices:
@@ -489,9 +493,10 @@ def _render_job(
     end: int,
     check_keys: list[str],
     out_dir: str,
-) -> tuple[int, int, int]:
+) -> tuple[int, int, int, float]:
     """Render the records of ``spans`` (the first one from ``from_seq``) into table parts without
-    headers in ``out_dir``; return (results, gaps, clock samples) rendered."""
+    headers in ``out_dir``; return (results, gaps, clock samples) rendered and the CPU seconds."""
+    cpu = time.process_time()
     out = Path(out_dir)
     reader = Reader(db_path)
     try:
@@ -514,7 +519,7 @@ def _render_job(
             tables.flush()
     finally:
         reader.close()
-    return tables.results, tables.gaps, tables.clocks
+    return tables.results, tables.gaps, tables.clocks, time.process_time() - cpu
 
 
 def _agent_doc(reader: Reader, agent: dict[str, Any]) -> dict[str, Any]:

@@ -69,6 +69,13 @@ class Verifier:
         self._listed: dict[str, str] = {}  # SHA256SUMS: path -> sha256 (every file checked against it)
 
     def run(self) -> None:
+        cpu = time.process_time()
+        try:
+            self._run()
+        finally:
+            self.phases["CPU: this process"] = time.process_time() - cpu
+
+    def _run(self) -> None:
         with tempfile.TemporaryDirectory(prefix="slaprobe-verify-") as tmp:
             t = time.monotonic()
             root = self._extract(Path(tmp))
@@ -313,7 +320,7 @@ def _recompute(root_dir: str, db_file: str) -> tuple[str, dict[str, float]]:
     """
     root, db_path = Path(root_dir), Path(db_file)
     phases: dict[str, float] = {}
-    t = time.monotonic()
+    t, cpu = time.monotonic(), time.process_time()
     manifest = _load_json(root / layout.MANIFEST)
     checks = _load_json(root / layout.CHECKS)
     check_rows = {c["key"]: int(c["id"]) for c in checks["checks"]}
@@ -366,6 +373,7 @@ def _recompute(root_dir: str, db_file: str) -> tuple[str, dict[str, float]]:
     finally:
         reader.close()
     phases["report"] = time.monotonic() - t
+    phases["CPU"] = time.process_time() - cpu
     return json.dumps(doc), phases
 
 
