@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,13 +200,26 @@ def install_args(world: dict[str, object], known_hosts: Path, prefix: Path, site
 def cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*SLAPROBE, "agent", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
+    """``slaprobe agent ARGS``, the same click command, run in this process (click's test runner, in a
+    thread so that a hang fails the test after ``timeout``): a new interpreter importing slaprobe
+    costs ~1.3 CPU-s, and the module makes ~20 such runs. A run that must be killed midway is a
+    process of its own (test_install_interrupted_rerun_unchanged_status_restart_uninstall)."""
+    from click.testing import CliRunner
+
+    from slaprobe.cli import main
+
+    results: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: results.append(CliRunner().invoke(main, ["agent", *args], env=env)), daemon=True
     )
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise AssertionError(f"slaprobe agent {' '.join(args)} did not end within {timeout:g}s")
+    (r,) = results
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception  # a bug: its traceback, rather than exit status 1
+    return subprocess.CompletedProcess(["slaprobe", "agent", *args], r.exit_code, r.stdout, r.stderr)
 
 
 def pid_alive(pidfile: Path) -> int | None:
