@@ -36,7 +36,6 @@ not answer our query is ``protocol``."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import ipaddress
 import re
@@ -143,14 +142,18 @@ class DnsProber(Prober):
         wire = query.id.to_bytes(2, "big") + self._wire[2:]
         family, sockaddr = await resolve(self.server, s.ip_version, trace)
         if s.transport == "tcp":
-            sock = await connect(family, sockaddr, trace, nodelay=False)  # the query is one send
+            stream = SockStream(await connect(family, sockaddr, trace, nodelay=False))  # one send
+            stream.stamp_reads()
             trace.enter("request")
-            reply = await _exchange_tcp(wire, sock)
+            reply = await _exchange_tcp(wire, stream)
         else:
             trace.skip("connect")  # UDP: no handshake
+            stream = _udp_stream(sockaddr, family)
             trace.enter("request")
-            reply = await _exchange_udp(wire, sockaddr, family)
-        trace.stop()  # the request ends when the reply is in: parsing it is our time, not the server's
+            reply = await _exchange_udp(wire, stream, sockaddr)
+        # The request ends when the reply arrived (the kernel's receive time): parsing it, and
+        # this task's wake-up after it, are our time, not the server's.
+        trace.stop(at=stream.rx_perf())
         return self._judge(_parse_reply(query, reply), trace)
 
     def _judge(self, answer: dns.message.Message, trace: PhaseTrace) -> ProbeResult:
@@ -189,27 +192,45 @@ class DnsProber(Prober):
 # --------------------------------------------------------------------------- the exchange
 
 
-async def _exchange_tcp(wire: bytes, sock: socket.socket) -> bytes:
+async def _exchange_tcp(wire: bytes, stream: SockStream) -> bytes:
     """One query over the connection ``connect`` opened: two-byte length framing (RFC 1035 4.2.2)."""
     try:
-        reader, writer = await asyncio.open_connection(sock=sock)
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        writer.write(len(wire).to_bytes(2, "big") + wire)
-        size = int.from_bytes(await reader.readexactly(2), "big")
-        return await reader.readexactly(size)
-    except asyncio.IncompleteReadError as exc:
-        raise ProbeFailure(ErrorKind.RESET, "connection closed before the whole answer arrived") from exc
+        await stream.send_all(len(wire).to_bytes(2, "big") + wire)
+        head = await _read_exactly(stream, 2)
+        return await _read_exactly(stream, int.from_bytes(head, "big"))
     except ConnectionError as exc:
         raise ProbeFailure(ErrorKind.RESET, f"connection reset during the query: {exc}") from exc
     finally:
-        writer.close()
+        stream.close()
 
 
-async def _exchange_udp(wire: bytes, sockaddr: SockAddr, family: int) -> bytes:
-    """Send one query from a fresh UDP socket and return the first datagram carrying our ID.
+async def _read_exactly(stream: SockStream, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await stream.recv(size - len(data))
+        if not chunk:
+            raise ProbeFailure(ErrorKind.RESET, "connection closed before the whole answer arrived")
+        data += chunk
+    return data
+
+
+def _udp_stream(sockaddr: SockAddr, family: int) -> SockStream:
+    """A fresh UDP socket connected to the server, reading with the kernel's receive times."""
+    where, port = str(sockaddr[0]), int(sockaddr[1])
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise ProbeFailure(
+            ErrorKind.UNREACHABLE, f"cannot send to {_fmt(where, port)}: {exc.strerror or exc}"
+        ) from exc
+    sock.setblocking(False)
+    stream = SockStream(sock)  # send and recv work on a connected datagram socket alike
+    stream.stamp_reads()
+    return stream
+
+
+async def _exchange_udp(wire: bytes, stream: SockStream, sockaddr: SockAddr) -> bytes:
+    """Send one query and return the first datagram carrying our ID.
 
     A plain non-blocking socket read straight from the event loop (no datagram
     endpoint: its transport and protocol cost a loop round trip per run). It is
@@ -220,15 +241,7 @@ async def _exchange_udp(wire: bytes, sockaddr: SockAddr, family: int) -> bytes:
     """
     where, port = str(sockaddr[0]), int(sockaddr[1])
     try:
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-    except OSError as exc:
-        raise ProbeFailure(
-            ErrorKind.UNREACHABLE, f"cannot send to {_fmt(where, port)}: {exc.strerror or exc}"
-        ) from exc
-    stream = SockStream(sock)  # send and recv work on a connected datagram socket alike
-    try:
-        sock.setblocking(False)
-        sock.connect(sockaddr)
+        stream.sock.connect(sockaddr)
         await stream.send_all(wire)
         while True:
             reply = await stream.recv(_UDP_MAX)

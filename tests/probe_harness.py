@@ -53,12 +53,18 @@ def phase_names(result: ProbeResult) -> list[str]:
     return [name for name, _ in result.phases]
 
 
-async def block_the_loop_once(when: Callable[[], bool], seconds: float) -> None:
+async def block_the_loop_once(when: Callable[[], bool], seconds: float, give_up_s: float = 5.0) -> bool:
     """Freeze the event loop for ``seconds`` the first time ``when()`` holds (checked every turn).
 
     Stands in for a busy agent: bytes that arrive meanwhile wait in the kernel,
-    and a probe must not count that wait as the target's time.
+    and a probe must not count that wait as the target's time. False if
+    ``when()`` never held within ``give_up_s`` (the probe went past that point
+    between two turns): the caller's checks then fail instead of the test hanging.
     """
-    while not when():  # noqa: ASYNC110 - a condition of the probe's own state, checked every turn
+    deadline = time.perf_counter() + give_up_s
+    while not when():  # a condition of the probe's own state, checked every turn
+        if time.perf_counter() > deadline:
+            return False
         await asyncio.sleep(0)
     time.sleep(seconds)  # noqa: ASYNC251 - blocking on purpose: nothing else runs meanwhile
+    return True

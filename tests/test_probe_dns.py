@@ -14,6 +14,7 @@ import getpass
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ import pytest
 
 from probes import ErrorKind, PhaseTrace, run_probe
 from probes.dns import DnsProber
-from tests.probe_harness import ProbeHarness, phase_names
+from tests.probe_harness import ProbeHarness, block_the_loop_once, phase_names
 
 SOURCE = "catalogue.yaml"
 CHECK = "sites.lab.checks.resolver"
@@ -237,6 +238,47 @@ async def test_tcp_transport(dnsmasq: Dnsmasq) -> None:
     assert names(result) == PHASES
     assert result.fields["answer_count"] == 1
     assert dict(result.phases)["connect"] > 0
+
+
+@contextlib.contextmanager
+def delayed_udp_answerer(delay_s: float) -> Iterator[str]:
+    """Answers one query after ``delay_s``, from a thread: it runs while the test freezes the loop.
+
+    (dnsmasq answers a loopback query before the probe's first read: there is no wait to freeze.)
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(10)
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            wire, addr = sock.recvfrom(4096)
+            time.sleep(delay_s)
+            response = dns.message.make_response(dns.message.from_wire(wire))
+            sock.sendto(response.to_wire(), addr)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        thread.join(15)
+        sock.close()
+
+
+async def test_the_request_ends_when_the_reply_arrived_not_when_the_loop_got_to_it() -> None:
+    trace = PhaseTrace()
+    with delayed_udp_answerer(0.1) as address:
+        start = time.perf_counter()
+        blocker = asyncio.create_task(block_the_loop_once(lambda: trace.current == "request", 0.5))
+        result = await run_probe(make_prober(address, {"query_name": "app.test"}), trace)
+        assert await blocker, "the probe never waited where the test freezes the loop"
+    assert time.perf_counter() - start >= 0.5
+    assert result.success, result
+    assert trace.end is not None
+    # The answer arrived ~0.1 s in, inside the freeze; the kernel's receive time says so.
+    assert 0.09 <= trace.end - start < 0.4, (trace.end - start, result.phases)
+    assert 0.09 <= dict(result.phases)["request"] < 0.4
 
 
 async def test_a_host_name_target_is_resolved_first(dnsmasq: Dnsmasq) -> None:

@@ -866,7 +866,7 @@ async def test_plain_http_phases_end_when_the_bytes_arrived_not_when_the_loop_go
     start = time.perf_counter()
     blocker = asyncio.create_task(block_the_loop_once(lambda: trace.current == "processing", 0.4))
     result = await run_probe(make_prober(server.url("/ok")), trace)
-    await blocker
+    assert await blocker, "the probe never waited where the test freezes the loop"
     wall = time.perf_counter() - start
     assert result.success, result
     assert wall >= 0.4
@@ -882,7 +882,7 @@ async def test_https_phases_end_when_the_task_read_the_bytes(https_server: HttpT
     start = time.perf_counter()
     blocker = asyncio.create_task(block_the_loop_once(lambda: trace.current == "processing", 0.4))
     result = await run_probe(make_prober(https_server.url("/ok"), {"tls_verify": False}), trace)
-    await blocker
+    assert await blocker, "the probe never waited where the test freezes the loop"
     assert result.success, result
     assert trace.end is not None
     assert trace.end - start >= 0.4

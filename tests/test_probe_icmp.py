@@ -144,7 +144,7 @@ async def test_the_run_ends_when_the_last_reply_arrived_not_when_the_loop_got_to
     start = time.perf_counter()
     blocker = asyncio.create_task(block_the_loop_once(lambda: trace.fields.get("sent") == 1, 0.4))
     result = await run_probe(make_prober("127.0.0.1", {"count": 1}), trace)
-    await blocker
+    assert await blocker, "the probe never waited where the test freezes the loop"
     assert time.perf_counter() - start >= 0.4
     assert_sane_success(result, 1)
     assert trace.end is not None
