@@ -527,10 +527,13 @@ class SockStream:
         self.rx_ns: int | None = None
 
     def stamp_reads(self) -> None:
-        """Read with the kernel's receive times from now on (a plain socket only: OpenSSL
-        reads a TLS one itself, without ancillary data)."""
-        if not isinstance(self.sock, ssl.SSLSocket):
-            self._stamped = enable_rx_timestamps(self.sock)
+        """Read with the kernel's receive times from now on (before or after a TLS handshake).
+
+        OpenSSL reads a TLS socket itself, without ancillary data, so there each
+        read first peeks at the encrypted bytes waiting in the kernel (``MSG_PEEK``:
+        nothing is consumed) for their receive time: one more system call per read.
+        """
+        self._stamped = enable_rx_timestamps(self.sock)
 
     def rx_perf(self) -> float | None:
         """When the last data read arrived, in ``perf_counter`` terms; None without a kernel time."""
@@ -581,6 +584,9 @@ class SockStream:
         while True:
             try:
                 if self._stamped:
+                    if isinstance(self.sock, ssl.SSLSocket):
+                        self._peek_rx_time()
+                        return self.sock.recv(size)
                     data, ancdata, _, _ = self.sock.recvmsg(size, TIMESTAMP_ANCILLARY_SIZE)
                     if data:
                         # TCP: the arrival of the newest segment this read took data from.
@@ -592,8 +598,29 @@ class SockStream:
             except ssl.SSLWantWriteError:
                 await self.wait(writable=True)
 
+    def _peek_rx_time(self) -> None:
+        """The receive time of the encrypted bytes waiting under a TLS socket (if any), unread.
+
+        A peek over everything queued (up to 64 KiB) reports the newest segment's
+        time, as a plain read does. Bytes OpenSSL already holds decrypted were
+        timed by the peek before the read that fetched them.
+        """
+        tls = self.sock
+        if not isinstance(tls, ssl.SSLSocket) or tls.pending():
+            return
+        try:
+            _, ancdata, _, _ = socket.socket.recvmsg_into(
+                tls, [_peek_buffer], TIMESTAMP_ANCILLARY_SIZE, socket.MSG_PEEK | socket.MSG_DONTWAIT
+            )
+        except OSError:  # nothing waiting (EAGAIN), or an error the real read will report
+            return
+        self.rx_ns = timestamp_ns(ancdata) or self.rx_ns
+
     def close(self) -> None:
         close_later(self.sock)
+
+
+_peek_buffer = bytearray(65536)  # scratch for MSG_PEEK (the bytes are not used; one event loop thread reads)
 
 
 def close_later(sock: socket.socket) -> None:

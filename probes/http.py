@@ -32,13 +32,13 @@ result (as asyncio's transports did): inside the phases there is only I/O
 and the parsing that tells the end of the response. Measured against
 blackbox_exporter in ``bench/RESULTS.md``.
 
-Over plain HTTP the socket reads with the kernel's receive times
-(``SO_TIMESTAMPNS``): ``processing`` ends when the first response bytes
-arrived and ``transfer`` (with the run's total) when the last ones did, not
-when this task was next scheduled after them. On an idle VM that wake-up
-costs 0.3-0.5 ms and is not the target's time. With TLS, OpenSSL reads the
-socket itself and gives no receive times: the boundaries are when the task
-read the bytes, as before.
+The socket reads with the kernel's receive times (``SO_TIMESTAMPNS``):
+``processing`` ends when the first response bytes arrived and ``transfer``
+(with the run's total) when the last ones did, not when this task was next
+scheduled after them. On an idle VM that wake-up costs 0.3-0.5 ms and is
+not the target's time. With TLS, OpenSSL reads the socket itself, so each
+read first peeks at the encrypted bytes for their receive time (decrypting
+them is then inside ``transfer``, as it is in blackbox_exporter's).
 
 HTTP/2 (``http_version: 2``) takes the same road: the same raw asyncio
 connection, ALPN ``h2`` (or prior knowledge over ``http://``), and the ``h2``
@@ -453,8 +453,7 @@ class HttpProber(Prober):
         family, sockaddr = await resolve(hop.endpoint, s.ip_version, trace)
         # HTTP/1.1 in clear text is one send: no TCP_NODELAY needed (see connect).
         stream = SockStream(await connect(family, sockaddr, trace, nodelay=ctx is not None or h1 is None))
-        if ctx is None:
-            stream.stamp_reads()  # phases end when the bytes arrived (kernel receive times)
+        stream.stamp_reads()  # phases end when the bytes arrived (kernel receive times)
         try:
             if ctx is not None:
                 # server_name is for the configured host; a redirect elsewhere verifies its own name.
