@@ -383,14 +383,8 @@ def _ranges(
             a, b = spans.get(k, (int(lo), int(hi)))
             spans[k] = (min(a, int(lo)), max(b, int(hi)))
 
+    merge(_result_ranges(conn, check_ids, start, end))
     for cid in check_ids:
-        merge(
-            conn.execute(
-                "SELECT agent_id, epoch, min(seq), max(seq) FROM results"
-                " WHERE check_id = ? AND scheduled_ns >= ? AND scheduled_ns < ? GROUP BY agent_id, epoch",
-                (cid, start, end),
-            )
-        )
         merge(
             conn.execute(
                 "SELECT agent_id, epoch, min(seq), max(through_seq) FROM gaps"
@@ -407,6 +401,41 @@ def _ranges(
             )
         )
     return spans
+
+
+def _result_ranges(
+    conn: sqlite3.Connection, check_ids: list[int], start: int, end: int
+) -> list[tuple[Any, ...]]:
+    """(agent, epoch, min seq, max seq) of the period's results of ``check_ids``.
+
+    Why two steps: asked per check, SQLite finds the rows by the (check, time) index and then
+    looks each one up in the table for its stream and seq, a random read per result (a month
+    of 50 checks: ~11 CPU-s, ~24 s under load). The index alone gives the rowids holding the
+    period's rows (every matching row's rowid lies between their least and greatest); the
+    rows between are then read in rowid order, sequentially, with the same conditions, so
+    the answer is the same.
+    """
+    lo = hi = None
+    for cid in check_ids:
+        a, b = conn.execute(
+            "SELECT min(rowid), max(rowid) FROM results WHERE check_id = ? AND scheduled_ns >= ? AND scheduled_ns < ?",
+            (cid, start, end),
+        ).fetchone()
+        if a is not None:
+            lo = a if lo is None else min(lo, a)
+            hi = b if hi is None else max(hi, b)
+    if lo is None:
+        return []
+    rows: list[tuple[Any, ...]] = []
+    for i in range(0, len(check_ids), 500):
+        part = check_ids[i : i + 500]
+        rows += conn.execute(
+            "SELECT agent_id, epoch, min(seq), max(seq) FROM results NOT INDEXED WHERE rowid BETWEEN ? AND ?"
+            f" AND check_id IN ({','.join('?' * len(part))}) AND scheduled_ns >= ? AND scheduled_ns < ?"
+            " GROUP BY agent_id, epoch",
+            (lo, hi, *part, start, end),
+        ).fetchall()
+    return rows
 
 
 def _chain_span(
