@@ -775,11 +775,12 @@ class _WorkerJob:
     pick: tuple[int, ...] = ()
 
 
+# Text columns whose values repeat (pickled once each when they are the same object); phase
+# timings are unique to each result, so that column is sent as it is.
 _STR_COLUMNS = frozenset(
-    i
-    for i, c in enumerate(RESULT_COLUMNS)
-    if c in ("check_revision", "error_kind", "detail", "phases", "fields")
+    i for i, c in enumerate(RESULT_COLUMNS) if c in ("check_revision", "error_kind", "detail", "fields")
 )
+_UNIQUE_STR_COLUMNS = frozenset(i for i, c in enumerate(RESULT_COLUMNS) if c == "phases")
 _worker_keys: dict[tuple[bytes, ...], dict[bytes, Ed25519PublicKey]] = {}
 
 
@@ -806,6 +807,8 @@ class _Packed:
                 if i in _STR_COLUMNS:
                     seen: dict[str, str] = {}
                     columns.append([seen.setdefault(v, v) for v in col])
+                elif i in _UNIQUE_STR_COLUMNS:
+                    columns.append(list(col))
                 else:
                     columns.append(_ints(col))
         log_columns: list[Any] = []

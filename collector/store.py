@@ -424,6 +424,7 @@ def clock_row(agent_id: int, epoch: int, seq: int, c: ClockSample, received_ns: 
 # ---- the writer -------------------------------------------------------------------
 
 _LOG_SQL = "INSERT OR IGNORE INTO record_log VALUES (?, ?, ?, ?, ?, ?)"
+BULK_JOB_ROWS = 500  # an ingest job this large is part of a backlog: its group may wait for more
 
 
 @dataclass
@@ -465,9 +466,31 @@ class BatchLinks:
 class Writer:
     """The single writer thread. Every method is a coroutine that resolves after commit."""
 
-    def __init__(self, path: str | Path, *, max_group_rows: int = 20_000) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_group_rows: int = 40_000,
+        bulk_group_rows: int = 20_000,
+        bulk_wait_s: float = 0.5,
+    ) -> None:
+        """``max_group_rows``: a group commit takes the jobs waiting up to this many rows. Each
+        commit has costs that do not grow with its rows (the rollup rows of every check it
+        touches, the index pages it rewrites, the fsyncs): 40,000 instead of 20,000 took ~20% off
+        the writer's CPU per result here. Keep it under an agent's window (50,000 records), so
+        one agent's next batches are already waiting while its group commits.
+
+        ``bulk_group_rows``, ``bulk_wait_s``: when every job of a group is a bulk batch (at
+        least ``BULK_JOB_ROWS`` rows) and fewer than ``bulk_group_rows`` rows wait, the writer
+        waits up to ``bulk_wait_s`` for more before it commits. Then the decoders are behind
+        the writer, so waiting costs no throughput, and commits of 6,000 rows instead of
+        15,000 cost the writer ~20% more CPU per result, CPU the decoders lack. Acks of bulk
+        batches come up to that much later; small jobs (heartbeats, a live agent's few
+        records) never wait."""
         self.path = Path(path)
         self.max_group_rows = max_group_rows
+        self.bulk_group_rows = bulk_group_rows
+        self.bulk_wait_s = bulk_wait_s
         self._queue: queue.SimpleQueue[_Job[Any] | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -523,17 +546,30 @@ class Writer:
                 assert isinstance(first, _Job)
                 jobs: list[_Job[Any]] = [first]
                 rows = first.rows
+                bulk = first.rows >= BULK_JOB_ROWS
+                deadline = 0.0
                 while rows < self.max_group_rows:
                     try:
                         nxt = self._queue.get_nowait()
                     except queue.Empty:
-                        break
+                        if not bulk or rows >= self.bulk_group_rows:
+                            break
+                        # Bulk batches and a short queue: wait a little for the next ones.
+                        now = time.monotonic()
+                        deadline = deadline or now + self.bulk_wait_s
+                        if now >= deadline:
+                            break
+                        try:
+                            nxt = self._queue.get(timeout=deadline - now)
+                        except queue.Empty:
+                            break
                     if nxt is _STOP:
                         stopping = True
                         break
                     assert isinstance(nxt, _Job)
                     jobs.append(nxt)
                     rows += nxt.rows
+                    bulk = bulk and nxt.rows >= BULK_JOB_ROWS
                 self._commit_group(db, jobs)
         finally:
             db.conn.close()
