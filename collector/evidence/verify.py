@@ -270,7 +270,12 @@ class Verifier:
     # ---- 7: the report ---------------------------------------------------------------------------
 
     def _report(self, report: dict[str, Any], recompute: Future[tuple[str, dict[str, float]]]) -> None:
-        text, phases = recompute.result()
+        try:
+            text, phases = recompute.result()
+        except Exception as exc:  # the rebuild met something steps 5-6 let through: a failure, not a crash
+            raise VerifyFailed(
+                f"{layout.REPORT_JSON}: cannot be recomputed from the signed records: {type(exc).__name__}: {exc}"
+            ) from exc
         self.phases.update({f"recompute: {k}": v for k, v in phases.items()})
         recomputed = json.loads(text)
         if recomputed != report:
@@ -384,8 +389,11 @@ def _rows_of_chain(
     gaps: list[tuple[Any, ...]] = []
     parse = pb.Record.FromString
     with open(path, "rb") as f:
-        for raw in read_frames(f):
-            record = parse(raw)
+        for n, raw in enumerate(read_frames(f), 1):
+            try:
+                record = parse(raw)
+            except DecodeError as exc:
+                raise ValueError(f"{path.name}: record {n} cannot be decoded ({exc})") from exc
             kind = record.WhichOneof("kind")
             if kind == "seal":
                 continue
