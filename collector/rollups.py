@@ -542,12 +542,7 @@ def finish(slots: Slots, hours: Hours) -> tuple[Hours, Hours]:
         if e is None:
             days[key] = [v[0], v[1], v[2], v[3], dict(v[4]), dict(v[5]), 0]
         else:
-            e[0] += v[0]
-            e[1] += v[1]
-            e[2] += v[2]
-            e[3] += v[3]
-            add(e[4], v[4])
-            add(e[5], v[5])
+            _add_counts(e, v)
     sizes: dict[int, int] = {}
     for check, ims, b, agent in slots:
         size = sizes.get(ims)
@@ -577,12 +572,17 @@ def merge(slots: Slots, hours: Hours, more_slots: Slots, more_hours: Hours) -> N
         if c is None:
             hours[key] = [h[0], h[1], h[2], h[3], dict(h[4]), dict(h[5]), h[6]]
         else:
-            c[0] += h[0]
-            c[1] += h[1]
-            c[2] += h[2]
-            c[3] += h[3]
-            add(c[4], h[4])
-            add(c[5], h[5])
+            _add_counts(c, h)
+
+
+def _add_counts(into: list[Any], more: list[Any]) -> None:
+    """Add one aggregate's counts and histograms to another's (the presence mask is the caller's)."""
+    into[0] += more[0]
+    into[1] += more[1]
+    into[2] += more[2]
+    into[3] += more[3]
+    add(into[4], more[4])
+    add(into[5], more[5])
 
 
 def _grid(grids: Mapping[int, list[Grid]], check: int, t: int) -> tuple[int, int]:
