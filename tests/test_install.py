@@ -119,6 +119,8 @@ def shared_host(
     from an installed host (a first install costs ~10 s of this machine's 2 cores). Each of them
     leaves it installed that way; `installed_host` checks so before handing it to the next."""
     if why_not is not None:
+        # The module's `needs_sshd` condition (no OpenSSH sshd on this machine: `make system-deps`
+        # installs it, and CI does); a module fixture cannot carry the mark, so it skips itself.
         pytest.skip(why_not)
     tmp = tmp_path_factory.mktemp("shared-host")
     server = SshServer(tmp / "sshd", client_key=Path(str(world["key"]))).start()
