@@ -13,7 +13,10 @@ bytes, in seq order: the very framing the seal digests use (``slaprobe.chain``).
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
+import re
 import struct
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,7 +27,16 @@ from typing import IO, Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
-from collector.wire import record_span_end
+from collector.wire import (
+    MAX_DETAIL_CHARS,
+    MAX_DURATION_NS,
+    MAX_FIELD_KEY_CHARS,
+    MAX_FIELDS,
+    MAX_PHASES,
+    fields_json,
+    phases_json,
+    record_span_end,
+)
 from protos import slaprobe_v1_pb2 as pb
 
 _LEN = struct.Struct(">I")
@@ -175,6 +187,30 @@ class Chain:
 
 
 _INF = float("inf")
+_UNKNOWN: Any = object()  # not in a cache yet
+# A CSV cell needs quoting (the csv module's rules, for its default dialect with "\n" line ends)
+# only with these characters in it; rows with any go through the csv module itself.
+_NEEDS_QUOTES = re.compile('[,"\r\n\x00]').search
+
+
+class RowSink:
+    """Where verify puts the collector's ``results`` rows it rebuilds while rendering the tables.
+
+    A row is ``collector.wire.result_row``'s for the record (``RESULT_COLUMNS``, received at 0),
+    from the reading the tables are rendered from; a record ``result_row`` rejects has none
+    (``tests/test_evidence_rows.py`` holds both equal on odd and rejected records).
+    ``limit_ns``: now plus the clock skew allowed.
+    """
+
+    __slots__ = ("agent_row", "checks", "limit_ns", "rows")
+
+    def __init__(self, agent_row: int, checks: Mapping[str, int], limit_ns: int) -> None:
+        self.agent_row = agent_row
+        self.checks = checks
+        self.limit_ns = limit_ns
+        self.rows: list[tuple[Any, ...]] = []
+
+
 _EMPTY = '""'  # an empty string's JSON text
 _BATCH = 4096  # rows rendered between writes
 
@@ -214,16 +250,23 @@ class TableWriter:
         self.start_ns, self.end_ns = start_ns, end_ns
         self.checks = checks  # the bundle's checks (a service's, or the whole site's)
         self._results = csv.writer(results_csv, lineterminator="\n")
+        self._results_file = results_csv
         self._gaps = csv.writer(gaps_csv, lineterminator="\n")
         self._jsonl = jsonl
         if header:  # a part rendered by another process goes without
             self._results.writerow(RESULT_CSV_HEADER)
             self._gaps.writerow(GAP_CSV_HEADER)
         self._lines: list[str] = []
-        self._rows: list[tuple[Any, ...]] = []
+        self._csv: list[str] = []  # result CSV lines
+        self._csv_buffer = io.StringIO()  # a row that needs csv's quoting is written through it
+        self._csv_writer = csv.writer(self._csv_buffer, lineterminator="\n")
         self._names: dict[str, str] = {}  # JSON text of repeated strings (agents, checks, phase names)
+        self._cells: dict[str, str | None] = {}  # CSV cell of repeated strings (None: needs quoting)
         self._phase_templates: dict[tuple[str, ...], str] = {}  # phase names in order -> % template
+        self._phase_shapes: dict[tuple[str, ...], tuple[str, bool, bool]] = {}  # -> template, names ok, ascii
         self._entry_texts: dict[bytes, tuple[str, str]] = {}  # a fields entry's bytes -> (key, JSON text)
+        self._entries: dict[tuple[bytes, ...], tuple[str, str | None]] = {}  # -> (JSON text, row text)
+        self._entry_values: dict[bytes, tuple[str, str, Any, bool]] = {}  # -> key, text, value, valid
         self.results = 0
         self.gaps = 0
         self.clocks = 0
@@ -239,11 +282,194 @@ class TableWriter:
         self.add(agent, epoch, record)
         return record
 
-    def add_view(self, agent: str, epoch: int, view: Any) -> None:
-        """Render a result record read as a ``RecordView`` (``parse_view``)."""
+    def add_view(self, agent: str, epoch: int, view: Any, rows: RowSink | None = None) -> None:
+        """Render a result record read as a ``RecordView`` (``parse_view``); with ``rows``, also
+        append the collector's ``results`` row for it, from the same reading (see ``RowSink``).
+
+        Every protobuf field is read once, into a local: on upb each attribute read builds a
+        Python object (a phase is a message wrapper, ~1 µs), so the phases text comes from a
+        per-shape template (one ``%`` per result, not a call per phase), the fields text from a
+        cache keyed by the entries' exact bytes, and the line, the CSV row and the row share
+        the values.
+        """
         r = view.result
+        scheduled = r.scheduled_ns
+        check = r.check_id
+        render = self.start_ns <= scheduled < self.end_ns and check in self.checks
+        if not render and rows is None:
+            return
+        seq = view.seq
+        phases = r.phases
+        names_ok = True
+        if phases:
+            named = {p.name: p.duration_ns for p in phases}  # a repeated name: the last one, as a dict
+            shape = tuple(named)
+            known = self._phase_shapes.get(shape)
+            if known is None:
+                known = self._shape(shape)
+            template, names_ok, ascii_names = known
+            values = tuple(named.values())
+            phase_text = template % values
+        else:
+            phase_text = "{}"
         entries = r.fields
-        self._result(agent, epoch, view.seq, r, self._entries_text(entries) if entries else "{}")
+        if entries:
+            key = tuple(entries)
+            got = self._entries.get(key)
+            if got is None:
+                got = self._fields(key)
+            field_text, field_row = got
+        else:
+            field_text = field_row = "{}"
+        revision = r.check_revision
+        ok, degraded, synced = r.success, r.degraded, r.clock_synced
+        error_kind, detail, duration, offset = r.error_kind, r.detail, r.duration_ns, r.clock_offset_ns
+        started = r.started_ns
+        if rows is not None:
+            # ``collector.wire.result_row``'s checks, all of them (which one fails does not matter
+            # here: a rejected record has no row); a test holds the rows and rejections equal.
+            check_row = rows.checks.get(check)
+            limit = rows.limit_ns
+            if (
+                check_row is not None
+                and 0 < scheduled <= limit
+                and 0 < started <= limit
+                and 0 <= duration <= MAX_DURATION_NS
+                and bool(ok) != bool(error_kind)
+                and len(detail) <= MAX_DETAIL_CHARS
+                and field_row is not None
+                and "\x00" not in detail
+                and "\x00" not in error_kind
+                and (
+                    not phases
+                    or (
+                        names_ok
+                        and len(phases) <= MAX_PHASES
+                        and (
+                            min(values) >= 0 and max(values) <= MAX_DURATION_NS
+                            if len(values) == len(phases)
+                            else all(0 <= p.duration_ns <= MAX_DURATION_NS for p in phases)
+                        )
+                    )
+                )
+            ):
+                rows.rows.append(
+                    (rows.agent_row, epoch, seq, check_row, revision, scheduled, started, duration,
+                     int(ok), int(degraded), error_kind, detail,
+                     (phase_text if ascii_names else phases_json(named)) if phases else "{}",
+                     field_row, 0, offset, int(synced))
+                )  # fmt: skip
+            if not render:
+                return
+        names = self._names
+        agent_text = names.get(agent) or self._name(agent)
+        check_text = names.get(check) or self._name(check)
+        self._lines.append(
+            f'{{"kind":"result","agent":{agent_text},"epoch":{epoch},"seq":{seq},"check":{check_text},'
+            f'"revision":{names.get(revision) or self._name(revision)},"scheduled_ns":{scheduled},'
+            f'"started_ns":{started},"duration_ns":{duration},"ok":{"true" if ok else "false"},'
+            f'"degraded":{"true" if degraded else "false"},'
+            f'"error_kind":{names.get(error_kind) or self._name(error_kind)},'
+            f'"detail":{_enc(detail) if detail else _EMPTY},"phases":{phase_text},"fields":{field_text},'
+            f'"clock_offset_ns":{offset},"clock_synced":{"true" if synced else "false"}}}\n'
+        )
+        cells = self._cells
+        check_cell = cells.get(check, _UNKNOWN)
+        if check_cell is _UNKNOWN:
+            check_cell = self._cell(check)
+        agent_cell = cells.get(agent, _UNKNOWN)
+        if agent_cell is _UNKNOWN:
+            agent_cell = self._cell(agent)
+        kind_cell = cells.get(error_kind, _UNKNOWN)
+        if kind_cell is _UNKNOWN:
+            kind_cell = self._cell(error_kind)
+        if (
+            check_cell is None
+            or agent_cell is None
+            or kind_cell is None
+            or (detail and _NEEDS_QUOTES(detail) is not None)
+        ):
+            self._csv.append(
+                self._csv_row(
+                    (utc(scheduled), check, agent, "up" if ok else "down", "yes" if degraded else "",
+                     error_kind, f"{duration / 1e6:.3f}", detail, epoch, seq, f"{offset / 1e6:.3f}")
+                )
+            )  # fmt: skip
+        else:
+            self._csv.append(
+                f"{utc(scheduled)},{check_cell},{agent_cell},{'up' if ok else 'down'},"
+                f"{'yes' if degraded else ''},{kind_cell},{duration / 1e6:.3f},{detail},{epoch},{seq},"
+                f"{offset / 1e6:.3f}\n"
+            )
+        self.results += 1
+        if len(self._csv) >= _BATCH:
+            self.flush()
+
+    def _shape(self, shape: tuple[str, ...]) -> tuple[str, bool, bool]:
+        """(``%`` template, every name valid for a row, the template's text is the row's) of phase
+        names in order."""
+        known = (
+            self._phase_templates.get(shape) or self._template(shape, ":%d"),
+            all(0 < len(n) <= MAX_FIELD_KEY_CHARS for n in shape),
+            # ASCII without DEL: the table's escaping (ensure_ascii=False) is then the row's
+            all(n.isascii() and "\x7f" not in n for n in shape),
+        )
+        if len(self._phase_shapes) < 10_000:
+            self._phase_shapes[shape] = known
+        return known
+
+    def _fields(self, entries: tuple[bytes, ...]) -> tuple[str, str | None]:
+        """(JSON text for the table, ``fields`` column of the row or None: rejected) of a result's
+        ``fields`` map entries as sent; decoded with the real entry type, kept by their bytes."""
+        cache = self._entry_values
+        values: dict[str, tuple[str, Any, bool]] = {}
+        for e in entries:
+            kv = cache.get(e)
+            if kv is None:
+                entry = _FieldsEntry.FromString(e)  # bytes the real type refuses: DecodeError
+                k, v = entry.key, entry.value
+                kind = v.WhichOneof("value")
+                value: Any = None
+                valid = 0 < len(k) <= MAX_FIELD_KEY_CHARS
+                if kind == "number":
+                    value = v.number
+                    valid = valid and math.isfinite(value)
+                elif kind == "text":
+                    value = v.text
+                    valid = valid and len(value) <= MAX_DETAIL_CHARS
+                elif kind == "flag":
+                    value = v.flag
+                else:
+                    valid = False
+                kv = (k, _value_text(v), value, valid)
+                if len(cache) < 50_000:
+                    cache[e] = kv
+            values[kv[0]] = kv[1:]  # a repeated key: the last entry, as the map keeps it
+        name = self._name
+        text = "{" + ",".join([name(k) + ":" + values[k][0] for k in sorted(values)]) + "}"
+        row = (
+            fields_json({k: v[1] for k, v in values.items()})
+            if len(values) <= MAX_FIELDS and all(v[2] for v in values.values())
+            else None
+        )
+        if len(self._entries) < 50_000:
+            self._entries[entries] = (text, row)
+        return text, row
+
+    def _cell(self, s: str) -> str | None:
+        """``s`` as a CSV cell when it needs no quoting (else None), kept for repeated strings."""
+        cell = None if _NEEDS_QUOTES(s) else s
+        if len(self._cells) < 10_000:
+            self._cells[s] = cell
+        return cell
+
+    def _csv_row(self, row: tuple[Any, ...]) -> str:
+        """A CSV line as the csv module writes it (quoting included)."""
+        buf = self._csv_buffer
+        buf.seek(0)
+        buf.truncate()
+        self._csv_writer.writerow(row)
+        return buf.getvalue()
 
     def add(self, agent: str, epoch: int, record: pb.Record) -> None:
         kind = record.WhichOneof("kind")
@@ -276,9 +502,9 @@ class TableWriter:
         if self._lines:
             self._jsonl.write("".join(self._lines))
             self._lines.clear()
-        if self._rows:
-            self._results.writerows(self._rows)
-            self._rows.clear()
+        if self._csv:
+            self._results_file.write("".join(self._csv))
+            self._csv.clear()
 
     def _line(self, doc: Mapping[str, Any]) -> None:
         self._lines.append(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n")
@@ -326,23 +552,14 @@ class TableWriter:
             f'"detail":{_enc(detail) if detail else _EMPTY},"phases":{phase_text},"fields":{field_text},'
             f'"clock_offset_ns":{offset},"clock_synced":{"true" if synced else "false"}}}\n'
         )
-        self._rows.append(
-            (
-                utc(scheduled),
-                check,
-                agent,
-                "up" if ok else "down",
-                "yes" if degraded else "",
-                error_kind,
-                f"{duration / 1e6:.3f}",
-                detail,
-                epoch,
-                seq,
-                f"{offset / 1e6:.3f}",
+        self._csv.append(
+            self._csv_row(
+                (utc(scheduled), check, agent, "up" if ok else "down", "yes" if degraded else "",
+                 error_kind, f"{duration / 1e6:.3f}", detail, epoch, seq, f"{offset / 1e6:.3f}")
             )
-        )
+        )  # fmt: skip
         self.results += 1
-        if len(self._rows) >= _BATCH:
+        if len(self._csv) >= _BATCH:
             self.flush()
 
     def _entries_text(self, entries: Iterable[bytes]) -> str:
