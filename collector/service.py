@@ -42,7 +42,16 @@ from collector.store import (
     clock_row,
     gap_rows,
 )
-from collector.wire import InvalidRecord, batch_header, check_to_pb, decode_record, result_row, split_batch
+from collector.wire import (
+    IngestRecordView,
+    InvalidRecord,
+    batch_header,
+    check_to_pb,
+    decode_record,
+    result_columns,
+    result_row,
+    split_batch,
+)
 from protos import slaprobe_v1_pb2 as pb
 from protos import slaprobe_v1_pb2_grpc as pb_grpc
 from slaprobe import __version__
@@ -58,6 +67,7 @@ MAX_BATCH_RECORDS = 10_000
 ACK_WINDOW = 64  # batches decoded ahead of their commit, per stream
 # record_log.kind: the Record oneof's field number (0: a kind this collector does not know).
 _KIND_NUMBER = {f.name: f.number for f in pb.Record.DESCRIPTOR.oneofs_by_name["kind"].fields}
+_RESULT_KIND = _KIND_NUMBER["result"]
 # Batches at least this large are decoded in the decode worker process (smaller: on the event loop).
 OFFLOAD_MIN_BYTES = 16 * 1024
 FOLD_MIN_ROWS_PER_CHECK = 3  # the decode worker folds a batch for the rollups from this many rows per check
@@ -692,7 +702,105 @@ class DecodedBatch:
 
 
 def decode_batch(batch: pb.RecordBatch, raws: Sequence[bytes], ctx: BatchContext) -> DecodedBatch:
-    """Decode, chain-check and validate one batch into the rows the writer stores (no I/O, no loop)."""
+    """Decode, chain-check and validate one batch into the rows the writer stores (no I/O, no loop).
+
+    Results are read as ``wire.IngestRecordView`` and validated straight into columns
+    (``wire.result_columns``; rows by column, ``rollups.Columns``); every other record is parsed
+    with the real type. The outcome is :func:`decode_batch_exact`'s (a test holds them equal).
+    """
+    out = DecodedBatch(first_seq=batch.first_seq, last_seq=batch.last_seq, records=len(raws))
+    view = IngestRecordView.FromString
+    try:
+        records: list[Any] = [view(r) for r in raws]
+        kinds = [r.WhichOneof("kind") for r in records]
+        others = [i for i, k in enumerate(kinds) if k != "result"]
+        for i in others:  # gaps, clocks, seals (and unknown kinds): the real type
+            records[i] = pb.Record.FromString(raws[i])
+    except DecodeError:
+        out.undecodable = True
+        return out
+    seqs = [r.seq for r in records]
+    ends = seqs
+    if others:
+        ends = list(seqs)
+        for i in others:
+            if kinds[i] == "gap":
+                ends[i] = int(records[i].gap.through_seq)
+    agent, epoch, now = ctx.agent_row, ctx.epoch, ctx.now_ns
+    checks = ctx.checks
+    skew = ctx.max_skew_ns
+    results = result_columns(
+        records,
+        raws,
+        (i for i, k in enumerate(kinds) if k == "result") if others else range(len(raws)),
+        agent,
+        epoch,
+        checks,
+        now,
+        now_ns=now,
+        max_skew_ns=skew,
+    )
+    if results.undecodable:  # bytes the view took and the real type does not
+        out.undecodable = True
+        return out
+    out.problem = _batch_problem(batch, records, ends)
+    if out.problem is not None:
+        return out
+    if ctx.keys is not None:
+        try:
+            out.links = _check_chain(ctx, records, kinds, ends, raws)
+        except ChainRefused as exc:
+            out.chain_error = str(exc)
+            return out
+    n = len(raws)
+    kind_numbers = _KIND_NUMBER
+    out.log_rows = rollups.Columns(
+        [
+            [agent] * n,
+            [epoch] * n,
+            seqs,
+            ends,
+            [kind_numbers.get(k or "", 0) for k in kinds] if others else [_RESULT_KIND] * n,
+            raws,
+        ]
+    )
+    if results.seq:
+        out.rows = rollups.Columns(results.columns(agent, epoch, now))
+    rejections = out.rejections
+    if not others:
+        rejections.extend((seq, reason) for _, seq, reason in results.rejections)
+        return out
+    # Rejections in record order, the results' among the others'.
+    pending = results.rejections[::-1]
+    for i in others:
+        while pending and pending[-1][0] < i:
+            _, seq, reason = pending.pop()
+            rejections.append((seq, reason))
+        record, kind = records[i], kinds[i]
+        if kind == "seal":
+            if ctx.keys is None:
+                rejections.append((record.seq, "a seal from an agent without a signing key on record"))
+            continue
+        try:
+            decoded = decode_record(record, now_ns=now, max_skew_ns=skew, checks=checks)
+        except InvalidRecord as exc:
+            rejections.append((record.seq, str(exc)))
+            continue
+        payload = decoded.payload
+        if isinstance(payload, Gap):
+            out.gaps.extend(gap_rows(agent, epoch, decoded.seq, payload, checks, now))
+            out.gap_notes.append(
+                (sum(c.count for c in payload.checks), payload.reason, decoded.seq, payload.through_seq)
+            )
+        elif isinstance(payload, ClockSample):
+            out.clocks.append(clock_row(agent, epoch, decoded.seq, payload, now))
+    rejections.extend((seq, reason) for _, seq, reason in reversed(pending))
+    return out
+
+
+def decode_batch_exact(batch: pb.RecordBatch, raws: Sequence[bytes], ctx: BatchContext) -> DecodedBatch:
+    """What :func:`decode_batch` gives, record by record with the real types and ``result_row``
+    (the reference a test holds it equal to)."""
     out = DecodedBatch(first_seq=batch.first_seq, last_seq=batch.last_seq, records=len(raws))
     try:
         records = [pb.Record.FromString(r) for r in raws]
@@ -782,6 +890,7 @@ _STR_COLUMNS = frozenset(
 )
 _UNIQUE_STR_COLUMNS = frozenset(i for i, c in enumerate(RESULT_COLUMNS) if c == "phases")
 _worker_keys: dict[tuple[bytes, ...], dict[bytes, Ed25519PublicKey]] = {}
+_PICKED = tuple(range(9))  # fold's columns, when they are all it is given
 
 
 @dataclass
@@ -803,7 +912,8 @@ class _Packed:
         d.rows, d.log_rows = [], []
         columns: list[Any] = []
         if rows:
-            for i, col in enumerate(zip(*rows, strict=True)):
+            by_column = rows.columns if isinstance(rows, rollups.Columns) else zip(*rows, strict=True)
+            for i, col in enumerate(by_column):
                 if i in _STR_COLUMNS:
                     seen: dict[str, str] = {}
                     columns.append([seen.setdefault(v, v) for v in col])
@@ -814,7 +924,9 @@ class _Packed:
         log_columns: list[Any] = []
         raws: list[bytes] = []
         if logs:
-            _, _, seqs, ends, kinds, raw_col = zip(*logs, strict=True)
+            _, _, seqs, ends, kinds, raw_col = (
+                logs.columns if isinstance(logs, rollups.Columns) else zip(*logs, strict=True)
+            )
             log_columns = [_ints(seqs), _ints(ends), _ints(kinds)]
             raws = list(raw_col)
         return _Packed(d, columns, agent, epoch, log_columns, raws)
@@ -859,17 +971,21 @@ def _decode_packed(raw: bytes, job: _WorkerJob) -> _Packed:
     d = decode_batch(batch, raws, ctx)
     # Fold only where it pays: merging a fold costs the writer about what folding a row does, so a
     # batch with about one row per check (a backlog over many checks) is left to the writer's fold.
-    ic = job.pick[1] if job.pick else 0
-    if (
-        job.grids is not None
-        and d.rows
-        and len({r[ic] for r in d.rows}) * FOLD_MIN_ROWS_PER_CHECK <= len(d.rows)
-    ):
+    rows = d.rows
+    if job.grids is not None and job.pick and rows:
+        # Folded from the columns it reads (no row tuple of every column is made).
+        if isinstance(rows, rollups.Columns):
+            picked: Sequence[Sequence[Any]] = [rows.columns[i] for i in job.pick]
+        else:
+            picked = list(zip(*rows, strict=True))
+            picked = [picked[i] for i in job.pick]
+        if len(set(picked[1])) * FOLD_MIN_ROWS_PER_CHECK > len(rows):
+            return _Packed.pack(d, job.agent_row, job.epoch)
         generation, grids = job.grids
         slots: rollups.Slots = {}
         hours: rollups.Hours = {}
         try:
-            rollups.fold(d.rows, job.pick, grids, slots, hours)
+            rollups.fold(zip(*picked, strict=True), _PICKED, grids, slots, hours)
         except KeyError:  # a check without grids yet: the writer folds these rows itself
             pass
         else:
