@@ -15,23 +15,35 @@ In order, stopping at the first failure and naming it:
 
 What a pass proves, and what it relies on (README "Evidence for disputes"): the agents'
 public keys and the collector's key must be the ones the parties know independently.
+
+How (speed: a month of one site is millions of records): steps 5-7 read each record once.
+The chain files are cut into pieces, one per core (at a chain boundary near the middle, or
+at a seal inside a chain); each piece walks its records, renders them into table parts it
+hashes (SHA-256 and length) and builds the collector's rows of its results from the same
+reading (``records.RowSink``: ``wire.result_row``'s checks and row) into a scratch database.
+Where a piece is cut from the next, the same seal ends one walk and starts the other, and
+the two must join (same offset, head and next seq). Each table must be its parts end to end:
+the bundle's file, cut at the parts' lengths, hashes part for part to the regenerated ones.
+The report is then recomputed by the collector's engine over all pieces' rows.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import multiprocessing
+import os
 import sqlite3
+import struct
 import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -40,14 +52,12 @@ from google.protobuf.message import DecodeError
 
 from collector.catalogue import parse_catalogue
 from collector.evidence import layout
-from collector.evidence.archive import hashing_text
-from collector.evidence.records import TableWriter, decode, parse_view, read_frames
+from collector.evidence.records import RowSink, TableWriter, decode, parse_view, read_frames
 from collector.evidence.report_doc import build_report
 from collector.rollups import RawSource
 from collector.sla.report import Context
 from collector.store import Reader, gap_rows, measurement_row, open_store
-from collector.wire import InvalidRecord, decode_record, result_row
-from protos import slaprobe_v1_pb2 as pb
+from collector.wire import InvalidRecord, decode_record
 from slaprobe import chain
 from slaprobe.model import Gap, Measurement
 
@@ -60,10 +70,16 @@ class VerifyFailed(Exception):
 
 class Verifier:
     def __init__(
-        self, archive: Path, *, all_signatures: bool = False, say: Callable[[str], None] = print
+        self,
+        archive: Path,
+        *,
+        all_signatures: bool = False,
+        say: Callable[[str], None] = print,
+        jobs: int | None = None,
     ) -> None:
         self.archive = archive
         self.all_signatures = all_signatures
+        self.jobs = min(2, os.cpu_count() or 1) if jobs is None else jobs  # processes walking the chains
         self.say = say
         self.phases: dict[str, float] = {}  # wall seconds per step (benchmarks)
         self._listed: dict[str, str] = {}  # SHA256SUMS: path -> sha256 (every file checked against it)
@@ -80,18 +96,30 @@ class Verifier:
             t = time.monotonic()
             root = self._extract(Path(tmp))
             self.phases["extract"] = time.monotonic() - t
-            # Step 7's work (the collector's database rebuilt from the chains, the report
-            # recomputed) is most of a verification and needs only the files: it starts now in a
-            # process of its own, while this one runs steps 2-6. Its answer is looked at only if
-            # they pass (a failure before it stops it); the order of the checks is unchanged.
-            recompute = _start(_recompute, str(root), str(Path(tmp) / "recomputed.db"))
+            # Steps 5-7's work (walk the chains, regenerate the tables, rebuild the collector's
+            # rows from the same reading) is most of a verification and needs only the files:
+            # the chains are cut into pieces, one per core, the later ones started now in
+            # processes of their own while this one runs steps 2-4 and then the first piece.
+            # Their answers are looked at only if steps 2-4 pass (a failure stops them), in
+            # chain order, so the order of the checks and the failure named are unchanged.
+            plan = _plan(root, self._manifest_chains(root), self.jobs)
+            args = [(str(root), piece, i, str(Path(tmp) / f"rows-{i}.db"), self.all_signatures)
+                    for i, piece in enumerate(plan)]  # fmt: skip
+            later = [_start(_verify_piece, *a) for a in args[1:]]
             try:
-                self._checks(root, recompute)
+                self._checks(root, args[0], later)
             finally:
-                recompute.cancel()
-                _stop(recompute)
+                for fut in later:
+                    fut.cancel()
+                    _stop(fut)
 
-    def _checks(self, root: Path, recompute: Future[tuple[str, dict[str, float]]]) -> None:
+    def _manifest_chains(self, root: Path) -> list[dict[str, Any]]:
+        try:
+            return list(json.loads((root / layout.MANIFEST).read_text(encoding="utf-8"))["chains"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return []  # step 2 or 4 names what is wrong with the manifest
+
+    def _checks(self, root: Path, first: tuple[Any, ...], later: list[Future[dict[str, Any]]]) -> None:
         t = time.monotonic()
         self._sums(root)
         self.phases["hashes"] = time.monotonic() - t
@@ -108,11 +136,23 @@ class Verifier:
             )
         self.say(f"ok   SLA definitions: {layout.CATALOGUE}, sha256 {digest}")
         t = time.monotonic()
-        self._chains_and_tables(root, manifest)
+        cpu = time.process_time()
+        pieces = [_verify_piece(*first)]
+        self.phases["chains and tables (this process)"] = time.monotonic() - t
+        for fut in later:
+            try:
+                pieces.append(fut.result())
+            except Exception as exc:  # a piece that could not run at all: a failure, not a crash
+                raise VerifyFailed(f"the chains could not be checked: {type(exc).__name__}: {exc}") from exc
         self.phases["chains and tables"] = time.monotonic() - t
+        self.phases["CPU: chains and tables, this process"] = time.process_time() - cpu
+        for i, piece in enumerate(pieces):
+            self.phases[f"CPU: piece {i}"] = piece["cpu"]
+        self._chains(root, manifest, pieces)
+        self._tables(root, pieces)
         t = time.monotonic()
-        self._report(report, recompute)
-        self.phases["waiting for the report"] = time.monotonic() - t
+        self._report(root, manifest, report, pieces)
+        self.phases["report"] = time.monotonic() - t
 
     # ---- 1-3: the archive, its hashes and the collector's signature ------------------------------
 
@@ -173,92 +213,61 @@ class Verifier:
 
     # ---- 5-6: the agents' chains, and the tables derived from them ----------------------------------
 
-    def _chains_and_tables(self, root: Path, manifest: dict[str, Any]) -> None:
-        period = manifest["period"]
-        start, end = int(period["start_ns"]), int(period["end_ns"])
-        checks = _load_json(root / layout.CHECKS)
-        check_rows = {c["key"]: int(c["id"]) for c in checks["checks"]}
+    def _chains(self, root: Path, manifest: dict[str, Any], pieces: list[dict[str, Any]]) -> None:
+        """Step 5 from the pieces' walks: the first failure in chain order, the joins between
+        pieces, and each chain's totals."""
         agents = {a["name"]: a for a in _load_json(root / layout.AGENTS)}
-        # The tables are regenerated into hashes, not files: the bundle's own are known to hash
-        # to what SHA256SUMS lists (step 2).
-        (rcsv, rcsv_sha), (gcsv, gcsv_sha), (jsonl, jsonl_sha) = (
-            hashing_text(),
-            hashing_text(),
-            hashing_text(),
-        )
-        tables = TableWriter(start, end, rcsv, gcsv, jsonl, set(check_rows))
-        for entry in manifest["chains"]:
-            self._chain(root, entry, agents, tables)
-        tables.flush()
-        for f in (rcsv, gcsv, jsonl):
-            f.flush()
-        for name, mine in (
-            (layout.RESULTS_CSV, rcsv_sha()),
-            (layout.GAPS_CSV, gcsv_sha()),
-            (layout.RESULTS_JSONL, jsonl_sha()),
-        ):
-            if mine != self._listed.get(name):
+        segments = [seg for piece in pieces for seg in piece["segments"]]
+        for entry_index, entry in enumerate(manifest["chains"]):
+            mine = [seg for seg in segments if seg["chain"] == entry_index]
+            for seg in mine:
+                if seg["error"]:
+                    raise VerifyFailed(seg["error"])
+            name, epoch = str(entry["agent"]), int(entry["epoch"])
+            where = f"agent {name!r} epoch {epoch}"
+            if not mine or mine[0]["start"] != 0 or mine[-1]["end"] is not None:
+                raise VerifyFailed(f"{where}: {entry['file']}: not walked whole (internal)")
+            for a, b in pairwise(mine):  # a cut: the same seal ends one walk and starts the next
+                if (a["end"], a["head"], a["next_seq"]) != (b["start"], b["head_in"], b["next_in"]):
+                    raise VerifyFailed(
+                        f"first broken link: {where}, the walks do not join at byte {b['start']}"
+                    )
+            last = mine[-1]["last"]
+            if last != int(entry["last_seq"]):
+                raise VerifyFailed(
+                    f"{where}: the chain ends at seq {last}, the manifest says {entry['last_seq']}"
+                )
+            keys = agents[name]["keys"]
+            if not entry.get("sealed", True) or not keys:
+                raise VerifyFailed(f"{where}: records are not signed by the agent; they cannot be verified")
+            signed = (
+                "every link signature" if self.all_signatures else "eviction links and the last link signed"
+            )
+            records, links = sum(seg["records"] for seg in mine), sum(seg["links"] for seg in mine)
+            self.say(
+                f"ok   chain {where}: seqs {entry['first_seq']}..{last}, {records} records in {links} links,"
+                f" every digest and link holds, {signed} ({len(keys)} key(s) from {layout.AGENTS})"
+            )
+
+    def _tables(self, root: Path, pieces: list[dict[str, Any]]) -> None:
+        """Step 6: each table is its pieces' renderings end to end, byte for byte.
+
+        A piece hashed what it rendered (SHA-256 and length); the bundle's file, whose own hash
+        step 2 checked, is cut at the same lengths and each part hashed: equal parts that add up
+        to the whole file are the whole file regenerated.
+        """
+        for name in (layout.RESULTS_CSV, layout.GAPS_CSV, layout.RESULTS_JSONL):
+            parts = [piece["tables"][name] for piece in pieces]
+            path = root / name
+            size = path.stat().st_size if path.exists() else -1
+            if sum(n for n, _ in parts) != size or not all(
+                digest == mine
+                for (_, digest), mine in zip(parts, _range_hashes(path, [n for n, _ in parts]), strict=True)
+            ):
                 raise VerifyFailed(
                     f"{name}: does not say what the signed records say (regenerated from the chains, it differs)"
                 )
         self.say(f"ok   {', '.join(layout.DERIVED)}: regenerated from the signed records, identical")
-
-    def _chain(self, root: Path, entry: dict[str, Any], agents: dict[str, Any], tables: TableWriter) -> None:
-        name, epoch = str(entry["agent"]), int(entry["epoch"])
-        where = f"agent {name!r} epoch {epoch}"
-        agent = agents.get(name)
-        if agent is None:
-            raise VerifyFailed(f"{where}: not in {layout.AGENTS}")
-        keys = chain.public_keys(bytes.fromhex(k["public_key_hex"]) for k in agent["keys"])
-        first = int(entry["first_seq"])
-        walker = chain.ChainWalker(
-            epoch,
-            keys,
-            head=chain.GENESIS if first == 1 else None,
-            next_seq=first,
-            signatures="all" if self.all_signatures else "evictions",
-        )
-        last = 0
-        anchored = bool(entry.get("anchored"))
-        record_, seal_, add, add_view = walker.record, walker.seal, tables.add, tables.add_view
-        try:
-            with open(root / entry["file"], "rb") as f:
-                for i, raw in enumerate(read_frames(f)):
-                    view = parse_view(raw)  # a result is rendered from this reading alone
-                    if view.WhichOneof("kind") == "result":
-                        last = view.seq
-                        record_(last, last, raw)
-                        add_view(name, epoch, view)
-                        continue
-                    record, last = decode(raw)
-                    if record.WhichOneof("kind") == "seal":
-                        link = chain.parse_link(record.seq, record.seal)
-                        if i == 0 and anchored:
-                            if not link.signature_ok(self._key(keys, link, where)):
-                                raise chain.ChainError(link.seq, "bad signature on the anchor link")
-                            walker.anchor(link)
-                        else:
-                            seal_(link)
-                        continue
-                    record_(record.seq, last, raw)
-                    add(name, epoch, record)
-            if entry.get("sealed", True):
-                walker.finish()
-        except chain.ChainError as exc:
-            raise VerifyFailed(f"first broken link: {where}, {exc}") from None
-        except (ValueError, DecodeError) as exc:  # a cut chain file or an undecodable record
-            raise VerifyFailed(f"{where}: {entry['file']}: {exc or 'a record does not decode'}") from None
-        if last != int(entry["last_seq"]):
-            raise VerifyFailed(
-                f"{where}: the chain ends at seq {last}, the manifest says {entry['last_seq']}"
-            )
-        if not entry.get("sealed", True) or not keys:
-            raise VerifyFailed(f"{where}: records are not signed by the agent; they cannot be verified")
-        signed = "every link signature" if self.all_signatures else "eviction links and the last link signed"
-        self.say(
-            f"ok   chain {where}: seqs {first}..{last}, {walker.records} records in {walker.links} links,"
-            f" every digest and link holds, {signed} ({len(keys)} key(s) from {layout.AGENTS})"
-        )
 
     @staticmethod
     def _key(keys: dict[bytes, Ed25519PublicKey], link: chain.Link, where: str) -> Ed25519PublicKey:
@@ -269,9 +278,11 @@ class Verifier:
 
     # ---- 7: the report ---------------------------------------------------------------------------
 
-    def _report(self, report: dict[str, Any], recompute: Future[tuple[str, dict[str, float]]]) -> None:
+    def _report(
+        self, root: Path, manifest: dict[str, Any], report: dict[str, Any], pieces: list[dict[str, Any]]
+    ) -> None:
         try:
-            text, phases = recompute.result()
+            text, phases = _recompute(root, manifest, [piece["db"] for piece in pieces])
         except Exception as exc:  # the rebuild met something steps 5-6 let through: a failure, not a crash
             raise VerifyFailed(
                 f"{layout.REPORT_JSON}: cannot be recomputed from the signed records: {type(exc).__name__}: {exc}"
@@ -317,35 +328,269 @@ def _stop(fut: Future[Any]) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _recompute(root_dir: str, db_file: str) -> tuple[str, dict[str, float]]:
-    """The collector's database rebuilt from the bundle's chains, and the report recomputed from it.
+# ---- steps 5-6 in pieces, and the rows for step 7 ----------------------------------------------
 
-    Returns the report as JSON text and the seconds of each step. The checks of the records
-    themselves are the main process's (steps 5-6); this only reads what they will vouch for.
+# Chain bytes below which one process walks everything (a spawned process costs ~0.3 s).
+PARALLEL_MIN_BYTES = 4 << 20
+BOUNDARY_SLACK = 0.1  # a chain boundary this near the middle (share of the bytes) is the cut
+_CUT_SEARCH = 100_000  # records looked at past the middle for a seal to cut at
+
+
+Segment = tuple[int, int, int | None]  # (chain index, start, stop): see _plan
+
+
+def _plan(root: Path, chains: list[dict[str, Any]], jobs: int) -> list[list[Segment]]:
+    """The chains cut into ``jobs`` pieces of about equal bytes (at most two, as yet), in order.
+
+    A piece is a list of (chain index, start, stop): walk the chain file's records from byte
+    ``start``, through the record that starts at ``stop`` (None: to the end). Pieces are cut
+    at a chain boundary near the middle, else inside a chain at a seal: the piece before walks
+    through that seal, the piece after starts there as at an anchor (``_chains`` joins them).
+    One piece when a chain of the same agent epoch is listed twice (rows of one piece are
+    stored once, as the collector stores a resent record once).
     """
-    root, db_path = Path(root_dir), Path(db_file)
-    phases: dict[str, float] = {}
-    t, cpu = time.monotonic(), time.process_time()
+    whole: list[list[Segment]] = [[(i, 0, None) for i in range(len(chains))]]
+    try:
+        sizes = [(root / str(c["file"])).stat().st_size for c in chains]
+        streams = [(str(c["agent"]), int(c["epoch"])) for c in chains]
+    except (OSError, KeyError, TypeError, ValueError):
+        return whole  # named by the checks
+    total = sum(sizes)
+    if jobs < 2 or total < PARALLEL_MIN_BYTES or len(set(streams)) != len(streams):
+        return whole
+    half, acc = total / 2, 0
+    for k in range(1, len(chains)):
+        acc += sizes[k - 1]
+        if abs(acc - half) <= total * BOUNDARY_SLACK:
+            return [_whole(range(k)), _whole(range(k, len(chains)))]
+    acc = 0
+    for i, size in enumerate(sizes):
+        if acc + size > half:
+            cut = _seal_at_or_after(root / str(chains[i]["file"]), int(half - acc))
+            if cut is None:
+                return whole
+            return [[*_whole(range(i)), (i, 0, cut)], [(i, cut, None), *_whole(range(i + 1, len(chains)))]]
+        acc += size
+    return whole
+
+
+def _whole(chains: range) -> list[Segment]:
+    return [(i, 0, None) for i in chains]
+
+
+def _seal_at_or_after(path: Path, target: int) -> int | None:
+    """The offset of the first seal record starting at or after byte ``target`` (None: none near)."""
+    head = struct.Struct(">I")
+    with open(path, "rb", buffering=1 << 16) as f:
+        pos = 0
+        while pos < target:  # hop over the records before: lengths only
+            b = f.read(4)
+            if len(b) != 4:
+                return None
+            pos += 4 + head.unpack(b)[0]
+            f.seek(pos)
+        for _ in range(_CUT_SEARCH):
+            b = f.read(4)
+            if len(b) != 4:
+                return None
+            raw = f.read(head.unpack(b)[0])
+            try:
+                if parse_view(raw).WhichOneof("kind") == "seal":
+                    return pos if pos > 0 else None
+            except DecodeError:
+                return None
+            pos += 4 + len(raw)
+    return None
+
+
+def _frames(f: Any, start: int, stop: int | None) -> Iterator[tuple[int, bytes]]:
+    """(offset, record) of a chain file's records from byte ``start`` through the one at ``stop``."""
+    f.seek(start)
+    pos = start
+    for raw in read_frames(f):
+        if stop is not None and pos > stop:
+            return
+        yield pos, raw
+        pos += 4 + len(raw)
+
+
+class _Part:
+    """A table part regenerated by a piece: only its SHA-256 and length are kept."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def write(self, s: str) -> int:
+        b = s.encode("utf-8")
+        self.h.update(b)
+        self.n += len(b)
+        return len(s)
+
+
+def _verify_piece(
+    root_dir: str, piece: list[Segment], index: int, db_file: str, all_signatures: bool
+) -> dict[str, Any]:
+    """Walk a piece of the chains, render its records into table parts (hashed) and store the
+    collector's rows of them (``db_file``), from one reading of each record.
+
+    Returns what ``Verifier`` checks: per chain segment its walk (the first failure, if any,
+    as the message to show; the piece stops there), per table (length, SHA-256) of the part,
+    the rows' database and the CPU seconds taken.
+    """
+    cpu = time.process_time()
+    root = Path(root_dir)
     manifest = _load_json(root / layout.MANIFEST)
+    period = manifest["period"]
+    start, end = int(period["start_ns"]), int(period["end_ns"])
+    now_ns = int(manifest["generated_ns"])
     checks = _load_json(root / layout.CHECKS)
     check_rows = {c["key"]: int(c["id"]) for c in checks["checks"]}
     agents = {a["name"]: a for a in _load_json(root / layout.AGENTS)}
-    now_ns = int(manifest["generated_ns"])
-    db = open_store(db_path)
-    conn = db.conn
-    # A scratch database: no journal, no fsync, a large cache; the time index (random inserts)
-    # is built after the rows, from its own definition; the unique one takes them in order.
+    parts = {name: _Part() for name in (layout.RESULTS_CSV, layout.GAPS_CSV, layout.RESULTS_JSONL)}
+    rcsv, gcsv, jsonl = (cast(IO[str], p) for p in parts.values())
+    tables = TableWriter(start, end, rcsv, gcsv, jsonl, set(check_rows), header=index == 0)
+    conn = _rows_db(Path(db_file))
+    late = _drop_late_indexes(conn)
+    segments: list[dict[str, Any]] = []
+    conn.execute("BEGIN")
+    for chain_index, begin, stop in piece:
+        entry = manifest["chains"][chain_index]
+        seg = _walk(
+            root, entry, chain_index, begin, stop, agents, check_rows, now_ns, tables, conn, all_signatures
+        )
+        segments.append(seg)
+        if seg["error"]:
+            break
+    conn.execute("COMMIT")
+    tables.flush()
+    for sql in late:
+        conn.execute(sql)
+    conn.execute(_REPORT_INDEX)
+    conn.close()
+    return {
+        "segments": segments,
+        "tables": {name: (p.n, p.h.hexdigest()) for name, p in parts.items()},
+        "db": db_file,
+        "cpu": time.process_time() - cpu,
+    }
+
+
+def _walk(
+    root: Path,
+    entry: dict[str, Any],
+    chain_index: int,
+    begin: int,
+    stop: int | None,
+    agents: dict[str, Any],
+    check_rows: dict[str, int],
+    now_ns: int,
+    tables: TableWriter,
+    conn: sqlite3.Connection,
+    all_signatures: bool,
+) -> dict[str, Any]:
+    """One segment of one chain: walk, render, rows (a chain's first segment starts at 0)."""
+    name, epoch = str(entry["agent"]), int(entry["epoch"])
+    where = f"agent {name!r} epoch {epoch}"
+    seg: dict[str, Any] = {
+        "chain": chain_index, "start": begin, "end": stop, "error": None, "records": 0, "links": 0,
+        "last": 0, "head_in": None, "next_in": None, "head": None, "next_seq": None,
+    }  # fmt: skip
+    agent = agents.get(name)
+    if agent is None:
+        seg["error"] = f"{where}: not in {layout.AGENTS}"
+        return seg
+    keys = chain.public_keys(bytes.fromhex(k["public_key_hex"]) for k in agent["keys"])
+    first = int(entry["first_seq"])
+    walker = chain.ChainWalker(
+        epoch,
+        keys,
+        head=chain.GENESIS if first == 1 and begin == 0 else None,
+        next_seq=first,
+        signatures="all" if all_signatures else "evictions",
+    )
+    last = 0
+    anchored = bool(entry.get("anchored"))
+    sink = RowSink(int(agent["id"]), check_rows, now_ns + _SKEW)
+    rows, gaps = sink.rows, cast(list[tuple[Any, ...]], [])
+    record_, seal_, add, add_view = walker.record, walker.seal, tables.add, tables.add_view
+    tail = -1  # where the last seal walked starts
+    try:
+        with open(root / entry["file"], "rb") as f:
+            for i, (pos, raw) in enumerate(_frames(f, begin, stop)):
+                view = parse_view(raw)  # a result is rendered, and its row built, from this reading alone
+                if view.WhichOneof("kind") == "result":
+                    last = view.seq
+                    record_(last, last, raw)
+                    add_view(name, epoch, view, sink)
+                    if len(rows) >= 50_000:
+                        _insert(conn, rows, gaps)
+                    continue
+                record, last = decode(raw)
+                if record.WhichOneof("kind") == "seal":
+                    link = chain.parse_link(record.seq, record.seal)
+                    if i == 0 and begin > 0:  # a cut: the piece before walked this link
+                        walker.anchor(link)
+                        seg["head_in"], seg["next_in"] = walker.head, walker.next_seq
+                    elif i == 0 and anchored:
+                        if not link.signature_ok(_key(keys, link, where)):
+                            raise chain.ChainError(link.seq, "bad signature on the anchor link")
+                        walker.anchor(link)
+                    else:
+                        seal_(link)
+                        tail = pos
+                    continue
+                if i == 0 and begin > 0:
+                    raise chain.ChainError(record.seq, "a cut between pieces is not at a seal (internal)")
+                record_(record.seq, last, raw)
+                add(name, epoch, record)
+                _row(record, sink.agent_row, epoch, check_rows, now_ns, rows, gaps)
+        if stop is None and entry.get("sealed", True):
+            walker.finish()
+    except chain.ChainError as exc:
+        seg["error"] = f"first broken link: {where}, {exc}"
+    except VerifyFailed as exc:
+        seg["error"] = str(exc)
+    except (ValueError, DecodeError) as exc:  # a cut chain file or an undecodable record
+        seg["error"] = f"{where}: {entry['file']}: {exc or 'a record does not decode'}"
+    _insert(conn, rows, gaps)
+    if stop is not None and tail != stop and not seg["error"]:
+        seg["error"] = (
+            f"first broken link: {where}, the walk does not end at a seal at byte {stop} (internal)"
+        )
+    seg.update(
+        records=walker.records, links=walker.links, last=last, head=walker.head, next_seq=walker.next_seq
+    )
+    return seg
+
+
+def _key(keys: dict[bytes, Ed25519PublicKey], link: chain.Link, where: str) -> Ed25519PublicKey:
+    key = keys.get(bytes(link.body.key_id))
+    if key is None:
+        raise VerifyFailed(f"{where}: link at seq {link.seq} is signed by a key not in {layout.AGENTS}")
+    return key
+
+
+def _rows_db(path: Path) -> sqlite3.Connection:
+    """A scratch database with the collector's schema: no journal, no fsync, a large cache."""
+    conn = open_store(path).conn
     conn.execute("PRAGMA journal_mode=OFF")
     conn.execute("PRAGMA synchronous=OFF")
-    conn.execute("PRAGMA cache_size=-262144")
-    for table, rows in (
-        ("checks", checks["checks"]),
-        ("check_versions", checks["versions"]),
-        ("agents", [{k: v for k, v in a.items() if k != "keys"} for a in agents.values()]),
-        ("maintenance", _load_json(root / layout.MAINTENANCE)),
-    ):
-        if rows:
-            db.table(table).insert_all(rows)
+    conn.execute("PRAGMA cache_size=-131072")
+    return conn
+
+
+# Every column the report reads of a result (RawSource, Reader.failures apart), after the time
+# index's: its queries then never visit the table (a random page read per row).
+_REPORT_INDEX = (
+    "CREATE INDEX results_report ON results(check_id, scheduled_ns, ok, duration_ns, degraded, error_kind,"
+    " clock_offset_ns, clock_synced, agent_id)"
+)
+
+
+def _drop_late_indexes(conn: sqlite3.Connection) -> list[str]:
+    """Drop the results indexes built faster after the rows (the time index: random inserts);
+    the unique one takes them in order. Returns their definitions."""
     late = [
         sql
         for (sql,) in conn.execute(
@@ -355,22 +600,61 @@ def _recompute(root_dir: str, db_file: str) -> tuple[str, dict[str, float]]:
     ]
     for sql in late:
         conn.execute(f"DROP INDEX {sql.split()[2]}")
-    conn.execute("BEGIN")
-    for entry in manifest["chains"]:
-        agent = agents[str(entry["agent"])]
-        _rows_of_chain(root / entry["file"], int(agent["id"]), int(entry["epoch"]), check_rows, now_ns, conn)
-    conn.execute("COMMIT")
-    phases["rows"] = time.monotonic() - t
+    return late
+
+
+def _range_hashes(path: Path, lengths: list[int]) -> list[str]:
+    """SHA-256 of consecutive parts of a file, of these lengths (two threads: hashlib releases the GIL)."""
+    offsets = [sum(lengths[:i]) for i in range(len(lengths))]
+
+    def one(k: int) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            f.seek(offsets[k])
+            left = lengths[k]
+            while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+                h.update(chunk)
+                left -= len(chunk)
+        return h.hexdigest()
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(one, range(len(lengths))))
+
+
+def _recompute(root: Path, manifest: dict[str, Any], row_dbs: list[str]) -> tuple[str, dict[str, float]]:
+    """The report recomputed with the collector's engine from the rows the pieces rebuilt.
+
+    A scratch database holds the bundle's checks, versions, agents and maintenance; the pieces'
+    databases are attached and their ``results`` and ``gaps`` read as one (temporary views of
+    the same names). Returns the report as JSON text and the seconds of each step.
+    """
+    phases: dict[str, float] = {}
     t = time.monotonic()
-    for sql in late:
-        conn.execute(sql)
-    conn.close()
-    phases["indexes"] = time.monotonic() - t
-    t = time.monotonic()
+    db_path = Path(row_dbs[0]).with_name("recomputed.db")
+    checks = _load_json(root / layout.CHECKS)
+    agents = _load_json(root / layout.AGENTS)
+    db = open_store(db_path)
+    for table, rows in (
+        ("checks", checks["checks"]),
+        ("check_versions", checks["versions"]),
+        ("agents", [{k: v for k, v in a.items() if k != "keys"} for a in agents]),
+        ("maintenance", _load_json(root / layout.MAINTENANCE)),
+    ):
+        if rows:
+            db.table(table).insert_all(rows)
+    db.conn.close()
     catalogue = parse_catalogue((root / layout.CATALOGUE).read_text(encoding="utf-8"), layout.CATALOGUE)
     reader = Reader(db_path)
     try:
-        ctx = Context(catalogue, reader, RawSource(reader.db.conn), now_ns, "raw")
+        conn = reader.db.conn
+        conn.execute("PRAGMA query_only=OFF")  # the temporary views; nothing is written after them
+        for i, path in enumerate(row_dbs):
+            conn.execute(f"ATTACH ? AS rows{i}", (path,))
+        for table in ("results", "gaps"):
+            union = " UNION ALL ".join(f"SELECT * FROM rows{i}.{table}" for i in range(len(row_dbs)))
+            conn.execute(f"CREATE TEMP VIEW {table} AS {union}")
+        conn.execute("PRAGMA query_only=ON")
+        ctx = Context(catalogue, reader, RawSource(conn), int(manifest["generated_ns"]), "raw")
         period = manifest["period"]
         doc = build_report(
             ctx, manifest["site"], int(period["start_ns"]), int(period["end_ns"]), manifest["service"]
@@ -378,37 +662,7 @@ def _recompute(root_dir: str, db_file: str) -> tuple[str, dict[str, float]]:
     finally:
         reader.close()
     phases["report"] = time.monotonic() - t
-    phases["CPU"] = time.process_time() - cpu
     return json.dumps(doc), phases
-
-
-def _rows_of_chain(
-    path: Path, agent_row: int, epoch: int, check_rows: dict[str, int], now_ns: int, conn: sqlite3.Connection
-) -> None:
-    results: list[tuple[Any, ...]] = []
-    gaps: list[tuple[Any, ...]] = []
-    parse = pb.Record.FromString
-    with open(path, "rb") as f:
-        for n, raw in enumerate(read_frames(f), 1):
-            try:
-                record = parse(raw)
-            except DecodeError as exc:
-                raise ValueError(f"{path.name}: record {n} cannot be decoded ({exc})") from exc
-            kind = record.WhichOneof("kind")
-            if kind == "seal":
-                continue
-            if kind == "result":
-                # The ingest's own row builder: the same checks and row as decode_record +
-                # measurement_row (a wire test holds them equal), at ~19 instead of ~25 µs.
-                with contextlib.suppress(InvalidRecord):  # a record the collector rejected
-                    results.append(
-                        result_row(record, agent_row, epoch, check_rows, 0, now_ns=now_ns, max_skew_ns=_SKEW)
-                    )
-            else:
-                _row(record, agent_row, epoch, check_rows, now_ns, results, gaps)
-            if len(results) >= 50_000:
-                _insert(conn, results, gaps)
-    _insert(conn, results, gaps)
 
 
 def _row(

@@ -1,0 +1,99 @@
+"""``evidence verify`` in pieces: the chains cut between processes, at a chain boundary or at a
+seal inside a chain, verify exactly as in one piece, and every tamper case is still caught.
+
+The lab bundles of ``test_evidence`` are small, so one process would walk them whole; here the
+size limit is lowered (and, for a cut inside a chain, no chain boundary is accepted as the cut).
+"""
+
+# ruff: noqa: F811  (the lab fixture is imported from test_evidence and named as a parameter)
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from google.protobuf.message import DecodeError
+
+from collector.evidence import layout, verify
+from collector.evidence.records import frame, parse_view, read_frames
+from protos import slaprobe_v1_pb2 as pb
+from tests.test_evidence import (  # noqa: F401  (fixtures)
+    CASES,
+    Lab,
+    anyio_backend,
+    chain_file,
+    lab,
+    repack,
+    resign,
+    test_tampering_is_caught,
+    unpack,
+)
+from tests.test_evidence import verify as run_verify
+
+CUTS = ("one piece", "at a chain boundary", "inside a chain")
+
+
+def _cut(monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
+    if cut != "one piece":
+        monkeypatch.setattr(verify, "PARALLEL_MIN_BYTES", 0)
+    if cut == "inside a chain":
+        monkeypatch.setattr(verify, "BOUNDARY_SLACK", -1.0)
+
+
+def _plan_of(bundle: Path, tmp: Path) -> list[list[verify.Segment]]:
+    root = unpack(bundle, tmp)
+    chains = json.loads((root / layout.MANIFEST).read_text())["chains"]
+    return verify._plan(root, chains, 2)
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_pieces_verify_as_one(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
+    bundle = lab.export()
+    code, whole = run_verify(bundle, "--all-signatures")
+    assert code == 0, whole
+    _cut(monkeypatch, cut)
+    plan = _plan_of(bundle, tmp_path / "plan")
+    assert len(plan) == (1 if cut == "one piece" else 2)
+    if cut == "inside a chain":
+        (*_, (ci, _, stop)), ((cj, start, _), *_) = plan
+        assert ci == cj and stop == start > 0  # the same seal ends one piece and starts the next
+    code, out = run_verify(bundle, "--all-signatures")
+    assert code == 0, out
+    assert out.splitlines()[:-1] == whole.splitlines()[:-1]  # the same checks, the same words
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("cut", CUTS[1:])
+def test_tampering_is_caught_in_pieces(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str, case: str
+) -> None:
+    _cut(monkeypatch, cut)
+    test_tampering_is_caught(lab, tmp_path, case)
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_a_record_only_the_full_decode_refuses_is_a_named_failure(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    """A result whose ``fields`` entry the real type refuses (a key that is not UTF-8) reads
+    fine as the tables' view (entries kept as bytes): verify names it and exits 1, no traceback."""
+    _cut(monkeypatch, cut)
+    root = unpack(lab.export(), tmp_path / "t")
+    path = chain_file(root, "a2")  # the second chain: the last piece, whatever the cut
+    with open(path, "rb") as f:
+        records = list(read_frames(f))
+    i = max(k for k, r in enumerate(records) if pb.Record.FromString(r).WhichOneof("kind") == "result")
+    rec = pb.Record.FromString(records[i])
+    rec.result.ClearField("fields")
+    entry = b"\x0a\x02\xff\xfe\x12\x09\x09" + bytes(8)  # key b"\xff\xfe", value {number: 0.0}
+    result = rec.result.SerializeToString() + b"\x5a" + bytes([len(entry)]) + entry
+    crafted = pb.Record(seq=rec.seq).SerializeToString() + b"\x12" + bytes([len(result)]) + result
+    assert parse_view(crafted).result.fields == [entry]  # the view reads it...
+    with pytest.raises(DecodeError):
+        pb.Record.FromString(crafted)  # ...the real type does not
+    records[i] = crafted
+    path.write_bytes(b"".join(frame(r) for r in records))
+    resign(root, lab.tls)  # as a dishonest operator could: only the agent's chain can tell
+    code, out = run_verify(repack(root, tmp_path / "crafted.tar.gz"))
+    assert code == 1, out
+    assert "FAILED: agent 'a2'" in out and "Traceback" not in out, out
