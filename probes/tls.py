@@ -14,11 +14,12 @@ The certificate is read with ``cryptography`` from its DER form, so its
 subject, issuer and expiry are reported even with ``verify: false`` (the
 expiry of an internal, self-signed certificate still matters).
 
-Known limit: in TLS 1.3 a server checks a client certificate after the
-client's side of the handshake is complete and reports a rejection in the
-first message it sends. The probe sends nothing and waits for nothing after
-the handshake, so with TLS 1.3 a rejected (or missing) client certificate
-is not seen; with TLS 1.2 it fails the handshake and is ``tls``.
+With TLS 1.3 a server judges the client certificate (or its absence) after
+the client's side of the handshake is complete, and says so in its first
+message: a session ticket once it has accepted the client, an alert when it
+has not. So after a TLS 1.3 handshake the probe reads on, outside the clock,
+until one of them comes or ``verdict_wait`` runs out (see :func:`_await_verdict`).
+With TLS 1.2 a rejection fails the handshake itself.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ssl
+import time
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -41,6 +43,7 @@ from ._net import (
     parse_host_port,
     read_ip_version,
     resolve,
+    tls_error_detail,
     tls_handshake,
 )
 from .base import ErrorKind, FieldScalar, PhaseTrace, ProbeFailure, Prober, ProbeResult
@@ -59,6 +62,7 @@ class TlsSettings:
     client_cert: str | None
     client_key: str | None
     ip_version: IpVersion
+    verdict_wait: float = 1.0  # seconds; 0: do not wait for a TLS 1.3 server's verdict
 
 
 class TlsProber(Prober):
@@ -96,6 +100,7 @@ class TlsProber(Prober):
             client_cert=client_cert,
             client_key=client_key,
             ip_version=read_ip_version(settings),
+            verdict_wait=settings.duration("verdict_wait", 1.0, min=0.0, max=60.0),
         )
         return cls(endpoint, parsed)
 
@@ -131,6 +136,7 @@ class TlsProber(Prober):
         family, sockaddr = await resolve(self.endpoint, s.ip_version, trace)
         stream = SockStream(await connect(family, sockaddr, trace, nodelay=True))
         try:
+            started = time.perf_counter()
             try:
                 await tls_handshake(stream, ctx, s.server_name or self.endpoint.host, trace)
             except ProbeFailure as failure:
@@ -141,6 +147,10 @@ class TlsProber(Prober):
             tls = stream.sock
             cipher = tls.cipher() if isinstance(tls, ssl.SSLSocket) else None
             der = tls.getpeercert(binary_form=True) if isinstance(tls, ssl.SSLSocket) else None
+            if isinstance(tls, ssl.SSLSocket) and tls.version() == "TLSv1.3" and s.verdict_wait > 0:
+                handshake_s = time.perf_counter() - started
+                trace.stop()  # the handshake's time ends here; the wait for the verdict is not counted
+                await _await_verdict(stream, tls, min(s.verdict_wait, handshake_s + VERDICT_MARGIN_S))
         finally:
             # Closed at once, without waiting for the peer's close_notify: asyncio's SSL
             # transport waits up to 30 s for it, holding the socket open after the result.
@@ -167,6 +177,53 @@ class TlsProber(Prober):
         return ProbeResult(
             True, phases, None, f"{fields.get('tls_version')}, certificate valid until {when}", fields
         )
+
+
+VERDICT_MARGIN_S = 0.1
+
+
+async def _await_verdict(stream: SockStream, tls: ssl.SSLSocket, wait_s: float) -> None:
+    """Read after a TLS 1.3 handshake until the server accepts or rejects us, for up to ``wait_s``.
+
+    A session ticket (or any data) means the server finished its side and kept
+    the connection; an alert fails the probe as the handshake would have with
+    TLS 1.2 (``tls``: "the server rejected the client certificate", "the server
+    requires a client certificate"); a close or reset is ``reset``. Nothing
+    within the wait (a server that sends no tickets) counts as accepted: the
+    handshake itself succeeded. ``wait_s`` is the handshake's own duration plus
+    100 ms (the verdict comes about one round trip after our last flight),
+    capped by ``verdict_wait``, so a slow server is waited for and an ordinary
+    one costs one read.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    after = "right after the TLS 1.3 handshake"
+    while True:
+        try:
+            data = tls.recv(1)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            session = tls.session
+            if session is not None and session.has_ticket:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                async with asyncio.timeout(remaining):
+                    await stream.wait()
+            except TimeoutError:
+                return
+            continue
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
+            raise ProbeFailure(ErrorKind.RESET, f"the server closed the connection {after}") from exc
+        except ssl.SSLError as exc:
+            raise ProbeFailure(ErrorKind.TLS, tls_error_detail(exc, after)) from exc
+        except OSError as exc:  # reset
+            detail = f"connection reset {after} (the server may have rejected the client certificate)"
+            raise ProbeFailure(ErrorKind.RESET, detail) from exc
+        if not data:
+            raise ProbeFailure(ErrorKind.RESET, f"the server closed the connection {after}")
+        return  # the server spoke first: it has accepted us
 
 
 def _read_certificate(der: bytes, fields: dict[str, FieldScalar]) -> dt.datetime | None:

@@ -336,6 +336,62 @@ async def test_missing_client_certificate_fails_a_tls12_handshake(
     assert result.detail.startswith("TLS handshake failed: ")
 
 
+async def test_missing_client_certificate_fails_after_a_tls13_handshake(
+    ca: trustme.CA, good_cert: trustme.LeafCert, ca_file: str
+) -> None:
+    """TLS 1.3: the server's alert comes after our side of the handshake; the probe waits for it."""
+    with serve(good_cert, client_ca=ca) as srv:
+        result = await probe(target(srv), {"ca_file": ca_file, "min_version": "TLS1.3"})
+    assert result.error_kind is ErrorKind.TLS, result
+    assert result.detail.startswith("the server requires a client certificate (set client_cert): TLS alert ")
+    assert result.detail.endswith(" right after the TLS 1.3 handshake")
+    assert result.fields["tls_version"] == "TLSv1.3"
+    assert names(result) == PHASES
+
+
+async def test_client_certificate_from_another_ca_fails_after_a_tls13_handshake(
+    ca: trustme.CA, good_cert: trustme.LeafCert, ca_file: str, tmp_path: Path
+) -> None:
+    stranger = trustme.CA(organization_name="not trusted by the server").issue_cert("probe@elsewhere.example")
+    both = tmp_path / "client.pem"
+    both.write_bytes(stranger.private_key_pem.bytes() + b"".join(b.bytes() for b in stranger.cert_chain_pems))
+    with serve(good_cert, client_ca=ca) as srv:
+        result = await probe(target(srv), {"ca_file": ca_file, "client_cert": str(both)})
+    assert result.error_kind is ErrorKind.TLS, result
+    assert result.detail.startswith("the server rejected the client certificate: TLS alert ")
+
+
+async def test_tls13_server_without_tickets_is_accepted_after_the_wait_outside_the_clock(
+    ca: trustme.CA, good_cert: trustme.LeafCert, ca_file: str, client_files: tuple[str, str, str]
+) -> None:
+    """No ticket and no alert: the handshake stands; the wait for a verdict is not latency."""
+    ctx = server_context(good_cert, client_ca=ca)
+    ctx.num_tickets = 0
+    _, _, both = client_files
+    with HttpTestServer(ssl_context=ctx) as srv:
+        prober = make_prober(target(srv), {"ca_file": ca_file, "client_cert": both, "verdict_wait": "300ms"})
+        trace = PhaseTrace()
+        started = time.perf_counter()
+        result = await run_probe(prober, trace)
+        took = time.perf_counter() - started
+    assert result.success, result
+    assert trace.end is not None
+    reported = trace.end - started
+    # The probe waited (handshake time + 100 ms at least, within the 300 ms cap) ...
+    assert took >= 0.1
+    # ... and the reported time ends with the handshake, before the wait.
+    assert took - reported >= 0.09
+
+
+async def test_verdict_wait_zero_does_not_read_after_the_handshake(
+    ca: trustme.CA, good_cert: trustme.LeafCert, ca_file: str
+) -> None:
+    with serve(good_cert, client_ca=ca) as srv:
+        result = await probe(target(srv), {"ca_file": ca_file, "verdict_wait": "0s"})
+    assert result.success, result  # the documented trade: the rejection is not seen
+    assert result.fields["tls_version"] == "TLSv1.3"
+
+
 async def test_unreadable_client_certificate_is_an_internal_failure(
     server: HttpTestServer, ca_file: str, tmp_path: Path
 ) -> None:
@@ -435,7 +491,7 @@ def test_unknown_setting_suggests_the_right_one() -> None:
     assert config_error("127.0.0.1:443", {"tls_verify": False}) == (
         f"{SOURCE}: {SETTINGS}.tls_verify: unknown field (did you mean 'verify'?); "
         "allowed here: ca_file, client_cert, client_key, expiry_warning, ip_version, min_version, "
-        "server_name, verify"
+        "server_name, verdict_wait, verify"
     )
 
 
@@ -464,6 +520,7 @@ def test_unknown_setting_suggests_the_right_one() -> None:
             "client_key needs client_cert (the certificate it belongs to)",
         ),
         ({"ip_version": "4"}, "ip_version", "must be one of any, ipv4, ipv6; got '4'"),
+        ({"verdict_wait": "2m"}, "verdict_wait", "must be at most 1m"),
     ],
 )
 def test_bad_setting(settings: dict[str, Any], field: str, message: str) -> None:
