@@ -674,6 +674,53 @@ async def tls_handshake(stream: SockStream, ctx: ssl.SSLContext, server_name: st
     record_tls_facts(tls, trace)
 
 
+VERDICT_MARGIN_S = 0.1
+
+
+async def await_tls13_verdict(stream: SockStream, tls: ssl.SSLSocket, wait_s: float) -> None:
+    """Read after a TLS 1.3 handshake until the server accepts or rejects us, for up to ``wait_s``.
+
+    A session ticket (or any data) means the server finished its side and kept
+    the connection; an alert fails the probe as the handshake would have with
+    TLS 1.2 (``tls``: "the server rejected the client certificate", "the server
+    requires a client certificate"); a close or reset is ``reset``. Nothing
+    within the wait (a server that sends no tickets) counts as accepted: the
+    handshake itself succeeded. ``wait_s`` is the handshake's own duration plus
+    100 ms (the verdict comes about one round trip after our last flight),
+    capped by ``verdict_wait``, so a slow server is waited for and an ordinary
+    one costs one read.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    after = "right after the TLS 1.3 handshake"
+    while True:
+        try:
+            data = tls.recv(1)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            session = tls.session
+            if session is not None and session.has_ticket:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                async with asyncio.timeout(remaining):
+                    await stream.wait()
+            except TimeoutError:
+                return
+            continue
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
+            raise ProbeFailure(ErrorKind.RESET, f"the server closed the connection {after}") from exc
+        except ssl.SSLError as exc:
+            raise ProbeFailure(ErrorKind.TLS, tls_error_detail(exc, after)) from exc
+        except OSError as exc:  # reset
+            detail = f"connection reset {after} (the server may have rejected the client certificate)"
+            raise ProbeFailure(ErrorKind.RESET, detail) from exc
+        if not data:
+            raise ProbeFailure(ErrorKind.RESET, f"the server closed the connection {after}")
+        return  # the server spoke first: it has accepted us
+
+
 def der_not_after(der: bytes) -> float | None:
     """The notAfter of a DER X.509 certificate as a POSIX time; None if it cannot be read."""
     try:

@@ -22,24 +22,28 @@ within the check's timeout is ``timeout`` (the runner's): the field
 With ``tls: true`` the handshake is verified as in the HTTP probe (same
 ``tls_verify``, ``ca_file``, ``server_name``, ``client_cert``,
 ``client_key``). In TLS 1.3 a server judges a client certificate after the
-handshake, so a missing or rejected one is seen only by a query's first read
-(``tls``, "the server requires a client certificate"); without a query it
-goes unnoticed, as in the TLS probe.
+handshake, so a missing or rejected one is seen by a query's first read
+(``tls``, "the server requires a client certificate"); without a query the
+probe waits for the server's verdict outside the clock, as the TLS probe
+does with its default ``verdict_wait`` (``_net.await_tls13_verdict``).
 """
 
 from __future__ import annotations
 
 import re
 import ssl
+import time
 from dataclasses import dataclass
 
 from slaprobe.configfile import Fields, Node
 
 from ._net import (
+    VERDICT_MARGIN_S,
     HostPort,
     IpVersion,
     SockStream,
     TlsOptions,
+    await_tls13_verdict,
     close_later,
     connect,
     parse_host_port,
@@ -52,6 +56,7 @@ from ._net import (
 from .base import ErrorKind, PhaseTrace, ProbeFailure, Prober, ProbeResult
 
 _MAX_LINE = 65536
+TLS13_VERDICT_WAIT_S = 1.0  # the tls probe's default verdict_wait
 _SHOWN = 200  # characters of a received line quoted in a detail
 
 
@@ -149,8 +154,16 @@ class TcpProber(Prober):
         detail = f"connected to {self.endpoint}"
         try:
             if ctx is not None and self.tls is not None:
+                started = time.perf_counter()
                 await tls_handshake(stream, ctx, self.tls.server_name or self.endpoint.host, trace)
                 detail += f", {trace.fields.get('tls_version', 'TLS')}"
+                tls = stream.sock
+                if not self.query and isinstance(tls, ssl.SSLSocket) and tls.version() == "TLSv1.3":
+                    # Nothing is read after the handshake: wait for the server's verdict on us, as
+                    # the tls probe does (its default verdict_wait), outside the clock.
+                    wait_s = min(TLS13_VERDICT_WAIT_S, time.perf_counter() - started + VERDICT_MARGIN_S)
+                    trace.stop()
+                    await await_tls13_verdict(stream, tls, wait_s)
             if self.query:
                 trace.enter("query")
                 await self._run_query(_LineReader(stream), trace)

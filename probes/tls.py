@@ -18,7 +18,8 @@ With TLS 1.3 a server judges the client certificate (or its absence) after
 the client's side of the handshake is complete, and says so in its first
 message: a session ticket once it has accepted the client, an alert when it
 has not. So after a TLS 1.3 handshake the probe reads on, outside the clock,
-until one of them comes or ``verdict_wait`` runs out (see :func:`_await_verdict`).
+until one of them comes or ``verdict_wait`` runs out (see
+:func:`._net.await_tls13_verdict`).
 With TLS 1.2 a rejection fails the handshake itself.
 """
 
@@ -35,15 +36,16 @@ from cryptography import x509
 from slaprobe.configfile import Fields, Node
 
 from ._net import (
+    VERDICT_MARGIN_S,
     HostPort,
     IpVersion,
     SockStream,
+    await_tls13_verdict,
     check_host,
     connect,
     parse_host_port,
     read_ip_version,
     resolve,
-    tls_error_detail,
     tls_handshake,
 )
 from .base import ErrorKind, FieldScalar, PhaseTrace, ProbeFailure, Prober, ProbeResult
@@ -150,7 +152,7 @@ class TlsProber(Prober):
             if isinstance(tls, ssl.SSLSocket) and tls.version() == "TLSv1.3" and s.verdict_wait > 0:
                 handshake_s = time.perf_counter() - started
                 trace.stop()  # the handshake's time ends here; the wait for the verdict is not counted
-                await _await_verdict(stream, tls, min(s.verdict_wait, handshake_s + VERDICT_MARGIN_S))
+                await await_tls13_verdict(stream, tls, min(s.verdict_wait, handshake_s + VERDICT_MARGIN_S))
         finally:
             # Closed at once, without waiting for the peer's close_notify: asyncio's SSL
             # transport waits up to 30 s for it, holding the socket open after the result.
@@ -177,53 +179,6 @@ class TlsProber(Prober):
         return ProbeResult(
             True, phases, None, f"{fields.get('tls_version')}, certificate valid until {when}", fields
         )
-
-
-VERDICT_MARGIN_S = 0.1
-
-
-async def _await_verdict(stream: SockStream, tls: ssl.SSLSocket, wait_s: float) -> None:
-    """Read after a TLS 1.3 handshake until the server accepts or rejects us, for up to ``wait_s``.
-
-    A session ticket (or any data) means the server finished its side and kept
-    the connection; an alert fails the probe as the handshake would have with
-    TLS 1.2 (``tls``: "the server rejected the client certificate", "the server
-    requires a client certificate"); a close or reset is ``reset``. Nothing
-    within the wait (a server that sends no tickets) counts as accepted: the
-    handshake itself succeeded. ``wait_s`` is the handshake's own duration plus
-    100 ms (the verdict comes about one round trip after our last flight),
-    capped by ``verdict_wait``, so a slow server is waited for and an ordinary
-    one costs one read.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    after = "right after the TLS 1.3 handshake"
-    while True:
-        try:
-            data = tls.recv(1)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            session = tls.session
-            if session is not None and session.has_ticket:
-                return
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            try:
-                async with asyncio.timeout(remaining):
-                    await stream.wait()
-            except TimeoutError:
-                return
-            continue
-        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
-            raise ProbeFailure(ErrorKind.RESET, f"the server closed the connection {after}") from exc
-        except ssl.SSLError as exc:
-            raise ProbeFailure(ErrorKind.TLS, tls_error_detail(exc, after)) from exc
-        except OSError as exc:  # reset
-            detail = f"connection reset {after} (the server may have rejected the client certificate)"
-            raise ProbeFailure(ErrorKind.RESET, detail) from exc
-        if not data:
-            raise ProbeFailure(ErrorKind.RESET, f"the server closed the connection {after}")
-        return  # the server spoke first: it has accepted us
 
 
 def _read_certificate(der: bytes, fields: dict[str, FieldScalar]) -> dt.datetime | None:

@@ -360,6 +360,21 @@ async def test_client_certificate_required(
     assert names(without) == [*TLS_PHASES, "query"]
 
 
+async def test_client_certificate_required_without_a_query(
+    server_cert: trustme.LeafCert, ca: trustme.CA, ca_file: str, client_pem: str
+) -> None:
+    """No query reads after a TLS 1.3 handshake: the probe waits for the server's verdict itself."""
+    redis = LineProtocol(None, {b"PING": b"+PONG\r\n"})
+    with RawTcpServer(over_tls(_server_ctx(server_cert, ca), redis)) as srv:
+        with_cert = await probe(srv.address, {"tls": True, "ca_file": ca_file, "client_cert": client_pem})
+        without = await probe(srv.address, {"tls": True, "ca_file": ca_file})
+    assert with_cert.success, with_cert
+    assert without.error_kind in (ErrorKind.TLS, ErrorKind.RESET), without
+    if without.error_kind is ErrorKind.TLS:
+        assert without.detail.startswith("the server requires a client certificate (set client_cert): ")
+    assert names(without) == TLS_PHASES
+
+
 async def test_client_certificate_required_and_the_alert_lost_to_a_reset(
     server_cert: trustme.LeafCert, ca: trustme.CA, ca_file: str
 ) -> None:
