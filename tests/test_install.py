@@ -37,7 +37,7 @@ from slaprobe.install import bundle, templates, wheelhouse
 from slaprobe.install.collector_side import CollectorSide
 from slaprobe.install.errors import InstallError
 from slaprobe.install.inventory import Target, load_inventory, parse_target
-from slaprobe.install.plan import PREFLIGHT, InstallOptions, choose_method
+from slaprobe.install.plan import PREFLIGHT, InstallOptions, choose_method, claim
 from tests.procs import SLAPROBE, enroll_port, query, run_cli, start_collector, wait_for
 from tests.sshd import SshServer, free_port, keygen, why_not_as_root
 
@@ -234,6 +234,20 @@ def pid_alive(pidfile: Path) -> int | None:
 
 
 # ---- pure parts --------------------------------------------------------------------------------
+
+
+def test_two_hosts_of_one_run_cannot_take_the_same_agent_name() -> None:
+    """Cloned hosts that all call themselves "ubuntu" would enrol as one agent: the second fails."""
+    claimed: dict[str, str] = {}
+    a, b = Target("10.0.0.5"), Target("10.0.0.6", 2222)
+    claim(claimed, "ubuntu", a)
+    claim(claimed, "ubuntu", a)  # the same host again (a retry within the run) keeps its name
+    with pytest.raises(
+        InstallError, match=r"agent name 'ubuntu' is already taken by 10\.0\.0\.5 in this run"
+    ):
+        claim(claimed, "ubuntu", b)
+    claim(claimed, "ubuntu-2", b)
+    assert claimed == {"ubuntu": "10.0.0.5", "ubuntu-2": "10.0.0.6:2222"}
 
 
 def test_targets_and_inventory(tmp_path: Path) -> None:

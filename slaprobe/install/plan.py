@@ -113,6 +113,9 @@ class InstallOptions:
     wait_s: float = 60.0
     bundle: Bundle | None = None  # None: every host installs with pip from the wheelhouse
     method: str = "auto"  # "auto": the bundle where it fits, else the wheelhouse; or "bundle", "wheels"
+    # Agent names taken by the hosts of this run so far (name -> host): two hosts that both
+    # default to their host name (cloned images: "ubuntu", "localhost") must not enrol as one agent.
+    claimed: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -125,6 +128,21 @@ class HostResult:
     detail: str = ""
     bytes_uploaded: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def claim(claimed: dict[str, str], name: str, t: Target) -> None:
+    """Take ``name`` for host ``t`` in this run, or fail this host: the name belongs to another.
+
+    Enrolling a name again replaces that agent's key at the collector (a reinstall
+    does that on purpose), so two hosts under one name would silently become one
+    agent whose other half is rejected. The first host to claim a name keeps it.
+    """
+    other = claimed.setdefault(name, t.label)
+    if other != t.label:
+        raise InstallError(
+            f"agent name {name!r} is already taken by {other} in this run"
+            " (both hosts call themselves that): give each host its own name= in the inventory"
+        )
 
 
 class Host:
@@ -361,6 +379,8 @@ async def install_host(
         if not site:
             raise InstallError("no site: give --site or site= in the inventory")
         name = check_name(t.name or m.get("name") or str(h.info["hostname"]).split(".")[0])
+        if not upgrade:
+            claim(opts.claimed, name, t)
         manager = h.manager(m.get("service", opts.service_manager) if upgrade else opts.service_manager)
         changed: list[str] = []
 
