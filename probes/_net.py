@@ -350,22 +350,31 @@ async def _connect(sock: socket.socket, sockaddr: SockAddr) -> None:
         poller = select.poll()
         poller.register(sock, select.POLLOUT)
         if not poller.poll(0):
-            loop = asyncio.get_running_loop()
-            done: asyncio.Future[None] = loop.create_future()
-            fd = sock.fileno()
-
-            def writable() -> None:
-                if not done.done():
-                    done.set_result(None)
-
-            loop.add_writer(fd, writable)
-            try:
-                await done
-            finally:
-                loop.remove_writer(fd)
+            await wait_ready(asyncio.get_running_loop(), sock.fileno(), writable=True)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))  # OSError picks the subclass: ConnectionRefusedError, ...
+
+
+async def wait_ready(loop: asyncio.AbstractEventLoop, fd: int, writable: bool = False) -> None:
+    """Until the selector reports ``fd`` readable (or writable): one registration, removed after."""
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    if writable:
+        loop.add_writer(fd, ready)
+    else:
+        loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        if writable:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
 
 
 def _fmt(sockaddr: SockAddr) -> str:
@@ -541,25 +550,7 @@ class SockStream:
 
     async def wait(self, writable: bool = False) -> None:
         """Until the selector reports the socket readable (or writable)."""
-        loop = self._loop
-        fut: asyncio.Future[None] = loop.create_future()
-        fd = self.sock.fileno()
-
-        def ready() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        if writable:
-            loop.add_writer(fd, ready)
-        else:
-            loop.add_reader(fd, ready)
-        try:
-            await fut
-        finally:
-            if writable:
-                loop.remove_writer(fd)
-            else:
-                loop.remove_reader(fd)
+        await wait_ready(self._loop, self.sock.fileno(), writable)
 
     async def send_all(self, data: bytes) -> None:
         view = memoryview(data)
