@@ -17,7 +17,9 @@ order given, like blackbox_exporter's ``query_response``):
 A line that does not match is ``assertion``, naming the step and the line
 received. The peer closing before the line arrives is ``reset``. No line
 within the check's timeout is ``timeout`` (the runner's): the field
-``query_step`` then names the step that was waiting.
+``query_step`` then names the step that was waiting. When the last step is
+an ``expect``, the probe's time ends when that line arrived (the kernel's
+receive time), not when the agent got round to reading it.
 
 With ``tls: true`` the handshake is verified as in the HTTP probe (same
 ``tls_verify``, ``ca_file``, ``server_name``, ``client_cert``,
@@ -165,8 +167,11 @@ class TcpProber(Prober):
                     trace.stop()
                     await await_tls13_verdict(stream, tls, wait_s)
             if self.query:
+                stream.stamp_reads()  # an expected line ends at its arrival, not when this task woke
                 trace.enter("query")
                 await self._run_query(_LineReader(stream), trace)
+                if self.query[-1].expect is not None:
+                    trace.stop(at=stream.rx_perf())  # the last expected line's arrival
                 detail += f", query passed ({len(self.query)} steps)"
         finally:
             # At once, TLS included: no wait for the peer's close_notify after the result.

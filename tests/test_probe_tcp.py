@@ -18,7 +18,7 @@ from probes import PROBERS, ErrorKind, PhaseTrace, run_probe
 from probes._net import HostPort
 from probes.tcp import TcpProber
 from slaprobe.configfile import ConfigError
-from tests.probe_harness import ProbeHarness, phase_names
+from tests.probe_harness import ProbeHarness, block_the_loop_once, phase_names
 from tests.probe_servers import (
     LineProtocol,
     RawTcpServer,
@@ -420,6 +420,31 @@ async def test_redis_like_ping() -> None:
         result = await probe(srv.address, {"query": [{"send": "PING"}, {"expect": "^\\+PONG$"}]})
     assert result.success, result
     assert redis.received == [b"PING"]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_query_ends_when_the_expected_line_arrived(
+    tls: bool, server_cert: trustme.LeafCert, ca: trustme.CA, ca_file: str
+) -> None:
+    """The answer arrives while the agent's loop is frozen: the kernel's receive time says when."""
+    redis = LineProtocol(None, {b"PING": b"+PONG\r\n"})
+    behaviour = over_tls(_server_ctx(server_cert), redis) if tls else redis
+    settings: dict[str, Any] = {"query": [{"send": "PING"}, {"expect": "^\\+PONG$"}]}
+    if tls:
+        settings |= {"tls": True, "ca_file": ca_file}
+    with RawTcpServer(behaviour) as srv:
+        prober = make_prober(srv.address, settings)
+        assert (await run_probe(prober, PhaseTrace())).success  # the TLS context is built on the first run
+        trace = PhaseTrace()
+        start = time.perf_counter()
+        blocker = asyncio.create_task(block_the_loop_once(lambda: trace.current == "query", 0.5))
+        result = await run_probe(prober, trace)
+        assert await blocker, "the probe never waited where the test freezes the loop"
+    assert result.success, result
+    assert time.perf_counter() - start >= 0.5
+    assert trace.end is not None
+    assert trace.end - start < 0.4, (trace.end - start, result.phases)
+    assert dict(result.phases)["query"] < 0.4
 
 
 async def test_send_keeps_a_line_end_as_written() -> None:
