@@ -40,7 +40,7 @@ from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import chain, compress, repeat
-from operator import itemgetter, not_
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, overload
 
 from collector.sla.engine import AgentBits, Part, Summary, runs
@@ -672,13 +672,16 @@ class RawSource:
 
     Why no Python statement per row: a report reads every row of the period (a month of one
     site: 2.2 M), and a Python loop costs ~1-2 µs a row for the slot bits and ~3-7 µs for the
-    summary's histograms. SQL filters the rows (and computes slot positions); the rest is C loops (``map``,
-    ``itertools.compress``, ``Counter``) over the columns, with the same rules row by row as
-    the reference loop kept in ``raw_summary`` and held equal to it by tests.
+    summary's histograms. SQL filters and groups the rows (slot positions as one string per
+    agent and outcome), and the rest is C loops (``map``, ``itertools.compress``, ``Counter``)
+    over columns, with the same rules row by row as the reference loop kept in ``raw_summary``
+    and held equal to it by tests. ``tables``: where the rows are (evidence verify: the
+    pieces' databases, each read on its own index); the answer is that of their union.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, tables: Sequence[str] = ("results",)) -> None:
         self.conn = conn
+        self.tables = tuple(tables)
 
     def slot_bits(self, part: Part, k0: int, k1: int) -> dict[int, AgentBits]:
         width = k1 - k0
@@ -691,31 +694,25 @@ class RawSource:
         hi = part.instant(k1) if part.valid_to is None else min(part.instant(k1), part.valid_to)
         # Slot k0 + i of a row is (t - base) // interval with t - base >= 0 (SQL's division then
         # floors too) and < width; written as the binary digit width - 1 - i. Per agent, the
-        # positions of ok results, of ok and degraded ones, of failed ones (internal: no result),
-        # each group picked out of the columns by a C loop (a plain query: no SQL GROUP BY, whose
-        # sort would read every column of a view's rows).
-        rows = self.conn.execute(
-            "SELECT agent_id, ok != 0, ok != 0 AND degraded != 0, ? - (scheduled_ns - ?) / ? FROM results"
-            " WHERE check_id = ? AND scheduled_ns >= ? AND scheduled_ns < ? AND error_kind != ?",
-            (width - 1, base, interval, part.check_row, lo, hi, INTERNAL),
-        ).fetchall()
+        # positions of ok results, of ok and degraded ones, of failed ones (internal: no result).
         agents: dict[int, list[int]] = {}
-        if not rows:
-            return {}
-        agent_ids, oks, degs, positions = zip(*rows, strict=True)
-        keys = list(zip(agent_ids, oks, degs, strict=True))
-        for key in set(keys):
-            agent, ok, deg = key
-            bits = _positions_to_int(width, compress(positions, map(key.__eq__, keys)))
-            got = agents.get(agent)
-            if got is None:
-                got = agents[agent] = [0, 0, 0]
-            if ok:
-                got[0] |= bits
-                if deg:
-                    got[2] |= bits
-            else:
-                got[1] |= bits
+        for table in self.tables:
+            for agent, ok, deg, positions in self.conn.execute(
+                "SELECT agent_id, ok != 0, ok != 0 AND degraded != 0, group_concat(? - (scheduled_ns - ?) / ?)"
+                f" FROM {table} WHERE check_id = ? AND scheduled_ns >= ? AND scheduled_ns < ?"
+                " AND error_kind != ? GROUP BY 1, 2, 3",
+                (width - 1, base, interval, part.check_row, lo, hi, INTERNAL),
+            ):
+                bits = _positions_to_int(width, map(int, positions.split(",")))
+                got = agents.get(agent)
+                if got is None:
+                    got = agents[agent] = [0, 0, 0]
+                if ok:
+                    got[0] |= bits
+                    if deg:
+                        got[2] |= bits
+                else:
+                    got[1] |= bits
         return {a: AgentBits(ok, fail, deg) for a, (ok, fail, deg) in agents.items()}
 
     def gaps(self, check_row: int, start_ns: int, end_ns: int) -> list[Interval]:
@@ -730,7 +727,11 @@ class RawSource:
 
     def summaries(self, part: Part, edges: Sequence[int]) -> list[Summary]:
         """The summaries of the consecutive pieces [edges[i], edges[i + 1]), from one read of the rows."""
-        return raw_summaries(self.conn, part.check_row, edges)
+        out = raw_summaries(self.conn, part.check_row, edges, self.tables[0])
+        for table in self.tables[1:]:
+            for mine, more in zip(out, raw_summaries(self.conn, part.check_row, edges, table), strict=True):
+                mine.add(more)
+        return out
 
 
 def gap_spans(conn: sqlite3.Connection, check_row: int, start_ns: int, end_ns: int) -> list[Interval]:
@@ -747,44 +748,47 @@ def gap_spans(conn: sqlite3.Connection, check_row: int, start_ns: int, end_ns: i
 _LAST_EDGE = len(LATENCY_EDGES_NS) - 1
 
 
-def raw_summaries(conn: sqlite3.Connection, check_row: int, edges: Sequence[int]) -> list[Summary]:
+def raw_summaries(
+    conn: sqlite3.Connection, check_row: int, edges: Sequence[int], table: str = "results"
+) -> list[Summary]:
     """``raw_summary`` of each piece [edges[i], edges[i + 1]) (increasing edges), by columns in C loops.
 
     The same rules as ``raw_summary``'s loop, row for row: internal results are left out; a
     successful result's duration goes in its latency bucket (the last one above the last edge),
     a clock offset beyond the first step in its ladder bucket, an unsynced result is counted.
-    Histogram keys are added in the order of the rows, as that loop adds them.
+    Histogram keys are added in the order of the rows, as that loop adds them. The rows with
+    a clock offset beyond the first step or unsynced are few: a query of their own.
     """
     out = [Summary() for _ in range(len(edges) - 1)]
     if not out:
         return out
-    rows = conn.execute(
-        "SELECT scheduled_ns, ok, duration_ns, clock_offset_ns, clock_synced FROM results"
-        " WHERE check_id = ? AND scheduled_ns >= ? AND scheduled_ns < ? AND error_kind != ?",
-        (check_row, edges[0], edges[-1], INTERNAL),
-    ).fetchall()
+    where = f" FROM {table} WHERE check_id = ? AND scheduled_ns >= ? AND scheduled_ns < ? AND error_kind != ?"
+    args = (check_row, edges[0], edges[-1], INTERNAL)
+    rows = conn.execute("SELECT scheduled_ns, ok, duration_ns" + where, args).fetchall()
     if not rows:
         return out
-    times, oks, durations, offsets, synced = zip(*rows, strict=True)
-    if len(out) == 1:
-        piece: Sequence[int] = (0,) * len(times)
-    else:  # edges[0] <= t < edges[-1]: piece i holds t when edges[i] <= t < edges[i + 1]
-        piece = [i - 1 for i in map(bisect_right, repeat(edges), times)]
+    times, oks, durations = zip(*rows, strict=True)
+    one = len(out) == 1  # else piece i + 1 holds t when edges[i] <= t < edges[i + 1]
+    piece: Sequence[int] = (1,) * len(times) if one else list(map(bisect_right, repeat(edges), times))
     for i, n in Counter(piece).items():
-        out[i].results = n
-    for i, n in Counter(compress(piece, map(not_, synced))).items():
-        out[i].unsynced = n
+        out[i - 1].results = n
     buckets = map(
         min, map(bisect_left, repeat(LATENCY_EDGES_NS), compress(durations, oks)), repeat(_LAST_EDGE)
     )
     for (i, b), n in Counter(zip(compress(piece, oks), buckets, strict=True)).items():
-        out[i].latency[b] = n
-    clock_ladder = CLOCK_LADDER_NS
-    for (i, c), n in Counter(
-        zip(piece, map(bisect_left, repeat(clock_ladder), map(abs, offsets)), strict=True)
-    ).items():
+        out[i - 1].latency[b] = n
+    step = CLOCK_FIRST_STEP
+    for t, offset, synced in conn.execute(
+        "SELECT scheduled_ns, clock_offset_ns, clock_synced" + where
+        + " AND (clock_synced = 0 OR clock_offset_ns > ? OR clock_offset_ns < ?)",
+        (*args, step, -step),
+    ):  # fmt: skip
+        s = out[0 if one else bisect_right(edges, t) - 1]
+        c = clock_bucket(offset)
         if c:  # bucket 0 (within 1 ms) is implied: results minus the others
-            out[i].clock[c] = n
+            s.clock[c] = s.clock.get(c, 0) + 1
+        if not synced:
+            s.unsynced += 1
     return out
 
 

@@ -168,6 +168,26 @@ def _add(a: Summary, b: Summary) -> Summary:
     return a
 
 
+def test_rows_in_several_tables_answer_as_their_union(conn: sqlite3.Connection, tmp_path: Path) -> None:
+    """RawSource over the pieces' tables (evidence verify) gives the answers of one table with all rows."""
+    for i, (lo, hi) in enumerate(((0, 900), (900, 10**9))):
+        conn.execute(f"ATTACH ? AS part{i}", (str(tmp_path / f"part{i}.db"),))
+        conn.execute(
+            f"CREATE TABLE part{i}.results AS SELECT * FROM results WHERE seq > ? AND seq <= ?", (lo, hi)
+        )
+    try:
+        split, whole = RawSource(conn, ["part0.results", "part1.results"]), RawSource(conn)
+        base = (T0 - 7 * S) // (60 * S)
+        edges = [T0 - HOUR, T0 + 7 * S, T0 + HOUR, T0 + 2 * HOUR + 1, T0 + 9 * HOUR]
+        for check in (1, 2):
+            part = _part(check, 0, None)
+            assert split.slot_bits(part, base, base + 1000) == whole.slot_bits(part, base, base + 1000)
+            assert split.summaries(part, edges) == whole.summaries(part, edges)
+    finally:
+        conn.execute("DETACH part0")
+        conn.execute("DETACH part1")
+
+
 def test_memo_reads_each_piece_once_and_adds_as_the_loop(conn: sqlite3.Connection) -> None:
     """The report's memo reads runs of hour pieces in one call; the sums are the loop's, piece by piece."""
     calls: list[int] = []
