@@ -371,6 +371,7 @@ class IcmpProber(Prober):
         max_loss: float | None = None,
     ) -> None:
         self.host = host
+        self._endpoint = HostPort(host, 0)  # parsed once: an IP literal is recognised once per check
         self.ip_version = ip_version
         self.count = count
         self.interval = interval
@@ -407,7 +408,7 @@ class IcmpProber(Prober):
         )
 
     async def probe(self, trace: PhaseTrace) -> ProbeResult:
-        family, sockaddr = await resolve(HostPort(self.host, 0), self.ip_version, trace)
+        family, sockaddr = await resolve(self._endpoint, self.ip_version, trace)
         trace.enter("setup")
         ipv6 = family == socket.AF_INET6
         try:
