@@ -123,6 +123,9 @@ _warned: set[int] = set()
 _datagram_refused: set[int] = set()
 
 
+_FILLER = bytes(range(256)) * (MAX_PAYLOAD // 256 + 1)  # the payload after the token, made once
+
+
 def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of ``data``."""
     if len(data) % 2:
@@ -191,7 +194,7 @@ class EchoBurst:
 
     def request(self, seq: int) -> bytes:
         kind = ICMPV6_ECHO_REQUEST if self.ipv6 else ICMP_ECHO_REQUEST
-        payload = (self.token + bytes(range(256)) * (self.payload_size // 256 + 1))[: self.payload_size]
+        payload = (self.token + _FILLER[: max(0, self.payload_size - len(self.token))])[: self.payload_size]
         packet = struct.pack("!BBHHH", kind, 0, 0, self.ident, seq) + payload
         if self.ipv6:
             return packet  # the kernel computes ICMPv6 checksums (they cover the IPv6 pseudo-header)
@@ -485,7 +488,6 @@ class IcmpProber(Prober):
                         all_in.set()
 
         fd = sock.fileno()
-        loop.add_reader(fd, on_readable)
         try:
             start = loop.time()
             for seq in range(self.count):
@@ -507,6 +509,11 @@ class IcmpProber(Prober):
                             break
                     else:
                         break
+                if seq == 0:
+                    # Registered after the first request is out, not before: the epoll_ctl call
+                    # is then not between the clock's start and the request leaving (a reply
+                    # already queued is reported at once: epoll is level-triggered).
+                    loop.add_reader(fd, on_readable)
             last = burst.sent_at[self.count - 1][0]
             remaining = last + self.wait - time.perf_counter()
             if remaining > 0:
