@@ -835,6 +835,19 @@ async def test_redirects_are_followed_each_on_a_fresh_connection(server: HttpTes
     assert names(result) == HTTP_PHASES
 
 
+async def test_a_prober_sends_the_same_request_on_each_run_made_once(server: HttpTestServer) -> None:
+    """The request's h11 events and bytes are made on the first run and reused, the connection is new."""
+    prober = make_prober(server.url("/ok?q=1"), {"headers": {"X-Run": "same"}})
+    results = [await run_probe(prober, PhaseTrace()) for _ in range(3)]
+    assert all(r.success for r in results), results
+    seen = [(r.method, r.path, r.headers) for r in server.requests]
+    assert len(seen) == 3 and seen[0] == seen[1] == seen[2]
+    assert seen[0][1] == "/ok?q=1"
+    assert ("X-Run", "same") in seen[0][2] and ("Connection", "close") in seen[0][2]
+    assert len({r.client_port for r in server.requests}) == 3
+    assert len(prober._h1) == 1  # type: ignore[attr-defined]
+
+
 async def test_redirect_phases_are_summed_over_the_hops(server: HttpTestServer) -> None:
     start = time.perf_counter()
     result = await probe(server.url("/redirect/302?to=/delay/0.3"))
