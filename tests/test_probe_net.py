@@ -51,7 +51,7 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def table(files: tuple[Path, Path]) -> HostsFile:
-    return HostsFile(str(files[0]), str(files[1]))
+    return HostsFile(str(files[0]), str(files[1]), recheck_s=0.0)  # looks at the files on every lookup
 
 
 @pytest.mark.parametrize(
@@ -122,6 +122,20 @@ def test_an_edited_file_counts_from_the_next_lookup(table: HostsFile, files: tup
     assert table.lookup("app.internal", "any") == (socket.AF_INET, "192.0.2.99")
     files[1].write_text("hosts: dns files\n")
     assert table.lookup("app.internal", "any") is None
+
+
+def test_the_files_are_looked_at_once_a_second(files: tuple[Path, Path]) -> None:
+    now = [100.0]
+    table = HostsFile(str(files[0]), str(files[1]), clock=lambda: now[0])
+    assert table.lookup("app.internal", "any") == (socket.AF_INET, "192.0.2.10")
+    files[0].write_text("192.0.2.99 app.internal\n")
+    now[0] += 0.5
+    assert table.lookup("app.internal", "any") == (socket.AF_INET, "192.0.2.10")  # not looked at yet
+    now[0] += 0.5
+    assert table.lookup("app.internal", "any") == (socket.AF_INET, "192.0.2.99")
+    files[0].unlink()
+    now[0] += 1.0
+    assert table.lookup("app.internal", "any") is None  # gone: nothing answered from memory
 
 
 def test_an_edit_within_the_same_second_and_size_counts(table: HostsFile, files: tuple[Path, Path]) -> None:
