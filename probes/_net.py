@@ -738,8 +738,13 @@ async def await_tls13_verdict(stream: SockStream, tls: ssl.SSLSocket, wait_s: fl
         return  # the server spoke first: it has accepted us
 
 
+@functools.lru_cache(maxsize=64)
 def der_not_after(der: bytes) -> float | None:
-    """The notAfter of a DER X.509 certificate as a POSIX time; None if it cannot be read."""
+    """The notAfter of a DER X.509 certificate as a POSIX time; None if it cannot be read.
+
+    Cached by the certificate's bytes: a check meets the same certificate run after
+    run, and parsing it took ~12 µs inside the ``tls`` phase.
+    """
     try:
         _, cert, _ = _der_tlv(der, 0)  # Certificate ::= SEQUENCE
         _, pos, end = _der_tlv(der, cert)  # tbsCertificate ::= SEQUENCE
