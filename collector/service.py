@@ -13,6 +13,7 @@ inconsistent batch is refused alone, and the stream stays open.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -163,7 +164,7 @@ class CollectorService:
         if self._pool is None and self.decode_workers > 0:
             # spawn: a forked child would inherit gRPC's threads and state.
             self._pool = ProcessPoolExecutor(
-                self.decode_workers, mp_context=multiprocessing.get_context("spawn")
+                self.decode_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
             )
         return self._pool
 
@@ -950,6 +951,14 @@ def _ints(col: Sequence[int]) -> Any:
         return array("q", col)
     except OverflowError:  # beyond int64 (an epoch is a uint64): as it is
         return list(col)
+
+
+def _worker_init() -> None:
+    """A decode worker's garbage collection: its imports frozen (never traversed again), young
+    collections after 10,000 new containers instead of 700 (a batch makes tuples by the
+    thousand, nearly all freed at once). Measured: ~1-3 µs of collections per result -> ~0."""
+    gc.set_threshold(10_000, 10, 10)
+    gc.freeze()
 
 
 def _decode_packed(raw: bytes, job: _WorkerJob) -> _Packed:
