@@ -733,7 +733,7 @@ def decode_batch(batch: pb.RecordBatch, raws: Sequence[bytes], ctx: BatchContext
     results = result_columns(
         records,
         raws,
-        (i for i, k in enumerate(kinds) if k == "result") if others else range(len(raws)),
+        [i for i, k in enumerate(kinds) if k == "result"] if others else range(len(raws)),
         agent,
         epoch,
         checks,

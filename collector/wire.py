@@ -116,7 +116,17 @@ def _scan_batch(raw: bytes, records: list[bytes] | None) -> pb.RecordBatch:
     while pos < n:
         start = pos
         if raw[pos] == _RECORDS_KEY:
-            length, pos = _varint(raw, pos + 1)
+            # A record's length is one or two bytes of varint (up to 16 KiB): read here, not
+            # through a call per record (this scan runs on the event loop for every batch).
+            b1 = raw[pos + 1] if pos + 2 < n else 0x80
+            if b1 < 0x80:
+                length = b1
+                pos += 2
+            elif pos + 3 < n and raw[pos + 2] < 0x80:
+                length = (b1 & 0x7F) | (raw[pos + 2] << 7)
+                pos += 3
+            else:
+                length, pos = _varint(raw, pos + 1)
             end = pos + length
             if end > n:
                 raise DecodeError("truncated record")

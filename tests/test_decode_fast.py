@@ -225,3 +225,54 @@ def test_the_decode_worker_packs_the_same_batch(monkeypatch: pytest.MonkeyPatch)
     exact = service._decode_packed(raw, job).unpack()
     assert plain(fast) == plain(exact)
     assert fast.folded is not None
+
+
+def reference_split(raw: bytes) -> tuple[pb.RecordBatch, list[bytes]]:
+    """``wire.split_batch`` as it was: every varint through ``wire._varint``."""
+    from collector.wire import _varint
+
+    n, pos, header, records = len(raw), 0, [], []
+    while pos < n:
+        start = pos
+        key, pos = _varint(raw, pos)
+        if key == 0x2A and raw[start] == 0x2A:
+            length, pos = _varint(raw, pos)
+            if pos + length > n:
+                raise DecodeError("truncated record")
+            records.append(raw[pos : pos + length])
+            pos += length
+            continue
+        wire_type = key & 7
+        if wire_type == 0:
+            _, pos = _varint(raw, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _varint(raw, pos)
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise DecodeError(f"unexpected wire type {wire_type}")
+        if pos > n:
+            raise DecodeError("truncated field")
+        header.append(raw[start:pos])
+    return pb.RecordBatch.FromString(b"".join(header)), records
+
+
+def outcome(f: Any, raw: bytes) -> Any:
+    try:
+        header, records = f(raw)
+    except DecodeError:
+        return "undecodable"
+    return header.SerializeToString(), records
+
+
+@pytest.mark.parametrize("size", [0, 1, 126, 127, 128, 129, 16_382, 16_383, 16_384, 16_385, 70_000])
+def test_a_batch_is_split_as_before_at_every_length_and_cut(size: int) -> None:
+    records = [b"", b"\x08\x01", b"x" * size, b"\x08\x02"]
+    raw = batch(records)
+    assert outcome(split_batch, raw) == outcome(reference_split, raw)
+    assert split_batch(raw)[1] == records
+    for cut in {*range(0, len(raw), max(1, len(raw) // 200)), *range(len(raw) - 8, len(raw))}:
+        assert outcome(split_batch, raw[:cut]) == outcome(reference_split, raw[:cut])
