@@ -17,6 +17,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import pickle
 import time
 from array import array
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -882,6 +883,44 @@ class _WorkerJob:
     # folds the rows for the rollups too (None: the writer folds them).
     grids: tuple[tuple[int, int], dict[int, list[rollups.Grid]]] | None = None
     pick: tuple[int, ...] = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The site's checks, grids and pick are the same for every batch of a site until the
+        # catalogue changes: pickled once (``_site_blob``), sent as those bytes, and unpickled
+        # once per worker (``_site_of``), not a dict of every check each way per batch.
+        scalars = (self.agent_row, self.agent_name, self.epoch, self.now_ns, self.max_skew_ns, self.keys)
+        return (_unpickle_job, (scalars, _site_blob(self.checks, self.grids, self.pick)))
+
+
+# Main process: (id of checks, id of grids, generation) -> (the objects, kept alive; their pickle).
+_site_blobs: dict[tuple[int, int, Any], tuple[Any, Any, bytes]] = {}
+# Decode worker: a site's pickle -> what it holds.
+_worker_sites: dict[bytes, tuple[Any, Any, Any]] = {}
+
+
+def _site_blob(checks: dict[str, int], grids: Any, pick: tuple[int, ...]) -> bytes:
+    key = (id(checks), id(grids[1]) if grids else 0, (grids[0] if grids else None, pick))
+    found = _site_blobs.get(key)
+    if found is None:
+        if len(_site_blobs) >= 256:
+            _site_blobs.clear()
+        found = _site_blobs[key] = (checks, grids, pickle.dumps((checks, grids, pick), protocol=5))
+    return found[2]
+
+
+def _site_of(blob: bytes) -> tuple[Any, Any, Any]:
+    found = _worker_sites.get(blob)
+    if found is None:
+        if len(_worker_sites) >= 256:
+            _worker_sites.clear()
+        found = _worker_sites[blob] = pickle.loads(blob)
+    return found
+
+
+def _unpickle_job(scalars: tuple[Any, ...], site: bytes) -> _WorkerJob:
+    agent_row, agent_name, epoch, now_ns, max_skew_ns, keys = scalars
+    checks, grids, pick = _site_of(site)
+    return _WorkerJob(agent_row, agent_name, epoch, now_ns, max_skew_ns, checks, keys, grids, pick)
 
 
 # Text columns whose values repeat (pickled once each when they are the same object); phase

@@ -276,3 +276,21 @@ def test_a_batch_is_split_as_before_at_every_length_and_cut(size: int) -> None:
     assert split_batch(raw)[1] == records
     for cut in {*range(0, len(raw), max(1, len(raw) // 200)), *range(len(raw) - 8, len(raw))}:
         assert outcome(split_batch, raw[:cut]) == outcome(reference_split, raw[:cut])
+
+
+def test_a_worker_job_crosses_to_the_worker_whole_its_site_pickled_once() -> None:
+    import pickle
+
+    grids = ((3, 4), {7: [(0, 30_000_000_000, 5)]})
+    checks = dict(CHECKS)
+    jobs = [
+        service._WorkerJob(1, "a1", 2, NOW + i, SKEW, checks, (b"k" * 32,), grids, (0, 1)) for i in range(2)
+    ]
+    back = [pickle.loads(pickle.dumps(j)) for j in jobs]
+    assert back == jobs
+    assert back[0].checks is back[1].checks  # unpickled once (the worker's cache)
+    assert service._site_blob(checks, grids, (0, 1)) is service._site_blob(checks, grids, (0, 1))
+    changed = ((3, 5), grids[1])  # another generation: another pickle
+    assert pickle.loads(pickle.dumps(dataclasses.replace(jobs[0], grids=changed))).grids == changed
+    none = service._WorkerJob(1, "a1", 2, NOW, SKEW, checks, None)
+    assert pickle.loads(pickle.dumps(none)) == none
