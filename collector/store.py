@@ -323,6 +323,23 @@ def _evidence(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE streams ADD COLUMN head BLOB")
 
 
+@migration("0008_install_hosts")
+def _install_hosts(db: sqlite_utils.Database) -> None:
+    # Which host an agent name installed over SSH lives on, by the host's SSH key: enrolling a
+    # name again replaces that agent's signing key, so `agent install` must not hand a name
+    # that belongs to one host to another (cloned images that all call themselves "ubuntu").
+    db.execute(
+        """
+        CREATE TABLE install_hosts (
+            name TEXT PRIMARY KEY,
+            host_key TEXT NOT NULL,  -- the host's SSH key fingerprint, SHA256:...
+            host TEXT NOT NULL,  -- host[:port] as the installer reached it
+            installed_ns INTEGER NOT NULL
+        )
+        """
+    )
+
+
 # Checkpoint the WAL into the database once it holds this many pages (SQLite's default: 1,000).
 WAL_AUTOCHECKPOINT_PAGES = 1000
 
@@ -1066,6 +1083,33 @@ def create_token(
             " VALUES (?, ?, ?, ?, ?, ?)",
             [token_hash(token), site, name, now_ns, by, now_ns + ttl_ns],
         )
+
+
+def install_host_of(db: sqlite_utils.Database, name: str) -> tuple[str, str, int] | None:
+    """(host key fingerprint, host, installed_ns) of the host the agent ``name`` was installed on."""
+    row = db.execute(
+        "SELECT host_key, host, installed_ns FROM install_hosts WHERE name = ?", [name]
+    ).fetchone()
+    return None if row is None else (str(row[0]), str(row[1]), int(row[2]))
+
+
+def bind_install_host(db: sqlite_utils.Database, name: str, host_key: str, host: str, now_ns: int) -> None:
+    """Record that the agent ``name`` lives on the host with SSH key ``host_key`` (replacing any other)."""
+    with immediate(db):
+        db.execute(
+            "INSERT INTO install_hosts (name, host_key, host, installed_ns) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET host_key = excluded.host_key, host = excluded.host,"
+            " installed_ns = CASE WHEN install_hosts.host_key = excluded.host_key"
+            " THEN install_hosts.installed_ns ELSE excluded.installed_ns END",
+            [name, host_key, host, now_ns],
+        )
+
+
+def unbind_install_host(db: sqlite_utils.Database, name: str, host_key: str) -> bool:
+    """Forget that ``name`` lives on that host (it was uninstalled there); False if it lived elsewhere."""
+    with immediate(db):
+        cur = db.execute("DELETE FROM install_hosts WHERE name = ? AND host_key = ?", [name, host_key])
+        return bool(cur.rowcount)
 
 
 def revoke(db: sqlite_utils.Database, name: str, by: str, reason: str, now_ns: int) -> bool:

@@ -160,6 +160,7 @@ def _run(
         kw.get("wait") or 60.0,
         bundle,
         kw.get("method") or "auto",
+        take_over_name=bool(kw.get("take_over_name")),
     )
     fn = {
         "install": partial(plan.install_host, opts=opts, ssh=ssh),
@@ -284,6 +285,12 @@ def _install_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_ssh_options
 @_install_options
 @click.option("--site", help="The site the agents belong to (an inventory line's site= wins).")
+@click.option(
+    "--take-over-name",
+    is_flag=True,
+    help="Install an agent name that another host (another SSH host key) holds: for a host that is gone."
+    " Without it such a host is refused.",
+)
 def agent_install(**kw: Any) -> None:
     """Install agents on remote hosts over SSH, enrol them and start them.
 

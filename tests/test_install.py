@@ -456,6 +456,55 @@ def test_unknown_host_is_refused_without_accept_new(
 
 
 @needs_sshd
+def test_a_name_installed_on_another_host_is_refused_before_anything_is_sent(
+    world: dict[str, object], installed_host: dict[str, Any], sshd: SshServer, tmp_path: Path
+) -> None:
+    """Another machine (another SSH host key) asking for the shared host's agent name is refused:
+    enrolling the name again would replace that agent's key and cut it off."""
+    kh, prefix, inv = tmp_path / "known_hosts", tmp_path / "opt", tmp_path / "fleet.txt"
+    kh.write_text(sshd.known_hosts_line())
+    inv.write_text(f"root@127.0.0.1:{sshd.port} name=shared-1\n")
+    try:
+        r = cli("install", "-i", str(inv), "--format", "json", *install_args(world, kh, prefix))
+    finally:
+        if prefix.exists():  # the refusal failed: do not leave a second agent running
+            cli("uninstall", "-i", str(inv), *base_args(world, kh, prefix))
+    assert r.returncode == 1, r.stdout + r.stderr
+    (h,) = json.loads(r.stdout)["hosts"]
+    shared_port = installed_host["sshd"].port
+    assert h["detail"].startswith(
+        f"agent name 'shared-1' belongs to 127.0.0.1:{shared_port} (host key SHA256:"
+    )
+    assert "--take-over-name" in h["detail"], h
+    assert not prefix.exists()  # refused before anything was created or sent
+
+
+def test_the_collector_side_keeps_each_installed_name_on_its_host(tmp_path: Path) -> None:
+    """check / bind / unbind on a real store, as the installer drives them."""
+    from collector.store import open_store
+
+    db = tmp_path / "c.db"
+    open_store(db).conn.close()
+    side = CollectorSide(db, tmp_path, "127.0.0.1:7431", "127.0.0.1:7432")
+    side.check_name_host("edge-1", "SHA256:aaa", "10.0.0.5", take_over=False)  # a new name: fine
+    side.bind_name_host("edge-1", "SHA256:aaa", "10.0.0.5")
+    side.check_name_host("edge-1", "SHA256:aaa", "10.0.0.9", take_over=False)  # same host, new address
+    with pytest.raises(
+        InstallError, match=r"agent name 'edge-1' belongs to 10\.0\.0\.5 \(host key SHA256:aaa"
+    ):
+        side.check_name_host("edge-1", "SHA256:bbb", "10.0.0.6", take_over=False)
+    side.check_name_host("edge-1", "SHA256:bbb", "10.0.0.6", take_over=True)
+    side.unbind_name_host("edge-1", "SHA256:bbb")  # not its host: nothing freed
+    with pytest.raises(InstallError):
+        side.check_name_host("edge-1", "SHA256:bbb", "10.0.0.6", take_over=False)
+    side.unbind_name_host("edge-1", "SHA256:aaa")  # uninstalled there: the name is free
+    side.check_name_host("edge-1", "SHA256:bbb", "10.0.0.6", take_over=False)
+    side.bind_name_host("edge-1", "SHA256:bbb", "10.0.0.6")
+    with pytest.raises(InstallError, match=r"belongs to 10\.0\.0\.6"):
+        side.check_name_host("edge-1", "SHA256:aaa", "10.0.0.5", take_over=False)
+
+
+@needs_sshd
 def test_changed_host_key_aborts_before_authentication(
     world: dict[str, object], sshd: SshServer, tmp_path: Path
 ) -> None:

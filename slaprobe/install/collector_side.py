@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.identity import JoinBundle
-from collector.store import Reader, create_token, open_store
+from collector.store import (
+    Reader,
+    bind_install_host,
+    create_token,
+    install_host_of,
+    open_store,
+    unbind_install_host,
+)
 from slaprobe.install.errors import EnrolError, InstallError
 from slaprobe.pki import CollectorPki, new_token
 
@@ -62,6 +69,44 @@ class CollectorSide:
             return any(v.type == "icmp" for v in r.check_versions(site, now, now + 1))
         finally:
             r.close()
+
+    def check_name_host(self, name: str, host_key: str, host: str, take_over: bool) -> None:
+        """Refuse ``name`` for this host when another host (another SSH key) holds it.
+
+        Enrolling the name replaces that agent's key at the collector: the agent on
+        the other host would then be refused until it is reinstalled. A host with the
+        same key (a reinstall, or a host that changed address) keeps its name.
+        """
+        db = open_store(self.db_path)
+        try:
+            held = install_host_of(db, name)
+        finally:
+            db.conn.close()
+        if held is None or held[0] == host_key or take_over:
+            return
+        other_key, other_host, since_ns = held
+        since = time.strftime("%Y-%m-%d", time.gmtime(since_ns / 1e9))
+        raise InstallError(
+            f"agent name {name!r} belongs to {other_host} (host key {other_key}, installed {since});"
+            f" this host's key is {host_key}. Give this host its own name=, uninstall the agent on"
+            f" {other_host} first, or pass --take-over-name if that host is gone"
+        )
+
+    def bind_name_host(self, name: str, host_key: str, host: str) -> None:
+        db = open_store(self.db_path)
+        try:
+            bind_install_host(db, name, host_key, host, time.time_ns())
+        finally:
+            db.conn.close()
+
+    def unbind_name_host(self, name: str, host_key: str) -> None:
+        if not self.db_path.exists():  # uninstalling from elsewhere: no database to create here
+            return
+        db = open_store(self.db_path)
+        try:
+            unbind_install_host(db, name, host_key)
+        finally:
+            db.conn.close()
 
     def join_bundle(self, site: str, name: str) -> bytes:
         token = new_token()

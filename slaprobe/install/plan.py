@@ -25,6 +25,7 @@ wait           until the collector has heard from the agent, else the reason fro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -116,6 +117,7 @@ class InstallOptions:
     # Agent names taken by the hosts of this run so far (name -> host): two hosts that both
     # default to their host name (cloned images: "ubuntu", "localhost") must not enrol as one agent.
     claimed: dict[str, str] = field(default_factory=dict, compare=False)
+    take_over_name: bool = False  # give a name held by another host (another SSH key) to this one
 
 
 @dataclass
@@ -381,6 +383,10 @@ async def install_host(
         name = check_name(t.name or m.get("name") or str(h.info["hostname"]).split(".")[0])
         if not upgrade:
             claim(opts.claimed, name, t)
+            # Before anything is sent: a name that lives on another host stays there.
+            await asyncio.to_thread(
+                opts.collector.check_name_host, name, s.host_key, t.label, opts.take_over_name
+            )
         manager = h.manager(m.get("service", opts.service_manager) if upgrade else opts.service_manager)
         changed: list[str] = []
 
@@ -439,6 +445,8 @@ async def install_host(
             m["identity"] = ident
             await h.save_manifest()
             changed.append("enrol")
+        if not upgrade:
+            await asyncio.to_thread(c.bind_name_host, name, s.host_key, t.label)
 
         # config
         cfg = templates.agent_config(lay, c.collector, site, name).encode()
@@ -536,6 +544,8 @@ async def uninstall_host(t: Target, opts: InstallOptions, ssh: SshOptions, say: 
         left = await s.run("check", f"ls -d {q(lay.prefix)} 2>/dev/null", check=False)
         if left.strip():
             raise RemoteError("remove", 1, f"{lay.prefix} is still there")
+        if m.get("name"):  # the name is free for another host now
+            await asyncio.to_thread(opts.collector.unbind_name_host, str(m["name"]), s.host_key)
         return HostResult(
             t,
             True,

@@ -78,6 +78,14 @@ class Session:
             raise ConnectError(f"cannot connect to {t.label}: {_reason(exc)}") from None
         return cls(t, conn)
 
+    @property
+    def host_key(self) -> str:
+        """The SHA256 fingerprint of the key this host proved it holds (checked against known_hosts)."""
+        key = self.conn.get_server_host_key()
+        if key is None:  # not with a verified connection; a host without one gets no binding
+            return "unknown"
+        return str(key.get_fingerprint("sha256"))
+
     async def __aenter__(self) -> Self:
         return self
 
