@@ -727,11 +727,7 @@ class RawSource:
 
     def summaries(self, part: Part, edges: Sequence[int]) -> list[Summary]:
         """The summaries of the consecutive pieces [edges[i], edges[i + 1]), from one read of the rows."""
-        out = raw_summaries(self.conn, part.check_row, edges, self.tables[0])
-        for table in self.tables[1:]:
-            for mine, more in zip(out, raw_summaries(self.conn, part.check_row, edges, table), strict=True):
-                mine.add(more)
-        return out
+        return raw_summaries(self.conn, part.check_row, edges, self.tables)
 
 
 def gap_spans(conn: sqlite3.Connection, check_row: int, start_ns: int, end_ns: int) -> list[Interval]:
@@ -749,7 +745,7 @@ _LAST_EDGE = len(LATENCY_EDGES_NS) - 1
 
 
 def raw_summaries(
-    conn: sqlite3.Connection, check_row: int, edges: Sequence[int], table: str = "results"
+    conn: sqlite3.Connection, check_row: int, edges: Sequence[int], tables: Sequence[str] = ("results",)
 ) -> list[Summary]:
     """``raw_summary`` of each piece [edges[i], edges[i + 1]) (increasing edges), by columns in C loops.
 
@@ -762,9 +758,11 @@ def raw_summaries(
     out = [Summary() for _ in range(len(edges) - 1)]
     if not out:
         return out
-    where = f" FROM {table} WHERE check_id = ? AND scheduled_ns >= ? AND scheduled_ns < ? AND error_kind != ?"
+    where = " WHERE check_id = ? AND scheduled_ns >= ? AND scheduled_ns < ? AND error_kind != ?"
     args = (check_row, edges[0], edges[-1], INTERNAL)
-    rows = conn.execute("SELECT scheduled_ns, ok, duration_ns" + where, args).fetchall()
+    rows: list[tuple[int, int, int]] = []
+    for table in tables:  # the rows of all tables in one pass (one table's after the other's)
+        rows += conn.execute(f"SELECT scheduled_ns, ok, duration_ns FROM {table}" + where, args).fetchall()
     if not rows:
         return out
     times, oks, durations = zip(*rows, strict=True)
@@ -778,17 +776,18 @@ def raw_summaries(
     for (i, b), n in Counter(zip(compress(piece, oks), buckets, strict=True)).items():
         out[i - 1].latency[b] = n
     step = CLOCK_FIRST_STEP
-    for t, offset, synced in conn.execute(
-        "SELECT scheduled_ns, clock_offset_ns, clock_synced" + where
-        + " AND (clock_synced = 0 OR clock_offset_ns > ? OR clock_offset_ns < ?)",
-        (*args, step, -step),
-    ):  # fmt: skip
-        s = out[0 if one else bisect_right(edges, t) - 1]
-        c = clock_bucket(offset)
-        if c:  # bucket 0 (within 1 ms) is implied: results minus the others
-            s.clock[c] = s.clock.get(c, 0) + 1
-        if not synced:
-            s.unsynced += 1
+    for table in tables:
+        for t, offset, synced in conn.execute(
+            f"SELECT scheduled_ns, clock_offset_ns, clock_synced FROM {table}" + where
+            + " AND (clock_synced = 0 OR clock_offset_ns > ? OR clock_offset_ns < ?)",
+            (*args, step, -step),
+        ):  # fmt: skip
+            s = out[0 if one else bisect_right(edges, t) - 1]
+            c = clock_bucket(offset)
+            if c:  # bucket 0 (within 1 ms) is implied: results minus the others
+                s.clock[c] = s.clock.get(c, 0) + 1
+            if not synced:
+                s.unsynced += 1
     return out
 
 
