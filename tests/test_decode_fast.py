@@ -6,6 +6,7 @@ the same order, the same refusals, on good and bad records and on bytes only the
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -294,3 +295,19 @@ def test_a_worker_job_crosses_to_the_worker_whole_its_site_pickled_once() -> Non
     assert pickle.loads(pickle.dumps(dataclasses.replace(jobs[0], grids=changed))).grids == changed
     none = service._WorkerJob(1, "a1", 2, NOW, SKEW, checks, None)
     assert pickle.loads(pickle.dumps(none)) == none
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes are Linux's")
+def test_the_decode_pool_pipes_are_widened() -> None:
+    import fcntl
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        service._widen_pipes(pool)
+        for q in (pool._call_queue, pool._result_queue):  # type: ignore[attr-defined]
+            reader: Any = q._reader  # type: ignore[union-attr]
+            assert fcntl.fcntl(reader.fileno(), 1032) >= service._PIPE_BYTES  # F_GETPIPE_SZ
+    finally:
+        pool.shutdown()
