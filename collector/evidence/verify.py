@@ -98,18 +98,20 @@ class Verifier:
             self.phases["extract"] = time.monotonic() - t
             # Steps 5-7's work (walk the chains, regenerate the tables, rebuild the collector's
             # rows from the same reading) is most of a verification and needs only the files:
-            # the chains are cut into pieces, one per core, the later ones started now in
-            # processes of their own while this one runs steps 2-4 and then the first piece.
+            # the chains are cut into pieces, one per core, all but the smallest started now in
+            # processes of their own while this one runs steps 2-4 and then the smallest.
             # Their answers are looked at only if steps 2-4 pass (a failure stops them), in
             # chain order, so the order of the checks and the failure named are unchanged.
-            plan = _plan(root, self._manifest_chains(root), self.jobs)
+            chains = self._manifest_chains(root)
+            plan = _plan(root, chains, self.jobs)
             args = [(str(root), piece, i, str(Path(tmp) / f"rows-{i}.db"), self.all_signatures)
                     for i, piece in enumerate(plan)]  # fmt: skip
-            later = [_start(_verify_piece, *a) for a in args[1:]]
+            mine = min(range(len(plan)), key=lambda i: _piece_bytes(root, chains, plan[i]))
+            others = {i: _start(_verify_piece, *a) for i, a in enumerate(args) if i != mine}
             try:
-                self._checks(root, args[0], later)
+                self._checks(root, mine, args[mine], others)
             finally:
-                for fut in later:
+                for fut in others.values():
                     fut.cancel()
                     _stop(fut)
 
@@ -119,7 +121,9 @@ class Verifier:
         except (OSError, ValueError, KeyError, TypeError):
             return []  # step 2 or 4 names what is wrong with the manifest
 
-    def _checks(self, root: Path, first: tuple[Any, ...], later: list[Future[dict[str, Any]]]) -> None:
+    def _checks(
+        self, root: Path, mine: int, args: tuple[Any, ...], others: dict[int, Future[dict[str, Any]]]
+    ) -> None:
         t = time.monotonic()
         self._sums(root)
         self.phases["hashes"] = time.monotonic() - t
@@ -137,13 +141,14 @@ class Verifier:
         self.say(f"ok   SLA definitions: {layout.CATALOGUE}, sha256 {digest}")
         t = time.monotonic()
         cpu = time.process_time()
-        pieces = [_verify_piece(*first)]
+        done = {mine: _verify_piece(*args)}
         self.phases["chains and tables (this process)"] = time.monotonic() - t
-        for fut in later:
+        for i, fut in sorted(others.items()):
             try:
-                pieces.append(fut.result())
+                done[i] = fut.result()
             except Exception as exc:  # a piece that could not run at all: a failure, not a crash
                 raise VerifyFailed(f"the chains could not be checked: {type(exc).__name__}: {exc}") from exc
+        pieces = [done[i] for i in sorted(done)]  # in chain order
         self.phases["chains and tables"] = time.monotonic() - t
         self.phases["CPU: chains and tables, this process"] = time.process_time() - cpu
         for i, piece in enumerate(pieces):
@@ -372,6 +377,18 @@ def _plan(root: Path, chains: list[dict[str, Any]], jobs: int) -> list[list[Segm
             return [[*_whole(range(i)), (i, 0, cut)], [(i, cut, None), *_whole(range(i + 1, len(chains)))]]
         acc += size
     return whole
+
+
+def _piece_bytes(root: Path, chains: list[dict[str, Any]], piece: list[Segment]) -> int:
+    """The chain bytes a piece walks (0 for what cannot be read: the checks name it)."""
+    total = 0
+    for i, start, stop in piece:
+        try:
+            size = (root / str(chains[i]["file"])).stat().st_size
+        except (OSError, KeyError, IndexError, TypeError):
+            continue
+        total += (size if stop is None else stop) - start
+    return total
 
 
 def _whole(chains: range) -> list[Segment]:
