@@ -274,13 +274,6 @@ class Verifier:
                 )
         self.say(f"ok   {', '.join(layout.DERIVED)}: regenerated from the signed records, identical")
 
-    @staticmethod
-    def _key(keys: dict[bytes, Ed25519PublicKey], link: chain.Link, where: str) -> Ed25519PublicKey:
-        key = keys.get(bytes(link.body.key_id))
-        if key is None:
-            raise VerifyFailed(f"{where}: link at seq {link.seq} is signed by a key not in {layout.AGENTS}")
-        return key
-
     # ---- 7: the report ---------------------------------------------------------------------------
 
     def _report(
