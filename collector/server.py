@@ -44,6 +44,35 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # 2.3-2.6 s of collections, 1.3 s with the freeze, ~0.9 s with both.
 GC_THRESHOLD = (10_000, 10, 10)
 
+
+class _ServingSettings:
+    """The process-wide settings above, made while at least one collector serves in this
+    process (tests run several) and restored when the last one stops."""
+
+    def __init__(self) -> None:
+        self.serving = 0
+        self._saved: tuple[float, tuple[int, int, int]] | None = None
+
+    def enter(self) -> None:
+        self.serving += 1
+        if self.serving == 1:
+            self._saved = (sys.getswitchinterval(), gc.get_threshold())
+            sys.setswitchinterval(min(self._saved[0], GIL_SWITCH_INTERVAL_S))
+            gc.set_threshold(*GC_THRESHOLD)
+        gc.freeze()  # what exists now, this collector included, is never traversed again
+
+    def leave(self) -> None:
+        self.serving -= 1
+        if self.serving == 0 and self._saved is not None:
+            interval, threshold = self._saved
+            self._saved = None
+            sys.setswitchinterval(interval)
+            gc.set_threshold(*threshold)
+            gc.unfreeze()
+
+
+_process = _ServingSettings()
+
 SERVICE_NAME = "slaprobe.v1.Collector"
 
 
@@ -109,8 +138,7 @@ class Collector:
         self.enroll_port = 0
         self._revocations: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
-        self._switch_interval: float | None = None
-        self._gc_threshold: tuple[int, int, int] | None = None
+        self._serving = False
 
     async def start(self) -> int:
         """Load and persist the catalogue, open storage, start serving; return the bound port."""
@@ -125,9 +153,6 @@ class Collector:
             pki = CollectorPki(s.tls_dir)
         else:
             log.warning("serving WITHOUT TLS (--insecure): anyone who reaches the port can push results")
-        if self._switch_interval is None:
-            self._switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(min(self._switch_interval, GIL_SWITCH_INTERVAL_S))
         catalogue = await asyncio.to_thread(load_catalogue, self.settings.catalogue_path)
         await self.writer.start()
         try:
@@ -191,10 +216,9 @@ class Collector:
             len(catalogue.all_checks()),
             self.settings.db_path,
         )
-        if self._gc_threshold is None:
-            self._gc_threshold = gc.get_threshold()
-            gc.set_threshold(*GC_THRESHOLD)
-            gc.freeze()
+        if not self._serving:
+            self._serving = True
+            _process.enter()
         return self.port
 
     async def reload(self) -> bool:
@@ -235,11 +259,7 @@ class Collector:
         if self.service is not None:
             self.service.close()
         await self.writer.close()
-        if self._switch_interval is not None:
-            sys.setswitchinterval(self._switch_interval)
-            self._switch_interval = None
-        if self._gc_threshold is not None:
-            gc.unfreeze()
-            gc.set_threshold(*self._gc_threshold)
-            self._gc_threshold = None
+        if self._serving:
+            self._serving = False
+            _process.leave()
         log.info("collector stopped")
