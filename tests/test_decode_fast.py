@@ -297,6 +297,7 @@ def test_a_worker_job_crosses_to_the_worker_whole_its_site_pickled_once() -> Non
     assert pickle.loads(pickle.dumps(none)) == none
 
 
+# F_SETPIPE_SZ exists only on Linux (the collector widens its pipes only there, best effort); CI is Linux.
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes are Linux's")
 def test_the_decode_pool_pipes_are_widened() -> None:
     import fcntl
