@@ -1220,6 +1220,21 @@ class Reader:
             ).fetchall()
         return sorted(out)
 
+    def rejections(
+        self, agent_id: int, epoch: int, first_seq: int, last_seq: int
+    ) -> list[tuple[int, str, int]]:
+        """(seq, reason, received_ns) of the stream's records rejected at ingest in [first, last], by seq.
+
+        Why evidence needs them: ``record_log`` keeps a rejected record with the rest of the
+        agent's chain, but ``results`` does not hold it, so a bundle lists them for its verifier.
+        """
+        rows = self.db.execute(
+            "SELECT seq, reason, received_ns FROM rejections WHERE agent_id = ? AND epoch = ?"
+            " AND seq >= ? AND seq <= ? ORDER BY seq",
+            [agent_id, epoch, first_seq, last_seq],
+        ).fetchall()
+        return [(int(s), str(r), int(t)) for s, r, t in rows]
+
     def signing_keys(self) -> dict[str, str]:
         """Each agent's current signing key fingerprint (sha256 of the raw public key), by name."""
         rows = self.db.execute("SELECT name, public_key FROM agent_keys ORDER BY recorded_ns").fetchall()

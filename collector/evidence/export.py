@@ -25,7 +25,7 @@ import sqlite3
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +38,8 @@ from collector.catalogue import Catalogue, parse_catalogue
 from collector.evidence import layout
 from collector.evidence.archive import Archiver
 from collector.evidence.html import render_html
-from collector.evidence.records import Chain, TableWriter
-from collector.evidence.report_doc import build_report
+from collector.evidence.records import Chain, TableWriter, record_brief, rejected_header, rejected_line
+from collector.evidence.report_doc import add_exclusions, build_report
 from collector.rollups import RawSource
 from collector.sla.report import Context, Period, _overlaps, parts_for, selected, slice_and_origin
 from collector.store import Reader
@@ -67,6 +67,7 @@ class ExportResult:
     chains: list[dict[str, Any]] = field(default_factory=list)
     results: int = 0
     gaps: int = 0
+    rejected: int = 0  # records of the chains the collector rejected at ingest (listed, not counted)
     files: int = 0
     size: int = 0
     seconds: float = 0.0
@@ -94,8 +95,18 @@ def export_bundle(
     service: str | None = None,
     now_ns: int | None = None,
     period_label: str = "",
+    max_future_skew_ns: int | None = None,
 ) -> ExportResult:
+    """Write the bundle of ``site`` (or ``service``) over ``period`` to ``out``.
+
+    ``max_future_skew_ns``: the clock skew the collector allows on ingest (its setting's default
+    when None), stated in the manifest for verify to re-apply to the rejected records.
+    """
     t0, cpu0 = time.monotonic(), time.process_time()
+    if max_future_skew_ns is None:
+        from collector.server import CollectorSettings  # not at import: the workers need no gRPC
+
+        max_future_skew_ns = int(CollectorSettings.max_future_skew_s * 1e9)
     now = time.time_ns() if now_ns is None else now_ns
     reader = _reader(db_path)
     try:
@@ -142,6 +153,7 @@ def export_bundle(
                     pool,
                     db_path,
                     Path(tmp),
+                    max_future_skew_ns,
                 )
                 t = time.monotonic()
                 result.files = _seal_bundle(root, signing_key, archiver)
@@ -196,8 +208,9 @@ def _submit(pool: ProcessPoolExecutor | None, fn: Callable[..., T], *args: Any) 
 
 def _report_job(
     db_path: str, stored: tuple[str, str], site: str, service: str | None, start: int, end: int, now: int
-) -> tuple[str, str, float, float]:
-    """(report.json text, report.html text, seconds taken, CPU seconds taken)."""
+) -> tuple[str, float, float]:
+    """(report document as JSON, seconds taken, CPU seconds taken); the exclusions (known only
+    once the chains are written) are added, and the HTML rendered (~0.04 s), by the caller."""
     t, cpu = time.monotonic(), time.process_time()
     catalogue = parse_catalogue(stored[1], f"{stored[0]} (as stored in {db_path})")
     reader = _reader(db_path)
@@ -208,8 +221,7 @@ def _report_job(
         doc = build_report(ctx, site, start, end, service)
     finally:
         reader.close()
-    html = render_html(doc)
-    return _json_text(doc), html, time.monotonic() - t, time.process_time() - cpu
+    return json.dumps(doc), time.monotonic() - t, time.process_time() - cpu
 
 
 # The report's result columns (RawSource's), copied with an index holding them all.
@@ -292,10 +304,11 @@ def _write(
     key: Ed25519PrivateKey,
     result: ExportResult,
     archiver: Archiver,
-    report: Future[tuple[str, str, float, float]],
+    report: Future[tuple[str, float, float]],
     pool: ProcessPoolExecutor | None,
     db_path: Path,
     scratch: Path,
+    max_future_skew_ns: int,
 ) -> None:
     t_start = time.monotonic()
     conn = reader.db.conn
@@ -327,6 +340,7 @@ def _write(
     # on (every line depends on its record alone, so the parts join into the same bytes).
     cut = _cut(spans) if pool is not None else None
     rendered: Future[tuple[int, int, int, float]] | None = None
+    rejected: list[tuple[str, int, int, str, int, tuple[str, str, int]]] = []
     if cut is not None:
         rendered = _submit(
             pool, _render_job, str(db_path), [s[:5] for s in spans[cut[0] :]], cut[1], start, end,
@@ -342,9 +356,15 @@ def _write(
             chain = Chain(name, epoch, f"records/{agent_id}-{epoch}.chain")
             # This process renders the records before the cut.
             upto = last if cut is None or i < cut[0] else (cut[1] - 1 if i == cut[0] else -1)
+            listed = {
+                seq: (reason, at) for seq, reason, at in reader.rejections(agent_id, epoch, first, last)
+            }
+            found: dict[int, bytes] = {}
             records, links = _write_chain(
-                root / chain.file, conn, agent_id, epoch, first, last, upto, chain, tables
+                root / chain.file, conn, agent_id, epoch, first, last, upto, chain, tables, listed, found
             )
+            for seq in sorted(found):  # a rejection of a record the chain file holds
+                rejected.append((name, epoch, seq, listed[seq][0], listed[seq][1], record_brief(found[seq])))
             result.chains.append(
                 {
                     "file": chain.file,
@@ -371,7 +391,12 @@ def _write(
             with open(root / name, "ab") as dst, open(scratch / Path(name).name, "rb") as src:
                 shutil.copyfileobj(src, dst, 1 << 20)
     result.results, result.gaps = counts[0], counts[1]
-    for name in (layout.GAPS_CSV, layout.RESULTS_JSONL, layout.RESULTS_CSV):
+    with open(root / layout.REJECTED_CSV, "w", encoding="utf-8", newline="") as f:
+        f.write(rejected_header())
+        for name, epoch, seq, reason, at, (kind, check, when) in rejected:
+            f.write(rejected_line(name, epoch, seq, kind, check, when, reason, at))
+    result.rejected = len(rejected)
+    for name in (layout.GAPS_CSV, layout.RESULTS_JSONL, layout.RESULTS_CSV, layout.REJECTED_CSV):
         archiver.add_file(root / name)
     result.phases["chains and tables"] = time.monotonic() - t_start
 
@@ -393,15 +418,17 @@ def _write(
         archiver.add_file(root / name)
 
     t = time.monotonic()
-    report_json, report_html, report_s, report_cpu = report.result()
+    report_text, report_s, report_cpu = report.result()
     result.phases["report (its own process)"] = report_s
     result.phases["CPU: report process"] = report_cpu
     result.phases["waiting for the report"] = time.monotonic() - t
-    doc_slices = [int(v["report"]["slice_s"]) for v in json.loads(report_json)["services"]]
+    doc = json.loads(report_text)
+    doc_slices = [int(v["report"]["slice_s"]) for v in doc["services"]]
     if doc_slices != slices:
         raise RuntimeError(f"internal: report slices {doc_slices} are not the {slices} exported around")
-    (root / layout.REPORT_JSON).write_text(report_json, encoding="utf-8")
-    (root / layout.REPORT_HTML).write_text(report_html, encoding="utf-8")
+    add_exclusions(doc, [r[3] for r in rejected], layout.REJECTED_CSV)
+    (root / layout.REPORT_JSON).write_text(_json_text(doc), encoding="utf-8")
+    (root / layout.REPORT_HTML).write_text(render_html(doc), encoding="utf-8")
 
     proto = Path(__file__).resolve().parents[2] / "protos" / "slaprobe_v1.proto"
     shutil.copyfile(proto, root / layout.PROTO)
@@ -425,6 +452,13 @@ def _write(
             },
             "chains": result.chains,
             "tables": {"results": counts[0], "gaps": counts[1], "clock_samples": counts[2]},
+            # How the collector validated records on arrival: verify re-applies it to each record
+            # listed as rejected (with the listed receipt time) and leaves out exactly those.
+            "ingest": {
+                "max_future_skew_ns": max_future_skew_ns,
+                "rejected": len(rejected),
+                "file": layout.REJECTED_CSV,
+            },
             "collector_key": {"file": layout.COLLECTOR_KEY, "fingerprint": hashlib.sha256(pub).hexdigest()},
         },
     )
@@ -561,9 +595,12 @@ def _write_chain(
     upto: int,
     chain: Chain,
     tables: TableWriter,
+    listed: Container[int] = (),
+    found: dict[int, bytes] | None = None,
 ) -> tuple[int, int]:
     """Write one chain file (seqs ``first..last``), rendering its records through ``upto`` into the
-    tables; return (records, links)."""
+    tables; return (records, links). The bytes of the records whose seq is ``listed`` (rejected at
+    ingest) are put in ``found``."""
     records = links = 0
     add, agent = tables.add_raw, chain.agent
     with open(path, "wb") as f:
@@ -575,6 +612,8 @@ def _write_chain(
         while rows := cur.fetchmany(4096):
             f.write(b"".join([_LEN.pack(len(raw)) + raw for _seq, _kind, raw in rows]))
             for seq, kind, raw in rows:
+                if seq in listed and found is not None:
+                    found[seq] = raw
                 if kind == 5:  # a seal: copied, nothing to render
                     links += 1
                     continue

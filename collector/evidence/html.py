@@ -186,6 +186,22 @@ def _header(doc: dict[str, Any], f: Fields) -> str:
         f'<p class="meta">Computed for {f("generated_at")} from the raw results; catalogue SHA-256 '
         f'<code class="small">{f("catalogue_sha256")}</code></p>'
     )
+    excluded = doc.get("excluded")
+    if excluded is not None:
+        if excluded["records"]:
+            why = "; ".join(
+                f"{f('excluded', 'reasons', j, 'records', fmt='int')}: {f('excluded', 'reasons', j, 'reason')}"
+                for j in range(len(excluded["reasons"]))
+            )
+            out.append(
+                f'<p class="meta">{f("excluded", "records", fmt="int")} records the agents signed were rejected'
+                f" by the collector at ingest and are not counted ({why}); they are listed in "
+                f"{f('excluded', 'file')}, and verification re-applies each rejection rule.</p>"
+            )
+        else:
+            out.append(
+                '<p class="meta">No record of this period was rejected by the collector at ingest.</p>'
+            )
     out.append('<div class="verdicts">')
     for i, s in enumerate(doc["services"]):
         r = s["report"]

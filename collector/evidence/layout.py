@@ -19,6 +19,7 @@ AGENTS = "inventory/agents.json"
 RESULTS_CSV = "results/results.csv"
 GAPS_CSV = "results/gaps.csv"
 RESULTS_JSONL = "results/records.jsonl"
+REJECTED_CSV = "results/rejected.csv"
 REPORT_JSON = "report/report.json"
 REPORT_HTML = "report/report.html"
 PROTO = "protos/slaprobe_v1.proto"
@@ -45,9 +46,32 @@ def methodology_text() -> str:
         f"{_dedent(engine.__doc__)}\n\n"
         "## Time accounts, maintenance, budget, latency, status (collector/sla/report.py)\n\n"
         f"{_dedent(report.__doc__)}\n\n"
+        "## Records rejected at ingest (results/rejected.csv)\n\n"
+        f"{REJECTED_RULES}\n\n"
         "## The agents' signed record chain (slaprobe/chain.py)\n\n"
         f"{_dedent(chain.__doc__)}\n"
     )
+
+
+REJECTED_RULES = """\
+The collector validates every record it receives, alone, and rejects a record that breaks a rule:
+a result or gap whose time is more than the allowed clock skew (the manifest's
+`ingest.max_future_skew_ns`, 300 s by default) after the collector received it, a result of a
+check the agent's site did not have when it arrived, or a malformed record (a success carrying an
+error kind, a failure without one, an absurd duration, text too long ...). A rejected record is
+still kept exactly as the agent signed it (it is part of the chain), but it is not stored as a
+result, so it counts for nothing: its slot is unknown unless another agent's result covers it.
+
+The bundle lists every record of its chains the collector rejected, with the collector's reason
+and the time it received the record, in results/rejected.csv; the report gives their number by
+reason (`excluded`). `slaprobe evidence verify` re-applies the rule to each listed record with that
+receipt time and excludes exactly those: a listed rejection that does not follow from the record
+fails the verification (a collector cannot drop a valid result by calling it rejected), and so
+does a record that breaks a rule whatever the time but is not listed. The receipt time is the
+collector's word; it is held to the collector's own times the agent signed: a record is received
+after every clock exchange the agent recorded before it in the chain (the exchange's collector
+send time, less 2 s for a step of the collector's clock).\
+"""
 
 
 def _dedent(text: str | None) -> str:
@@ -64,6 +88,7 @@ What it holds
   {RESULTS_CSV}    every probe result of the period, one per line
   {GAPS_CSV}       results an agent had to drop (spool full): shown, never hidden
   {RESULTS_JSONL}   results, gaps and clock measurements for programs
+  {REJECTED_CSV}   records the collector rejected at ingest (kept, signed, not counted)
   records/*.chain        the records exactly as each agent signed them
   {CATALOGUE}   the SLA definitions in force; {METHODOLOGY}: the counting rules
   {MAINTENANCE} maintenance windows: who, when, why

@@ -123,6 +123,66 @@ GAP_CSV_HEADER = (
 )
 
 
+# The records the collector rejected at ingest (``results/rejected.csv``): the first three columns
+# name the record, ``reason`` and ``received_ns`` are the collector's word (the rule is re-applied
+# with them by verify), the rest are read from the record (people need not decode the chain).
+REJECTED_CSV_HEADER = (
+    "agent",
+    "epoch",
+    "seq",
+    "kind",
+    "check",
+    "time_utc",
+    "reason",
+    "received_utc",
+    "received_ns",
+)
+
+
+def rejected_line(
+    agent: str, epoch: int, seq: int, kind: str, check: str, time_ns: int, reason: str, received_ns: int
+) -> str:
+    """One line of ``results/rejected.csv`` (the csv module's quoting; export and verify alike)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(
+        (
+            agent,
+            epoch,
+            seq,
+            kind,
+            check,
+            utc(time_ns) if time_ns else "",
+            reason,
+            utc(received_ns),
+            received_ns,
+        )
+    )
+    return buf.getvalue()
+
+
+def rejected_header() -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(REJECTED_CSV_HEADER)
+    return buf.getvalue()
+
+
+def record_brief(raw: bytes) -> tuple[str, str, int]:
+    """(kind, check, time) of a record for a person reading the rejection list: a result's check
+    and scheduled time, a gap's checks and eviction time, a clock sample's send time."""
+    try:
+        record = pb.Record.FromString(raw)
+    except Exception:  # undecodable bytes are listed as what they are
+        return "undecodable", "", 0
+    kind = record.WhichOneof("kind") or "unknown"
+    if kind == "result":
+        return kind, record.result.check_id, record.result.scheduled_ns
+    if kind == "gap":
+        return kind, " ".join(c.check_id for c in record.gap.checks), record.gap.evicted_ns
+    if kind == "clock":
+        return kind, "", record.clock.t0_ns
+    return kind, "", 0
+
+
 def frame(raw: bytes) -> bytes:
     return _LEN.pack(len(raw)) + raw
 

@@ -100,6 +100,21 @@ def build_report(
     }
 
 
+def add_exclusions(doc: dict[str, Any], reasons: Sequence[str], file: str) -> None:
+    """Say in the document how many records of the bundle's chains the collector rejected at
+    ingest, by reason (``file`` lists them): they are signed but not counted, and a reader of the
+    report must see that, not only a reader of the tables. Export adds it from the collector's
+    list, verify from the list it reproduced."""
+    counts: dict[str, int] = {}
+    for r in reasons:
+        counts[r] = counts.get(r, 0) + 1
+    doc["excluded"] = {
+        "records": len(reasons),
+        "file": file,
+        "reasons": [{"reason": r, "records": counts[r]} for r in sorted(counts)],
+    }
+
+
 # ---- one service ----------------------------------------------------------------------------
 
 

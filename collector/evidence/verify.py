@@ -29,6 +29,7 @@ The report is then recomputed by the collector's engine over all pieces' rows.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import multiprocessing
@@ -52,16 +53,33 @@ from google.protobuf.message import DecodeError
 
 from collector.catalogue import parse_catalogue
 from collector.evidence import layout
-from collector.evidence.records import RowSink, TableWriter, decode, parse_view, read_frames
-from collector.evidence.report_doc import build_report
+from collector.evidence.records import (
+    REJECTED_CSV_HEADER,
+    RowSink,
+    TableWriter,
+    decode,
+    parse_view,
+    read_frames,
+    record_brief,
+    rejected_header,
+    rejected_line,
+    utc,
+)
+from collector.evidence.report_doc import add_exclusions, build_report
 from collector.rollups import RawSource
 from collector.sla.report import Context
 from collector.store import Reader, gap_rows, measurement_row, open_store
 from collector.wire import InvalidRecord, decode_record
+from protos import slaprobe_v1_pb2 as pb
 from slaprobe import chain
 from slaprobe.model import Gap, Measurement
 
-_SKEW = 2**62  # no clock-skew limit: the bundle's records were accepted when they arrived
+_SKEW = 2**62  # no clock-skew limit for a record not listed as rejected: it was accepted when it arrived
+# A receipt time may precede the collector's time in an earlier clock exchange by this much (a
+# step back of the collector's clock); more, and the listed receipt time cannot be true.
+CLOCK_STEP_NS = 2_000_000_000
+
+Listed = dict[int, dict[int, tuple[str, int]]]  # chain index -> seq -> (reason, received_ns)
 
 
 class VerifyFailed(Exception):
@@ -83,6 +101,7 @@ class Verifier:
         self.say = say
         self.phases: dict[str, float] = {}  # wall seconds per step (benchmarks)
         self._listed: dict[str, str] = {}  # SHA256SUMS: path -> sha256 (every file checked against it)
+        self._rejected: tuple[Listed, list[tuple[int, int]], str | None] = ({}, [], None)  # _read_rejected
 
     def run(self) -> None:
         cpu = time.process_time()
@@ -103,8 +122,9 @@ class Verifier:
             # Their answers are looked at only if steps 2-4 pass (a failure stops them), in
             # chain order, so the order of the checks and the failure named are unchanged.
             chains = self._manifest_chains(root)
+            self._rejected = _read_rejected(root, chains)
             plan = _plan(root, chains, self.jobs)
-            args = [(str(root), piece, i, str(Path(tmp) / f"rows-{i}.db"), self.all_signatures)
+            args = [(str(root), piece, i, str(Path(tmp) / f"rows-{i}.db"), self.all_signatures, self._rejected[0])
                     for i, piece in enumerate(plan)]  # fmt: skip
             mine = min(range(len(plan)), key=lambda i: _piece_bytes(root, chains, plan[i]))
             others = {i: _start(_verify_piece, *a) for i, a in enumerate(args) if i != mine}
@@ -155,8 +175,9 @@ class Verifier:
             self.phases[f"CPU: piece {i}"] = piece["cpu"]
         self._chains(root, manifest, pieces)
         self._tables(root, pieces)
+        reasons = self._rejections(root, manifest, pieces)
         t = time.monotonic()
-        self._report(root, manifest, report, pieces)
+        self._report(root, manifest, report, pieces, reasons)
         self.phases["report"] = time.monotonic() - t
 
     # ---- 1-3: the archive, its hashes and the collector's signature ------------------------------
@@ -274,10 +295,91 @@ class Verifier:
                 )
         self.say(f"ok   {', '.join(layout.DERIVED)}: regenerated from the signed records, identical")
 
+    def _rejections(
+        self, root: Path, manifest: dict[str, Any], pieces: list[dict[str, Any]]
+    ) -> list[str] | None:
+        """Step 6b: the records the collector says it rejected at ingest (``results/rejected.csv``).
+
+        The pieces re-applied the ingest rule to each listed record with its listed receipt time
+        (a rejection that does not follow failed its chain's walk, as did a record that breaks a
+        rule whatever the time but is not listed) and left it out of the rows. Here: every listed
+        record is in the chains, no receipt time precedes the collector's own time in a clock
+        exchange the agent signed before the record, and the file is what the list and the
+        records give, byte for byte. Returns the reasons, in the file's order (None: a bundle
+        from before the list, whose report has no ``excluded``)."""
+        ingest = manifest.get("ingest")
+        listed, order, error = self._rejected
+        if ingest is None:
+            return None
+        if error is not None:
+            raise VerifyFailed(f"{layout.REJECTED_CSV}: {error}")
+        skew = int(ingest["max_future_skew_ns"])
+        briefs: dict[tuple[int, int], tuple[str, str, int]] = {}
+        clocks: dict[int, list[tuple[int, int]]] = {}
+        for piece in pieces:
+            for seg in piece["segments"]:
+                for seq, brief in seg["rejected"].items():
+                    briefs[seg["chain"], seq] = brief
+                clocks.setdefault(seg["chain"], []).extend(seg["clocks"])
+        lines = [rejected_header()]
+        reasons: list[str] = []
+        for chain_index, seq in order:
+            entry = manifest["chains"][chain_index]
+            name, epoch = str(entry["agent"]), int(entry["epoch"])
+            where = f"agent {name!r} epoch {epoch}"
+            reason, received = listed[chain_index][seq]
+            brief = briefs.get((chain_index, seq))
+            if brief is None:
+                raise VerifyFailed(
+                    f"{layout.REJECTED_CSV}: lists seq {seq} of {where}, which is not a result, gap or clock"
+                    f" sample of its chain file {entry['file']}"
+                )
+            before = [(c, t2) for c, t2 in clocks.get(chain_index, []) if c < seq]
+            if before:
+                c, t2 = max(before, key=lambda x: x[1])
+                if received < t2 - CLOCK_STEP_NS:
+                    raise VerifyFailed(
+                        f"{layout.REJECTED_CSV}: {where} seq {seq} is listed as received at {utc(received)},"
+                        f" before the collector's own time {utc(t2)} in the clock exchange the agent signed"
+                        f" at seq {c}, before that record: the receipt time cannot be true"
+                    )
+            lines.append(rejected_line(name, epoch, seq, *brief, reason, received))
+            reasons.append(reason)
+        try:
+            on_file = (root / layout.REJECTED_CSV).read_text(encoding="utf-8")
+        except OSError:
+            on_file = None
+        if on_file != "".join(lines):
+            raise VerifyFailed(
+                f"{layout.REJECTED_CSV}: does not say what the signed records say (rebuilt from the"
+                " listed rejections and the records, it differs)"
+            )
+        if not reasons:
+            self.say(f"ok   {layout.REJECTED_CSV}: no record of the chains was rejected at ingest")
+            return reasons
+        skewed = sum("in the future" in r for r in reasons)
+        others: dict[str, int] = {}
+        for r in reasons:
+            if "in the future" not in r:
+                others[r] = others.get(r, 0) + 1
+        rest = "; ".join(f"{n}: {r}" for r, n in sorted(others.items()))
+        self.say(
+            f"ok   {layout.REJECTED_CSV}: {len(reasons)} records rejected at ingest, each rejection reproduced"
+            f" from the signed record and its receipt time, all excluded from the report: {skewed} for clock"
+            f" skew (a time more than {skew / 1e9:g} s after the collector received it),"
+            f" {len(reasons) - skewed} for other reasons" + (f" ({rest})" if rest else "")
+        )
+        return reasons
+
     # ---- 7: the report ---------------------------------------------------------------------------
 
     def _report(
-        self, root: Path, manifest: dict[str, Any], report: dict[str, Any], pieces: list[dict[str, Any]]
+        self,
+        root: Path,
+        manifest: dict[str, Any],
+        report: dict[str, Any],
+        pieces: list[dict[str, Any]],
+        reasons: list[str] | None,
     ) -> None:
         try:
             text, phases = _recompute(root, manifest, [piece["db"] for piece in pieces])
@@ -287,6 +389,8 @@ class Verifier:
             ) from exc
         self.phases.update({f"recompute: {k}": v for k, v in phases.items()})
         recomputed = json.loads(text)
+        if reasons is not None:  # the rejections reproduced by step 6b, as export adds the collector's
+            add_exclusions(recomputed, reasons, layout.REJECTED_CSV)
         if recomputed != report:
             where = _first_difference(report, recomputed, "report")
             raise VerifyFailed(
@@ -438,8 +542,108 @@ class _Part:
         return len(s)
 
 
+def _read_rejected(
+    root: Path, chains: list[dict[str, Any]]
+) -> tuple[Listed, list[tuple[int, int]], str | None]:
+    """``results/rejected.csv`` read strictly: (per chain index, seq -> (reason, received_ns);
+    (chain index, seq) in the file's order; what is wrong with the file, or None).
+
+    Read before the pieces start (they need it); a problem is named only at its step, after
+    the file's hash and the collector's signature were checked."""
+    listed: Listed = {}
+    order: list[tuple[int, int]] = []
+    path = root / layout.REJECTED_CSV
+    if not path.exists():
+        return listed, order, "missing (the manifest says the collector listed its rejections)"
+    index = {}
+    for i, c in enumerate(chains):
+        try:
+            index[str(c["agent"]), int(c["epoch"])] = i
+        except (KeyError, TypeError, ValueError):
+            continue
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = csv.reader(f)
+            if tuple(next(rows, ())) != REJECTED_CSV_HEADER:
+                return {}, [], "its header is not the bundle format's"
+            for n, row in enumerate(rows, 2):
+                if len(row) != len(REJECTED_CSV_HEADER):
+                    return {}, [], f"line {n} has {len(row)} fields"
+                agent, epoch, seq, reason, received = row[0], int(row[1]), int(row[2]), row[6], int(row[8])
+                chain_index = index.get((agent, epoch))
+                if chain_index is None:
+                    return {}, [], f"line {n} names agent {agent!r} epoch {epoch}, which has no chain here"
+                mine = listed.setdefault(chain_index, {})
+                if seq in mine:
+                    return {}, [], f"line {n} lists seq {seq} of agent {agent!r} epoch {epoch} again"
+                mine[seq] = (reason, received)
+                order.append((chain_index, seq))
+    except (OSError, ValueError, csv.Error) as exc:
+        return {}, [], f"unreadable ({exc})"
+    return listed, order, None
+
+
+def _checks_at(versions: list[dict[str, Any]], keys: dict[int, str]) -> Callable[[int], set[str]]:
+    """The site's checks the collector knew at a time (a version valid then), as ingest checks a
+    record's check against the catalogue it had loaded."""
+    spans = [
+        (keys[int(v["check_id"])], int(v["valid_from_ns"]), v["valid_to_ns"])
+        for v in versions
+        if int(v["check_id"]) in keys
+    ]
+
+    def at(t: int) -> set[str]:
+        return {k for k, a, b in spans if a <= t and (b is None or t < int(b))}
+
+    return at
+
+
+def _reproduce(
+    raw: bytes,
+    seq: int,
+    listed: tuple[str, int],
+    skew_ns: int,
+    checks_at: Callable[[int], set[str]],
+    where: str,
+) -> None:
+    """Re-apply the ingest rule to a record listed as rejected, with its listed receipt time;
+    raise VerifyFailed unless it rejects the record for the listed reason."""
+    reason, received = listed
+    record = pb.Record.FromString(raw)
+    try:
+        decode_record(record, now_ns=received, max_skew_ns=skew_ns, checks=checks_at(received))
+    except InvalidRecord as exc:
+        if str(exc) == reason:
+            return
+        why = f"the rule rejects it for {str(exc)!r}"
+    else:
+        why = "the record is valid at that time"
+    raise VerifyFailed(
+        f"{layout.REJECTED_CSV}: {where} seq {seq} is listed as rejected at ingest ({reason!r}, received"
+        f" {utc(received)}), but the rejection does not reproduce: {why}"
+    )
+
+
+def _unlisted(raw: bytes, seq: int, check_rows: dict[str, int], where: str) -> VerifyFailed:
+    """A record that breaks an ingest rule whatever the time, yet is not listed as rejected."""
+    try:
+        decode_record(pb.Record.FromString(raw), now_ns=0, max_skew_ns=_SKEW, checks=check_rows)
+        why = "a record the bundle's tables and rows leave out"  # (not reached: the rows hold it)
+    except InvalidRecord as exc:
+        why = str(exc)
+    return VerifyFailed(
+        f"{where} seq {seq}: the collector must have rejected this record ({why}), but"
+        f" {layout.REJECTED_CSV} does not list it"
+    )
+
+
 def _verify_piece(
-    root_dir: str, piece: list[Segment], index: int, db_file: str, all_signatures: bool
+    root_dir: str,
+    piece: list[Segment],
+    index: int,
+    db_file: str,
+    all_signatures: bool,
+    listed: Listed | None = None,
 ) -> dict[str, Any]:
     """Walk a piece of the chains, render its records into table parts (hashed) and store the
     collector's rows of them (``db_file``), from one reading of each record.
@@ -456,6 +660,10 @@ def _verify_piece(
     now_ns = int(manifest["generated_ns"])
     checks = _load_json(root / layout.CHECKS)
     check_rows = {c["key"]: int(c["id"]) for c in checks["checks"]}
+    checks_at = _checks_at(checks["versions"], {int(c["id"]): c["key"] for c in checks["checks"]})
+    ingest = manifest.get("ingest")
+    skew_ns = int(ingest["max_future_skew_ns"]) if ingest is not None else _SKEW
+    listed = listed or {}
     agents = {a["name"]: a for a in _load_json(root / layout.AGENTS)}
     parts = {name: _Part() for name in (layout.RESULTS_CSV, layout.GAPS_CSV, layout.RESULTS_JSONL)}
     rcsv, gcsv, jsonl = (cast(IO[str], p) for p in parts.values())
@@ -466,9 +674,11 @@ def _verify_piece(
     conn.execute("BEGIN")
     for chain_index, begin, stop in piece:
         entry = manifest["chains"][chain_index]
+        rejected = _Rejected(listed.get(chain_index, {}), skew_ns, checks_at, ingest is not None)
         seg = _walk(
-            root, entry, chain_index, begin, stop, agents, check_rows, now_ns, tables, conn, all_signatures
-        )
+            root, entry, chain_index, begin, stop, agents, check_rows, now_ns, tables, conn, all_signatures,
+            rejected,
+        )  # fmt: skip
         segments.append(seg)
         if seg["error"]:
             break
@@ -498,14 +708,21 @@ def _walk(
     tables: TableWriter,
     conn: sqlite3.Connection,
     all_signatures: bool,
+    rejected: _Rejected,
 ) -> dict[str, Any]:
-    """One segment of one chain: walk, render, rows (a chain's first segment starts at 0)."""
+    """One segment of one chain: walk, render, rows (a chain's first segment starts at 0).
+
+    A record listed as rejected at ingest is re-judged by the ingest rule with its receipt time
+    (``_reproduce``) and has no row; a record that breaks a rule whatever the time must be
+    listed (when the bundle lists rejections at all)."""
     name, epoch = str(entry["agent"]), int(entry["epoch"])
     where = f"agent {name!r} epoch {epoch}"
     seg: dict[str, Any] = {
         "chain": chain_index, "start": begin, "end": stop, "error": None, "records": 0, "links": 0,
         "last": 0, "head_in": None, "next_in": None, "head": None, "next_seq": None,
+        "rejected": {}, "clocks": [],
     }  # fmt: skip
+    listed, found, clocks = rejected.listed, cast(dict[int, Any], seg["rejected"]), seg["clocks"]
     agent = agents.get(name)
     if agent is None:
         seg["error"] = f"{where}: not in {layout.AGENTS}"
@@ -532,7 +749,15 @@ def _walk(
                 if view.WhichOneof("kind") == "result":
                     last = view.seq
                     record_(last, last, raw)
+                    n = len(rows)
                     add_view(name, epoch, view, sink)
+                    if last in listed:
+                        if len(rows) > n:
+                            rows.pop()
+                        _reproduce(raw, last, listed[last], rejected.skew_ns, rejected.checks_at, where)
+                        found[last] = record_brief(raw)
+                    elif len(rows) == n and rejected.complete and view.result.check_id in check_rows:
+                        raise _unlisted(raw, last, check_rows, where)
                     if len(rows) >= 50_000:
                         _insert(conn, rows, gaps)
                     continue
@@ -554,7 +779,23 @@ def _walk(
                     raise chain.ChainError(record.seq, "a cut between pieces is not at a seal (internal)")
                 record_(record.seq, last, raw)
                 add(name, epoch, record)
-                _row(record, sink.agent_row, epoch, check_rows, now_ns, rows, gaps)
+                kind = record.WhichOneof("kind")
+                if kind == "clock":
+                    clocks.append((record.seq, record.clock.t2_ns))
+                if record.seq in listed:
+                    _reproduce(
+                        raw, record.seq, listed[record.seq], rejected.skew_ns, rejected.checks_at, where
+                    )
+                    found[record.seq] = record_brief(raw)
+                elif (
+                    not _row(record, sink.agent_row, epoch, check_rows, now_ns, rows, gaps)
+                    and rejected.complete
+                    and (
+                        kind == "clock"
+                        or (kind == "gap" and all(c.check_id in check_rows for c in record.gap.checks))
+                    )
+                ):
+                    raise _unlisted(raw, record.seq, check_rows, where)
         if stop is None and entry.get("sealed", True):
             walker.finish()
     except chain.ChainError as exc:
@@ -572,6 +813,24 @@ def _walk(
         records=walker.records, links=walker.links, last=last, head=walker.head, next_seq=walker.next_seq
     )
     return seg
+
+
+class _Rejected:
+    """A chain's records listed as rejected at ingest, and how verify re-judges them."""
+
+    __slots__ = ("checks_at", "complete", "listed", "skew_ns")
+
+    def __init__(
+        self,
+        listed: dict[int, tuple[str, int]],
+        skew_ns: int,
+        checks_at: Callable[[int], set[str]],
+        complete: bool,
+    ) -> None:
+        self.listed = listed  # seq -> (reason, received_ns)
+        self.skew_ns = skew_ns
+        self.checks_at = checks_at
+        self.complete = complete  # the bundle lists rejections: an unlisted rejectable record fails
 
 
 def _key(keys: dict[bytes, Ed25519PublicKey], link: chain.Link, where: str) -> Ed25519PublicKey:
@@ -685,17 +944,19 @@ def _row(
     now_ns: int,
     results: list[tuple[Any, ...]],
     gaps: list[tuple[Any, ...]],
-) -> None:
-    """The collector's row for a record, as it would have stored it (rejected ones are left out)."""
+) -> bool:
+    """The collector's row for a record, as it would have stored it (rejected ones are left out);
+    False if the ingest rules reject it."""
     try:
         decoded = decode_record(record, now_ns=now_ns, max_skew_ns=_SKEW, checks=check_rows)
     except InvalidRecord:
-        return
+        return False
     p = decoded.payload
     if isinstance(p, Measurement):
         results.append(measurement_row(agent_row, epoch, decoded.seq, check_rows[p.check_id], p, 0))
     elif isinstance(p, Gap):
         gaps.extend(gap_rows(agent_row, epoch, decoded.seq, p, check_rows, 0))
+    return True
 
 
 def _insert(conn: sqlite3.Connection, results: list[tuple[Any, ...]], gaps: list[tuple[Any, ...]]) -> None:
