@@ -945,7 +945,7 @@ class _Packed:
     log_agent: int
     log_epoch: int
     log_columns: list[Any]
-    log_raws: list[bytes]
+    log_raws: list[bytearray]
 
     @staticmethod
     def pack(d: DecodedBatch, agent: int, epoch: int) -> _Packed:
@@ -963,13 +963,16 @@ class _Packed:
                 else:
                     columns.append(_ints(col))
         log_columns: list[Any] = []
-        raws: list[bytes] = []
+        raws: list[bytearray] = []
         if logs:
             _, _, seqs, ends, kinds, raw_col = (
                 logs.columns if isinstance(logs, rollups.Columns) else zip(*logs, strict=True)
             )
             log_columns = [_ints(seqs), _ints(ends), _ints(kinds)]
-            raws = list(raw_col)
+            # As bytearrays: Python's sqlite3 binds those (and str, int, float) directly, but
+            # looks a bytes object up as something to adapt first (a failed attribute lookup
+            # each, ~0.85 µs a row in the writer); a blob either way, the same bytes stored.
+            raws = list(map(bytearray, raw_col))
         return _Packed(d, columns, agent, epoch, log_columns, raws)
 
     def unpack(self) -> DecodedBatch:
