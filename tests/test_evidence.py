@@ -511,9 +511,11 @@ def test_table_lines_are_the_json_documents() -> None:
         tables.flush()
         outs.append((rcsv.getvalue(), jsonl.getvalue()))
     assert outs[0] == outs[1]
-    lines = outs[0][1].splitlines()
+    header, *lines = outs[0][1].splitlines()
+    columns = json.loads(header)["columns"]["result"]
     assert len(lines) == len(records)
     for line, rec in zip(lines, records, strict=True):
+        assert len(json.loads(line)) == len(columns)
         doc = _result_doc('agent "1"', 7, rec.seq, rec.result)
         assert line == json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
     rows = list(csv.reader(io.StringIO(outs[0][0])))

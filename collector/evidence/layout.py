@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-FORMAT = "slaprobe-evidence/1"
+FORMAT = "slaprobe-evidence/2"  # 2: records.jsonl as arrays under a column header; rejected.csv
 
 MANIFEST = "MANIFEST.json"
 README = "README.txt"

@@ -110,6 +110,30 @@ RESULT_CSV_HEADER = (
     "seq",
     "clock_offset_ms",
 )
+# ``results/records.jsonl``: its first line names the columns of each kind of line; every other
+# line is one JSON array, its kind first and then the values in that order (the keys are not
+# repeated on millions of lines: they were ~45% of the file). README "Evidence for disputes".
+JSONL_FORMAT = "slaprobe-evidence/records-2"
+JSONL_COLUMNS = {
+    "result": (
+        "kind", "agent", "epoch", "seq", "check", "revision", "scheduled_ns", "started_ns", "duration_ns",
+        "ok", "degraded", "error_kind", "detail", "phases", "fields", "clock_offset_ns", "clock_synced",
+    ),
+    "gap": ("kind", "agent", "epoch", "seq", "through_seq", "reason", "evicted_ns", "checks"),
+    "clock": ("kind", "agent", "epoch", "seq", "t0_ns", "t1_ns", "t2_ns", "t3_ns", "offset_ns", "rtt_ns"),
+}  # fmt: skip
+
+
+def jsonl_header() -> str:
+    """The first line of ``results/records.jsonl``: what every later line's values are."""
+    doc = {
+        "format": JSONL_FORMAT,
+        "columns": {kind: list(cols) for kind, cols in JSONL_COLUMNS.items()},
+        "gap_checks": ["check", "from_ns", "to_ns", "count"],
+    }
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
 GAP_CSV_HEADER = (
     "check",
     "agent",
@@ -291,8 +315,9 @@ class TableWriter:
 
     Why the result line is assembled by hand: a month of one site is millions of lines, and
     ``json.dumps`` of a dict per line cost ~60 µs with the CSV row. The text is exactly
-    ``json.dumps(doc, ensure_ascii=False, separators=(",", ":"))`` of the document below
-    (``_result_doc``), with the keys in its order; strings go through json's own escaper.
+    ``json.dumps(doc, ensure_ascii=False, separators=(",", ":"))`` of the array below
+    (``_result_doc``: the values in ``JSONL_COLUMNS`` order); strings go through json's own
+    escaper.
     Lines are buffered: call :meth:`flush` before closing the files.
     """
 
@@ -316,6 +341,7 @@ class TableWriter:
         if header:  # a part rendered by another process goes without
             self._results.writerow(RESULT_CSV_HEADER)
             self._gaps.writerow(GAP_CSV_HEADER)
+            jsonl.write(jsonl_header())
         self._lines: list[str] = []
         self._csv: list[str] = []  # result CSV lines
         self._csv_buffer = io.StringIO()  # a row that needs csv's quoting is written through it
@@ -425,13 +451,10 @@ class TableWriter:
         agent_text = names.get(agent) or self._name(agent)
         check_text = names.get(check) or self._name(check)
         self._lines.append(
-            f'{{"kind":"result","agent":{agent_text},"epoch":{epoch},"seq":{seq},"check":{check_text},'
-            f'"revision":{names.get(revision) or self._name(revision)},"scheduled_ns":{scheduled},'
-            f'"started_ns":{started},"duration_ns":{duration},"ok":{"true" if ok else "false"},'
-            f'"degraded":{"true" if degraded else "false"},'
-            f'"error_kind":{names.get(error_kind) or self._name(error_kind)},'
-            f'"detail":{_enc(detail) if detail else _EMPTY},"phases":{phase_text},"fields":{field_text},'
-            f'"clock_offset_ns":{offset},"clock_synced":{"true" if synced else "false"}}}\n'
+            f'["result",{agent_text},{epoch},{seq},{check_text},{names.get(revision) or self._name(revision)},'
+            f"{scheduled},{started},{duration},{'true' if ok else 'false'},{'true' if degraded else 'false'},"
+            f"{names.get(error_kind) or self._name(error_kind)},{_enc(detail) if detail else _EMPTY},"
+            f"{phase_text},{field_text},{offset},{'true' if synced else 'false'}]\n"
         )
         cells = self._cells
         check_cell = cells.get(check, _UNKNOWN)
@@ -543,18 +566,18 @@ class TableWriter:
             c = record.clock
             if self.start_ns <= c.t0_ns < self.end_ns:
                 self._line(
-                    {
-                        "kind": "clock",
-                        "agent": agent,
-                        "epoch": epoch,
-                        "seq": record.seq,
-                        "t0_ns": c.t0_ns,
-                        "t1_ns": c.t1_ns,
-                        "t2_ns": c.t2_ns,
-                        "t3_ns": c.t3_ns,
-                        "offset_ns": c.offset_ns,
-                        "rtt_ns": c.rtt_ns,
-                    }
+                    [
+                        "clock",
+                        agent,
+                        epoch,
+                        record.seq,
+                        c.t0_ns,
+                        c.t1_ns,
+                        c.t2_ns,
+                        c.t3_ns,
+                        c.offset_ns,
+                        c.rtt_ns,
+                    ]
                 )
                 self.clocks += 1
 
@@ -566,7 +589,7 @@ class TableWriter:
             self._results_file.write("".join(self._csv))
             self._csv.clear()
 
-    def _line(self, doc: Mapping[str, Any]) -> None:
+    def _line(self, doc: list[Any]) -> None:
         self._lines.append(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n")
 
     def _name(self, s: str) -> str:
@@ -604,13 +627,10 @@ class TableWriter:
         ok, degraded, synced = r.success, r.degraded, r.clock_synced
         error_kind, detail, duration, offset = r.error_kind, r.detail, r.duration_ns, r.clock_offset_ns
         self._lines.append(
-            f'{{"kind":"result","agent":{agent_text},"epoch":{epoch},"seq":{seq},"check":{check_text},'
-            f'"revision":{revision_text},"scheduled_ns":{scheduled},"started_ns":{r.started_ns},'
-            f'"duration_ns":{duration},"ok":{"true" if ok else "false"},'
-            f'"degraded":{"true" if degraded else "false"},'
-            f'"error_kind":{names.get(error_kind) or self._name(error_kind)},'
-            f'"detail":{_enc(detail) if detail else _EMPTY},"phases":{phase_text},"fields":{field_text},'
-            f'"clock_offset_ns":{offset},"clock_synced":{"true" if synced else "false"}}}\n'
+            f'["result",{agent_text},{epoch},{seq},{check_text},{revision_text},{scheduled},{r.started_ns},'
+            f"{duration},{'true' if ok else 'false'},{'true' if degraded else 'false'},"
+            f"{names.get(error_kind) or self._name(error_kind)},{_enc(detail) if detail else _EMPTY},"
+            f"{phase_text},{field_text},{offset},{'true' if synced else 'false'}]\n"
         )
         self._csv.append(
             self._csv_row(
@@ -655,20 +675,11 @@ class TableWriter:
         if not checks:
             return
         self._line(
-            {
-                "kind": "gap",
-                "agent": agent,
-                "epoch": epoch,
-                "seq": record.seq,
-                "through_seq": g.through_seq,
-                "reason": g.reason,
-                "evicted_ns": g.evicted_ns,
-                "checks": [
-                    {"check": c.check_id, "from_ns": c.from_ns, "to_ns": c.to_ns, "count": c.count}
-                    for c in checks
-                ],
-            }
-        )
+            [
+                "gap", agent, epoch, record.seq, g.through_seq, g.reason, g.evicted_ns,
+                [[c.check_id, c.from_ns, c.to_ns, c.count] for c in checks],
+            ]
+        )  # fmt: skip
         for c in checks:
             self._gaps.writerow(
                 (
@@ -686,27 +697,28 @@ class TableWriter:
         self.gaps += 1
 
 
-def _result_doc(agent: str, epoch: int, seq: int, r: pb.Result) -> dict[str, Any]:
-    """The JSON document of a result line (what ``TableWriter`` writes, key for key; the tests' reference)."""
-    return {
-        "kind": "result",
-        "agent": agent,
-        "epoch": epoch,
-        "seq": seq,
-        "check": r.check_id,
-        "revision": r.check_revision,
-        "scheduled_ns": r.scheduled_ns,
-        "started_ns": r.started_ns,
-        "duration_ns": r.duration_ns,
-        "ok": r.success,
-        "degraded": r.degraded,
-        "error_kind": r.error_kind,
-        "detail": r.detail,
-        "phases": {p.name: p.duration_ns for p in r.phases},
-        "fields": {k: _field(r.fields[k]) for k in sorted(r.fields)},
-        "clock_offset_ns": r.clock_offset_ns,
-        "clock_synced": r.clock_synced,
-    }
+def _result_doc(agent: str, epoch: int, seq: int, r: pb.Result) -> list[Any]:
+    """The JSON array of a result line (what ``TableWriter`` writes, value for value, in
+    ``JSONL_COLUMNS["result"]`` order; the tests' reference)."""
+    return [
+        "result",
+        agent,
+        epoch,
+        seq,
+        r.check_id,
+        r.check_revision,
+        r.scheduled_ns,
+        r.started_ns,
+        r.duration_ns,
+        r.success,
+        r.degraded,
+        r.error_kind,
+        r.detail,
+        {p.name: p.duration_ns for p in r.phases},
+        {k: _field(r.fields[k]) for k in sorted(r.fields)},
+        r.clock_offset_ns,
+        r.clock_synced,
+    ]
 
 
 def _fields_text(fields: Mapping[str, pb.FieldValue], name: Callable[[str], str]) -> str:
