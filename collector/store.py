@@ -592,21 +592,19 @@ class Writer:
             db.conn.close()
 
     def _commit_group(self, db: sqlite_utils.Database, jobs: list[_Job[Any]]) -> None:
+        """Run the jobs in one transaction and commit; then settle their futures.
+
+        A job that fails must leave nothing behind while the others commit. Jobs first run
+        without savepoints: with one open, SQLite copies every page a job touches into a
+        statement journal (a temporary file) before changing it, ~7% of the writer's time in
+        the ingest benchmark. A refusal (``JobRefused``) that changed no row needs nothing
+        undone. Any other failure, or a refusal after a change, rolls the group back and it
+        runs again with a savepoint per job, which rolls back the failing job alone.
+        """
         streams_before = {k: _StreamState(v.acked, list(v.pending), v.head) for k, v in self._streams.items()}
         try:
-            db.execute("BEGIN IMMEDIATE")
-            for i, job in enumerate(jobs):
-                db.execute(f"SAVEPOINT job{i}")
-                try:
-                    job.result = job.apply(db)
-                except Exception as exc:
-                    db.execute(f"ROLLBACK TO job{i}")
-                    job.error = exc
-                    if not isinstance(exc, JobRefused):
-                        log.exception("storage job failed; its batch is not acknowledged")
-                db.execute(f"RELEASE job{i}")
-            self._rollups.flush(db.conn)
-            db.execute("COMMIT")
+            if not self._run_group(db, jobs, streams_before, savepoints=False):
+                self._run_group(db, jobs, streams_before, savepoints=True)
             self.commits += 1
             self.rows_committed += sum(j.rows for j in jobs if j.error is None)
         except BaseException as exc:
@@ -621,6 +619,45 @@ class Writer:
         assert self._loop is not None
         for job in jobs:
             self._loop.call_soon_threadsafe(_settle, job)
+
+    def _run_group(
+        self,
+        db: sqlite_utils.Database,
+        jobs: list[_Job[Any]],
+        streams_before: dict[tuple[int, int], _StreamState],
+        *,
+        savepoints: bool,
+    ) -> bool:
+        """One attempt at the group's transaction. Without ``savepoints``: False (rolled back,
+        state as before) when a job failed in a way only a savepoint can undo."""
+        conn = db.conn
+        db.execute("BEGIN IMMEDIATE")
+        for i, job in enumerate(jobs):
+            job.result, job.error = None, None
+            if savepoints:
+                db.execute(f"SAVEPOINT job{i}")
+            changes = conn.total_changes
+            try:
+                job.result = job.apply(db)
+            except Exception as exc:
+                if not savepoints and not (isinstance(exc, JobRefused) and conn.total_changes == changes):
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    self._rollups.discard()
+                    self._streams = {
+                        k: _StreamState(v.acked, list(v.pending), v.head) for k, v in streams_before.items()
+                    }
+                    return False
+                if savepoints:
+                    db.execute(f"ROLLBACK TO job{i}")
+                job.error = exc
+                if not isinstance(exc, JobRefused):
+                    log.exception("storage job failed; its batch is not acknowledged")
+            if savepoints:
+                db.execute(f"RELEASE job{i}")
+        self._rollups.flush(conn)
+        db.execute("COMMIT")
+        return True
 
     def rollup_grids(self) -> tuple[tuple[int, int], dict[int, list[rollups.Grid]]] | None:
         """The check grids the rollups fold with, and their generation (None before the first fold)."""

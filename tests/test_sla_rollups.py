@@ -228,3 +228,61 @@ def test_durations_beyond_the_last_bucket_edge_land_in_the_last_bucket(tmp_path:
     raw = w.one(T0, T0 + HOUR, source="raw", service="(site)")
     assert rolled.evaluation is not None and raw.evaluation is not None
     assert rolled.evaluation.summary.latency == raw.evaluation.summary.latency == {280: 1, 989: 1}
+
+
+async def test_a_group_runs_without_savepoints_and_still_fails_jobs_alone(tmp_path: Path) -> None:
+    """Jobs run without savepoints (SQLite journals every page a savepoint's job touches); a
+    refusal that wrote nothing fails alone, and any other failure makes the group run again with
+    a savepoint per job, so the good jobs of it commit and the failing one leaves nothing."""
+    db = tmp_path / "s.db"
+    w = store.Writer(db)
+    await w.start()
+    statements: list[str] = []
+    try:
+        refs = await w.persist_catalogue(parse_catalogue(CAT, "c.yaml"), T0 - HOUR)
+        web = refs["lab/web"].row_id
+        agent, _, _ = await w.register_agent("a1", "lab", "t", "h", 1, T0)
+        await w.submit(lambda d: d.conn.set_trace_callback(statements.append))
+        first = await w.ingest(agent, 1, 1, 30, rows_for(agent, web, "lab/web", 60, 1, 30), [], T0)
+        assert first.inserted == 30 and not any("SAVEPOINT" in s.upper() for s in statements)
+        # One group: a good batch, a batch whose chain does not join (refused before writing),
+        # a malformed batch (fails after writing its record log), another good batch.
+        broken = store.BatchLinks(first_seq=500, prev=b"p", last_seq=510, head=b"h")
+        bad = rows_for(agent, web, "lab/web", 60, 61, 30)
+        bad[-1] = bad[-1][:-1]
+        raw = [(agent, 1, s, s, 2, b"x") for s in range(61, 91)]
+        statements.clear()
+        results = await asyncio.gather(
+            w.ingest(agent, 1, 31, 60, rows_for(agent, web, "lab/web", 60, 31, 30), [], T0),
+            w.ingest(agent, 1, 500, 510, [], [], T0, links=broken, agent_name="a1"),
+            w.ingest(agent, 1, 61, 90, bad, [], T0, raw=raw),
+            w.ingest(agent, 1, 91, 120, rows_for(agent, web, "lab/web", 60, 91, 30), [], T0),
+            return_exceptions=True,
+        )
+        assert any("SAVEPOINT" in s.upper() for s in statements)  # the group ran again with them
+        await w.submit(lambda d: d.conn.set_trace_callback(None))
+    finally:
+        await w.close()
+    assert isinstance(results[1], store.ChainRefused)
+    assert isinstance(results[2], BaseException) and not isinstance(results[2], store.JobRefused)
+    assert [r.inserted for r in results if isinstance(r, store.IngestOutcome)] == [30, 30]
+    assert results[3].acked_seq == 60  # type: ignore[union-attr]  # 61..90 never stored: a hole
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM results").fetchone() == (90,)
+        assert c.execute("SELECT count(*) FROM record_log").fetchone() == (0,)
+        assert c.execute("SELECT sum(n_ok) FROM rollup_day").fetchone() == (90,)
+    assert report(db, "rollups") == report(db, "raw")
+
+
+def test_the_writers_histogram_encoding_is_the_histogram_modules() -> None:
+    """``rollups._encode`` and ``_merged`` write the bytes ``histogram.encode`` of the sum writes."""
+    import random
+
+    from collector.sla.histogram import add, decode, encode
+
+    rnd = random.Random(5)
+    for n in (0, 1, 2, 7, 121, 990):
+        hist = {rnd.randrange(990): rnd.randrange(1, 1 << 20) for _ in range(n)}
+        assert rollups._encode(hist) == encode(hist)
+        stored = encode({rnd.randrange(990): rnd.randrange(1, 1 << 20) for _ in range(rnd.randrange(200))})
+        assert rollups._merged(stored, hist) == (encode(add(decode(stored), hist)) if hist else stored)
