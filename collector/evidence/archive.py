@@ -15,15 +15,17 @@ caller adding ``SHA256SUMS`` and its signature last.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
 import os
 import queue
+import struct
 import tarfile
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, cast
@@ -162,9 +164,113 @@ class Archiver:
             raise self._error
 
 
+# Each member's header carries its own length in an extra subfield (RFC 1952 §2.3.1.1: FEXTRA,
+# subfield "SP", 4 bytes little-endian: the whole member's bytes), as BGZF does with "BC":
+# a reader can then find every member without inflating the ones before, and inflate them on
+# all cores (``iter_members``). Stock gzip and tar skip extra fields.
+_SUBFIELD = b"SP"
+_HEAD = struct.Struct("<2sBBIBBH2sHI")  # ID, CM, FLG, MTIME, XFL, OS, XLEN, SI, LEN, member length
+_TRAIL = struct.Struct("<II")  # CRC32, ISIZE
+_FEXTRA = 4
+
+
 def _gzip_member(data: bytes, level: int) -> bytes:
-    c = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return c.compress(data) + c.flush()
+    c = zlib.compressobj(level, zlib.DEFLATED, -15)
+    body = c.compress(data) + c.flush()
+    size = _HEAD.size + len(body) + _TRAIL.size
+    head = _HEAD.pack(b"\x1f\x8b", 8, _FEXTRA, 0, 0, 3, 8, _SUBFIELD, 4, size)
+    return head + body + _TRAIL.pack(zlib.crc32(data), len(data) & 0xFFFFFFFF)
+
+
+def _inflate_member(member: bytes) -> bytes:
+    """A member found by its length subfield, inflated and checked (CRC and size) whole."""
+    view = memoryview(member)
+    d = zlib.decompressobj(-15)
+    out = d.decompress(view[_HEAD.size : len(member) - _TRAIL.size])
+    crc, isize = _TRAIL.unpack(view[len(member) - _TRAIL.size :])
+    if not d.eof or d.unused_data or zlib.crc32(out) != crc or len(out) & 0xFFFFFFFF != isize:
+        raise zlib.error("a gzip member does not end where its length says, or its CRC does not match")
+    return out
+
+
+def iter_members(f: IO[bytes], threads: int = 2, ahead: int = 6) -> Iterator[bytes]:
+    """The decompressed bytes of a ``.tar.gz``, in order, in pieces (a gzip file is a sequence of
+    members, RFC 1952 §2.2).
+
+    Members written by :class:`Archiver` carry their length: they are read whole and inflated
+    on ``threads`` threads at once (zlib releases the GIL), ``ahead`` at most in flight. From
+    the first member without it (an archive re-packed by another tool) the rest is inflated in
+    order, member after member. A truncated or damaged archive raises ``zlib.error`` or
+    ``EOFError``.
+    """
+    pending: collections.deque[Future[bytes]] = collections.deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix="evidence-inflate") as pool:
+        while True:
+            head = f.read(_HEAD.size)
+            if not head:
+                break
+            fields = _HEAD.unpack(head) if len(head) == _HEAD.size else None
+            if fields is None or fields[0] != b"\x1f\x8b" or fields[2] != _FEXTRA or fields[7] != _SUBFIELD:
+                while pending:
+                    yield pending.popleft().result()
+                yield from _inflate_in_order(head, f)
+                return
+            size = fields[9]
+            rest = f.read(size - _HEAD.size) if size > _HEAD.size + _TRAIL.size else b""
+            if len(rest) != size - _HEAD.size:
+                raise EOFError("the archive is truncated (a gzip member is cut)")
+            pending.append(pool.submit(_inflate_member, head + rest))
+            while len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _inflate_in_order(first: bytes, f: IO[bytes]) -> Iterator[bytes]:
+    """Inflate the rest of a gzip stream member after member (from bytes already read)."""
+    d = zlib.decompressobj(31)
+    data = first
+    while True:
+        if not data:
+            data = f.read(CHUNK)
+            if not data:
+                break
+        out = d.decompress(data)
+        if out:
+            yield out
+        data = b""
+        if d.eof:
+            data = d.unused_data
+            d = zlib.decompressobj(31)
+            if not data:
+                data = f.read(CHUNK)
+                if not data:
+                    return  # ended exactly after a member
+    if not d.eof:
+        raise EOFError("the archive is truncated (the gzip stream ends inside a member)")
+
+
+class MemberReader(io.RawIOBase):
+    """A readable stream over ``iter_members``' pieces (what ``tarfile`` reads in stream mode)."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        super().__init__()
+        self._pieces = pieces
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._buf = memoryview(piece)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
 
 
 class HashingWriter(io.BufferedIOBase):

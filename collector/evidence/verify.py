@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -53,6 +54,7 @@ from google.protobuf.message import DecodeError
 
 from collector.catalogue import parse_catalogue
 from collector.evidence import layout
+from collector.evidence.archive import MemberReader, iter_members
 from collector.evidence.records import (
     REJECTED_CSV_HEADER,
     RowSink,
@@ -183,8 +185,17 @@ class Verifier:
     # ---- 1-3: the archive, its hashes and the collector's signature ------------------------------
 
     def _extract(self, tmp: Path) -> Path:
+        # The gzip members are inflated on both cores (archive.iter_members: export writes each
+        # member's length in its header), the tar stream read as it comes.
         try:
-            with tarfile.open(self.archive, "r:gz") as tar:
+            with (
+                open(self.archive, "rb") as f,
+                tarfile.open(
+                    fileobj=io.BufferedReader(MemberReader(iter_members(f)), 1 << 20),
+                    mode="r|",
+                    bufsize=1 << 20,
+                ) as tar,
+            ):
                 tar.copybufsize = 1 << 20  # type: ignore[attr-defined]  # 1 MiB copies, not 16 KiB
                 tar.extractall(tmp / "x", filter="data")
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
