@@ -97,3 +97,34 @@ def test_a_record_only_the_full_decode_refuses_is_a_named_failure(
     code, out = run_verify(repack(root, tmp_path / "crafted.tar.gz"))
     assert code == 1, out
     assert "FAILED: agent 'a2'" in out and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("cut", CUTS[1:])
+def test_the_report_from_the_pieces_answers_is_the_report_from_the_rows(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    """Each piece runs the report over its own rows and keeps its slot source's answers; the
+    recompute puts them together (``_CombinedSource``), reading the rows only for a question
+    some piece was not asked. Same text with all answers, some, or none."""
+    _cut(monkeypatch, cut)
+    root = unpack(lab.export(), tmp_path / "u")
+    manifest = json.loads((root / layout.MANIFEST).read_text())
+    plan = verify._plan(root, manifest["chains"], 2)
+    assert len(plan) == 2
+    pieces = [
+        verify._verify_piece(str(root), piece, i, str(tmp_path / f"rows-{i}.db"), False, {}, True)
+        for i, piece in enumerate(plan)
+    ]
+    dbs = [p["db"] for p in pieces]
+    answers = [p["answers"] for p in pieces]
+    assert all(answers)
+    plain, _, _ = verify._recompute(root, manifest, dbs, db_path=tmp_path / "plain.db")
+    combined, phases, _ = verify._recompute(root, manifest, dbs, answers=answers, db_path=tmp_path / "all.db")
+    assert phases["source answers read again"] == 0 and phases["source answers from the pieces"] > 0
+    some = [dict(list(a.items())[::2]) for a in answers]  # every other answer forgotten
+    partial, phases, _ = verify._recompute(root, manifest, dbs, answers=some, db_path=tmp_path / "some.db")
+    assert phases["source answers read again"] > 0
+    assert plain == combined == partial
+    bundle_report = json.loads((root / layout.REPORT_JSON).read_text())
+    bundle_report.pop("excluded")  # added after the recompute, from the rejection list
+    assert json.loads(plain) == bundle_report
