@@ -128,3 +128,29 @@ def test_the_report_from_the_pieces_answers_is_the_report_from_the_rows(
     bundle_report = json.loads((root / layout.REPORT_JSON).read_text())
     bundle_report.pop("excluded")  # added after the recompute, from the rejection list
     assert json.loads(plain) == bundle_report
+
+
+def test_pieces_start_once_their_files_are_out_whatever_the_archive_order(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Export puts the chains and the small files before the tables: the pieces start before
+    the tables are extracted. Another order (the manifest first, the chains last: a chain file
+    is not complete when the manifest is) must wait for the files, and verify alike."""
+    import tarfile
+
+    _cut(monkeypatch, "at a chain boundary")
+    bundle = lab.export()
+    v = verify.Verifier(bundle, say=lambda _: None)
+    v.run()
+    assert v.phases["extract: the pieces' inputs"] <= v.phases["extract"]
+    root = unpack(bundle, tmp_path / "u")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    chains = [p for p in files if p.suffix == ".chain"]
+    first = [root / layout.MANIFEST]
+    order = first + [p for p in files if p not in chains and p not in first] + chains
+    odd = tmp_path / "odd.tar.gz"
+    with tarfile.open(odd, "w:gz") as tar:
+        for p in order:
+            tar.add(p, f"{root.name}/{p.relative_to(root).as_posix()}")
+    code, out = run_verify(odd)
+    assert code == 0, out

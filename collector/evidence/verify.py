@@ -39,6 +39,7 @@ import sqlite3
 import struct
 import tarfile
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -89,6 +90,121 @@ class VerifyFailed(Exception):
     """The first thing in the bundle that does not hold."""
 
 
+class _Extractor:
+    """The archive extracted on a thread of its own: its gzip members inflated on two more
+    (``archive.iter_members``), each regular file hashed as it is written.
+
+    Why: the pieces can start once the files they read are out (``wait_for_inputs``), while
+    the tables, which only this process reads, are still being extracted; and step 2 needs no
+    second read of every file. Members go through tarfile's ``data`` filter (nothing outside
+    the directory, no devices); an archive with anything but directories and regular files
+    is extracted by tarfile itself and its files hashed again from the disk.
+    """
+
+    def __init__(self, archive: Path, dest: Path) -> None:
+        self.archive = archive
+        self.dest = dest
+        self.digests: dict[str, str] = {}  # member name -> sha256, of regular files as written
+        self._done: set[str] = set()  # regular files completely written
+        self._finished = False
+        self._error: BaseException | None = None
+        self._stopping = False
+        self._trust_digests = True  # False once a member is neither a directory nor a regular file
+        self._cond = threading.Condition()
+        dest.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="evidence-extract", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with (
+                open(self.archive, "rb") as f,
+                tarfile.open(
+                    fileobj=io.BufferedReader(MemberReader(iter_members(f)), 1 << 20),
+                    mode="r|",
+                    bufsize=1 << 20,
+                ) as tar,
+            ):
+                for member in tar:
+                    if self._stopping:
+                        return
+                    self._member(tar, member)
+        except BaseException as exc:  # surfaced by join()
+            self._error = exc
+        finally:
+            with self._cond:
+                self._finished = True
+                self._cond.notify_all()
+
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        safe = tarfile.data_filter(member, str(self.dest))  # raises for anything unsafe
+        if safe.isdir():
+            (self.dest / safe.name).mkdir(parents=True, exist_ok=True)
+            return
+        if not safe.isfile():  # links: tarfile's own extraction; hashes from the disk then
+            self.digests.clear()
+            self._trust_digests = False
+            tar.extract(member, self.dest, filter="data")
+            return
+        path = self.dest / safe.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        src = tar.extractfile(member)
+        assert src is not None  # a regular file
+        h = hashlib.sha256()
+        with open(path, "wb") as out:
+            while chunk := src.read(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+        with self._cond:
+            if self._trust_digests:
+                self.digests[safe.name] = h.hexdigest()
+            self._done.add(safe.name)
+            self._cond.notify_all()
+
+    def wait_for_inputs(self) -> Path | None:
+        """The bundle's root once the pieces' inputs (manifest, inventory, SLA files, rejection
+        list, every chain file the manifest names) are completely extracted; None if the
+        archive ends (or fails) first or names them oddly: the pieces then start after it."""
+        with self._cond:
+            while True:
+                manifest = next(
+                    (n for n in self._done if n.count("/") == 1 and n.endswith("/" + layout.MANIFEST)), None
+                )
+                if manifest is not None or self._finished:
+                    break
+                self._cond.wait()
+            if manifest is None:
+                return None
+            top = manifest.split("/", 1)[0]
+            try:
+                chains = json.loads((self.dest / manifest).read_text(encoding="utf-8"))["chains"]
+                needed = {f"{top}/{c['file']}" for c in chains}
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            needed |= {
+                f"{top}/{n}"
+                for n in (
+                    layout.CHECKS,
+                    layout.AGENTS,
+                    layout.MAINTENANCE,
+                    layout.CATALOGUE,
+                    layout.REJECTED_CSV,
+                )
+            }
+            while not needed <= self._done and not self._finished:
+                self._cond.wait()
+            return self.dest / top if needed <= self._done else None
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._thread.join()
+
+
 class Verifier:
     def __init__(
         self,
@@ -104,6 +220,7 @@ class Verifier:
         self.say = say
         self.phases: dict[str, float] = {}  # wall seconds per step (benchmarks)
         self._listed: dict[str, str] = {}  # SHA256SUMS: path -> sha256 (every file checked against it)
+        self._digests: dict[str, str] = {}  # sha256 of each regular file as extracted (_Extractor)
         self._rejected: tuple[Listed, list[tuple[int, int]], str | None] = ({}, [], None)  # _read_rejected
 
     def run(self) -> None:
@@ -116,27 +233,47 @@ class Verifier:
     def _run(self) -> None:
         with tempfile.TemporaryDirectory(prefix="slaprobe-verify-") as tmp:
             t = time.monotonic()
-            root = self._extract(Path(tmp))
-            self.phases["extract"] = time.monotonic() - t
             # Steps 5-7's work (walk the chains, regenerate the tables, rebuild the collector's
             # rows from the same reading) is most of a verification and needs only the files:
-            # the chains are cut into pieces, one per core, all but the smallest started now in
-            # processes of their own while this one runs steps 2-4 and then the smallest.
-            # Their answers are looked at only if steps 2-4 pass (a failure stops them), in
+            # the chains are cut into pieces, one per core, all but the smallest started in
+            # processes of their own while this one runs steps 1-4 and then the smallest.
+            # They start as soon as the files they read are out of the archive (export puts
+            # the chains and the small files before the tables), while the rest is extracted.
+            # Their answers are looked at only if steps 1-4 pass (a failure stops them), in
             # chain order, so the order of the checks and the failure named are unchanged.
-            chains = self._manifest_chains(root)
-            self._rejected = _read_rejected(root, chains)
-            plan = _plan(root, chains, self.jobs)
-            args = [(str(root), piece, i, str(Path(tmp) / f"rows-{i}.db"), self.all_signatures, self._rejected[0],
-                     len(plan) > 1) for i, piece in enumerate(plan)]  # fmt: skip
-            mine = min(range(len(plan)), key=lambda i: _piece_bytes(root, chains, plan[i]))
-            others = {i: _start(_verify_piece, *a) for i, a in enumerate(args) if i != mine}
+            extractor = _Extractor(self.archive, Path(tmp) / "x")
+            others: dict[int, Future[dict[str, Any]]] = {}
             try:
-                self._checks(root, mine, args[mine], others)
+                early = extractor.wait_for_inputs()
+                if early is not None:
+                    self.phases["extract: the pieces' inputs"] = time.monotonic() - t
+                    started = self._start_pieces(early, Path(tmp))
+                    others = started[2]
+                root = self._extract(extractor)
+                self.phases["extract"] = time.monotonic() - t
+                if early is None:
+                    started = self._start_pieces(root, Path(tmp))
+                    others = started[2]
+                mine, args, _ = started
+                self._digests = extractor.digests
+                self._checks(root, mine, args, others)
             finally:
+                extractor.stop()
                 for fut in others.values():
                     fut.cancel()
                     _stop(fut)
+
+    def _start_pieces(
+        self, root: Path, tmp: Path
+    ) -> tuple[int, tuple[Any, ...], dict[int, Future[dict[str, Any]]]]:
+        """Plan the pieces, start all but the smallest in processes; (smallest, its args, started)."""
+        chains = self._manifest_chains(root)
+        self._rejected = _read_rejected(root, chains)
+        plan = _plan(root, chains, self.jobs)
+        args = [(str(root), piece, i, str(tmp / f"rows-{i}.db"), self.all_signatures, self._rejected[0],
+                 len(plan) > 1) for i, piece in enumerate(plan)]  # fmt: skip
+        mine = min(range(len(plan)), key=lambda i: _piece_bytes(root, chains, plan[i]))
+        return mine, args[mine], {i: _start(_verify_piece, *a) for i, a in enumerate(args) if i != mine}
 
     def _manifest_chains(self, root: Path) -> list[dict[str, Any]]:
         try:
@@ -185,23 +322,12 @@ class Verifier:
 
     # ---- 1-3: the archive, its hashes and the collector's signature ------------------------------
 
-    def _extract(self, tmp: Path) -> Path:
-        # The gzip members are inflated on both cores (archive.iter_members: export writes each
-        # member's length in its header), the tar stream read as it comes.
+    def _extract(self, extractor: _Extractor) -> Path:
         try:
-            with (
-                open(self.archive, "rb") as f,
-                tarfile.open(
-                    fileobj=io.BufferedReader(MemberReader(iter_members(f)), 1 << 20),
-                    mode="r|",
-                    bufsize=1 << 20,
-                ) as tar,
-            ):
-                tar.copybufsize = 1 << 20  # type: ignore[attr-defined]  # 1 MiB copies, not 16 KiB
-                tar.extractall(tmp / "x", filter="data")
+            extractor.join()
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             raise VerifyFailed(f"{self.archive}: the archive is damaged or truncated ({exc})") from None
-        tops = list((tmp / "x").iterdir())
+        tops = list(extractor.dest.iterdir())
         if len(tops) != 1 or not tops[0].is_dir():
             raise VerifyFailed(f"{self.archive}: expected one top directory, found {len(tops)} entries")
         self.say(f"ok   archive {self.archive.name}: reads completely")
@@ -227,8 +353,13 @@ class Verifier:
         for name in sorted(present - set(listed)):
             raise VerifyFailed(f"{name}: in the bundle but not covered by {layout.SUMS}")
         names = sorted(listed)
+        # Hashed as they were extracted (each file's bytes as written); else read again.
+        taken = {
+            n[len(root.name) + 1 :]: d for n, d in self._digests.items() if n.startswith(root.name + "/")
+        }
         with ThreadPoolExecutor(2) as pool:  # hashlib releases the GIL: both cores
-            for name, digest in zip(names, pool.map(lambda n: _sha256(root / n), names), strict=True):
+            digests = pool.map(lambda n: taken.get(n) or _sha256(root / n), names)
+            for name, digest in zip(names, digests, strict=True):
                 if digest != listed[name]:
                     raise VerifyFailed(
                         f"{name}: its SHA-256 does not match {layout.SUMS} (the file was changed)"
