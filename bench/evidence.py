@@ -700,6 +700,7 @@ def phases_in_process(db: Path, tls: Path, bundle: Path, profile: bool) -> dict[
         verifier.run()
         out["verify_s"] = time.perf_counter() - t
     out["verify_phases"] = dict(getattr(verifier, "phases", {}))
+    out["verify_counts"] = dict(getattr(verifier, "counts", {}))
     if prof is not None:
         out["verify_profile"] = profile_split(prof)
     return out
@@ -855,6 +856,7 @@ def markdown(f: dict[str, Any]) -> str:
             phases += (
                 f"* {what} ({p[f'{what}_s']:.1f} s): "
                 + ", ".join(f"{k} {s:.1f}" for k, s in p[f"{what}_phases"].items())
+                + "".join(f", {k}: {n}" for k, n in p.get(f"{what}_counts", {}).items())
                 + "\n"
             )
             if f"{what}_profile" in p:

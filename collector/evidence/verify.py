@@ -219,6 +219,7 @@ class Verifier:
         self.jobs = min(2, os.cpu_count() or 1) if jobs is None else jobs  # processes walking the chains
         self.say = say
         self.phases: dict[str, float] = {}  # wall seconds per step (benchmarks)
+        self.counts: dict[str, int] = {}  # how the work went (benchmarks, tests)
         self._listed: dict[str, str] = {}  # SHA256SUMS: path -> sha256 (every file checked against it)
         self._digests: dict[str, str] = {}  # sha256 of each regular file as extracted (_Extractor)
         self._rejected: tuple[Listed, list[tuple[int, int]], str | None] = ({}, [], None)  # _read_rejected
@@ -534,7 +535,8 @@ class Verifier:
             raise VerifyFailed(
                 f"{layout.REPORT_JSON}: cannot be recomputed from the signed records: {type(exc).__name__}: {exc}"
             ) from exc
-        self.phases.update({f"recompute: {k}": v for k, v in phases.items()})
+        self.phases.update({f"recompute: {k}": v for k, v in phases.items() if not k.startswith("#")})
+        self.counts.update({k[1:]: int(v) for k, v in phases.items() if k.startswith("#")})
         recomputed = json.loads(text)
         add_exclusions(
             recomputed, reasons, layout.REJECTED_CSV
@@ -1184,8 +1186,8 @@ def _recompute(
         reader.close()
     phases["report"] = time.monotonic() - t
     if isinstance(source, _CombinedSource):
-        phases["source answers from the pieces"] = source.hits
-        phases["source answers read again"] = source.misses
+        phases["#report: source answers from the pieces"] = source.hits  # counts, not seconds
+        phases["#report: source answers read again"] = source.misses
     return json.dumps(doc), phases, source.answers if isinstance(source, _RecordingSource) else {}
 
 
