@@ -157,3 +157,30 @@ def test_pieces_start_once_their_files_are_out_whatever_the_archive_order(
             tar.add(p, f"{root.name}/{p.relative_to(root).as_posix()}")
     code, out = run_verify(odd)
     assert code == 0, out
+
+
+@pytest.mark.parametrize("odd", ["a chain file twice", "a link"])
+def test_an_archive_that_could_change_a_file_being_read_is_refused(
+    lab: Lab, tmp_path: Path, odd: str
+) -> None:
+    """The pieces may read a chain file while the rest is extracted: a second member for the
+    same file (stock tar would keep the last) or a link is refused, not followed."""
+    import tarfile
+
+    root = unpack(lab.export(), tmp_path / "u")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    out = tmp_path / "odd.tar.gz"
+    with tarfile.open(out, "w:gz") as tar:
+        for p in files:
+            tar.add(p, f"{root.name}/{p.relative_to(root).as_posix()}")
+        chain = next(p for p in files if p.suffix == ".chain")
+        name = f"{root.name}/{chain.relative_to(root).as_posix()}"
+        if odd == "a link":
+            info = tarfile.TarInfo(f"{root.name}/results/extra")
+            info.type, info.linkname = tarfile.SYMTYPE, "../" + chain.relative_to(root).as_posix()
+            tar.addfile(info)
+        else:
+            tar.add(chain, name.replace("/records/", "/records/./"))
+    code, text = run_verify(out)
+    assert code == 1 and "damaged" in text, text
+    assert ("twice" if odd != "a link" else "regular files only") in text, text

@@ -92,13 +92,14 @@ class VerifyFailed(Exception):
 
 class _Extractor:
     """The archive extracted on a thread of its own: its gzip members inflated on two more
-    (``archive.iter_members``), each regular file hashed as it is written.
+    (``archive.iter_members``), each file hashed as it is written.
 
     Why: the pieces can start once the files they read are out (``wait_for_inputs``), while
     the tables, which only this process reads, are still being extracted; and step 2 needs no
     second read of every file. Members go through tarfile's ``data`` filter (nothing outside
-    the directory, no devices); an archive with anything but directories and regular files
-    is extracted by tarfile itself and its files hashed again from the disk.
+    the directory); a bundle holds directories and regular files, each file once: anything
+    else (a link, a file written twice) is refused, as a piece may already read what it
+    would change.
     """
 
     def __init__(self, archive: Path, dest: Path) -> None:
@@ -109,7 +110,7 @@ class _Extractor:
         self._finished = False
         self._error: BaseException | None = None
         self._stopping = False
-        self._trust_digests = True  # False once a member is neither a directory nor a regular file
+        self._written: set[str] = set()  # real paths of the files written
         self._cond = threading.Condition()
         dest.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, name="evidence-extract", daemon=True)
@@ -141,24 +142,27 @@ class _Extractor:
         if safe.isdir():
             (self.dest / safe.name).mkdir(parents=True, exist_ok=True)
             return
-        if not safe.isfile():  # links: tarfile's own extraction; hashes from the disk then
-            self.digests.clear()
-            self._trust_digests = False
-            tar.extract(member, self.dest, filter="data")
-            return
+        if not safe.isfile():
+            raise tarfile.ExtractError(f"{member.name}: a bundle holds directories and regular files only")
         path = self.dest / safe.name
         path.parent.mkdir(parents=True, exist_ok=True)
+        # A file is written once: a second member for the same file (by any spelling or through
+        # any directory) would change what a piece may already be reading.
+        real = os.path.realpath(path)
+        if real in self._written:
+            raise tarfile.ExtractError(f"{member.name}: the archive holds this file twice")
+        self._written.add(real)
+        name = Path(real).relative_to(os.path.realpath(self.dest)).as_posix()
         src = tar.extractfile(member)
         assert src is not None  # a regular file
         h = hashlib.sha256()
-        with open(path, "wb") as out:
+        with open(path, "xb") as out:
             while chunk := src.read(1 << 20):
                 h.update(chunk)
                 out.write(chunk)
         with self._cond:
-            if self._trust_digests:
-                self.digests[safe.name] = h.hexdigest()
-            self._done.add(safe.name)
+            self.digests[name] = h.hexdigest()
+            self._done.add(name)
             self._cond.notify_all()
 
     def wait_for_inputs(self) -> Path | None:
