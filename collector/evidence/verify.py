@@ -588,7 +588,7 @@ def _stop(fut: Future[Any]) -> None:
 
 # Chain bytes below which one process walks everything (a spawned process costs ~0.3 s).
 PARALLEL_MIN_BYTES = 4 << 20
-BOUNDARY_SLACK = 0.1  # a chain boundary this near the middle (share of the bytes) is the cut
+BOUNDARY_SLACK = 0.02  # a chain boundary this near the middle is the cut (else a seal inside a chain)
 _CUT_SEARCH = 100_000  # records looked at past the middle for a seal to cut at
 
 
