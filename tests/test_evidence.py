@@ -169,12 +169,19 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def lab(tmp_path: Path) -> Lab:
+    return await make_lab(tmp_path, CAT)
+
+
+async def make_lab(
+    tmp_path: Path, catalogue: str, agents: tuple[tuple[str, bool], ...] = (("a1", False), ("a2", True))
+) -> Lab:
+    """The collector's database after ``agents`` (name, whether its spool evicts) delivered."""
     db_path = tmp_path / "c.db"
     cat = tmp_path / "cat.yaml"
-    cat.write_text(CAT)
+    cat.write_text(catalogue)
     db = store.open_store(db_path)
     with store.immediate(db):
-        store._persist_catalogue(db, parse_catalogue(CAT, str(cat)), T0 - 86_400 * NS_PER_S)
+        store._persist_catalogue(db, parse_catalogue(catalogue, str(cat)), T0 - 86_400 * NS_PER_S)
     store.add_maintenance(
         db, "lab", None, T0 + 4 * HOUR, T0 + 4 * HOUR + 15 * MINUTE, "router firmware", "ops-alice", T0
     )
@@ -184,7 +191,7 @@ async def lab(tmp_path: Path) -> Lab:
     collector = Collector(CollectorSettings(cat, db_path, "127.0.0.1:0", grace_s=1, insecure=True))
     await collector.start()
     try:
-        for name, evict in (("a1", False), ("a2", True)):
+        for name, evict in agents:
             key = Ed25519PrivateKey.generate()
             spool = await agent_records(tmp_path / f"{name}.db", key, evict=evict)
             try:
@@ -236,6 +243,33 @@ def test_export_then_verify_round_trip(lab: Lab) -> None:
     assert site["status"] == "breached"  # 5.5 h up of 6 h counted < 99.5%
     lost = sum(int(line.split(",")[4]) for line in gaps_csv.splitlines()[1:])
     assert lost > 0 and manifest["tables"]["results"] == 2 * 720 - lost  # every result, or its gap record
+
+
+async def test_a_service_bundle_keeps_the_gaps_that_also_name_other_services_checks(tmp_path: Path) -> None:
+    """A spool eviction's gap record names the checks of every service whose results it stood
+    for; a bundle of one service must count that gap for its own checks (the collector stored a
+    gap row per check) and verify must recompute the same, not drop the whole record."""
+    services = CAT.replace(
+        "    checks:\n",
+        "    services:\n"
+        "      front:\n"
+        "        checks: [web]\n"
+        "        sla: {availability: 99.5%, latency: {percentile: 95, threshold: 250ms}}\n"
+        "    checks:\n",
+    )
+    lab = await make_lab(tmp_path, services, agents=(("a2", True),))  # alone: its gap is the slots' state
+    bundle = lab.export("front.tar.gz", "--service", "front")
+    with tarfile.open(bundle) as tar:
+        top = tar.getmembers()[0].name.split("/")[0]
+        gaps_csv = tar.extractfile(f"{top}/{layout.GAPS_CSV}").read().decode()  # type: ignore[union-attr]
+        report = json.loads(tar.extractfile(f"{top}/{layout.REPORT_JSON}").read())  # type: ignore[union-attr]
+    gap_lines = gaps_csv.splitlines()[1:]
+    assert gap_lines and all("lab/web" in line for line in gap_lines), gaps_csv
+    (front,) = report["services"]
+    assert front["service"] == "front" and front["checks"] == ["web"]
+    assert front["daily"][0]["seconds"]["gap"] > 0, front["daily"][0]
+    code, out = verify(bundle)
+    assert code == 0, out
 
 
 def test_stock_tools_verify_the_bundle(lab: Lab, tmp_path: Path) -> None:

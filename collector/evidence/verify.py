@@ -42,8 +42,9 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 from typing import IO, Any, cast
@@ -1216,16 +1217,29 @@ def _row(
     gaps: list[tuple[Any, ...]],
 ) -> bool:
     """The collector's row for a record, as it would have stored it (rejected ones are left out);
-    False if the ingest rules reject it."""
+    False if the ingest rules reject it.
+
+    A gap record names the checks of every service whose results it stood for, and the collector
+    stored a gap row for each; a bundle of one service holds only that service's checks. So a gap
+    is judged with the checks it names counted as known (an unlisted gap was accepted at ingest,
+    and ``_unlisted`` judges a gap in full only where the bundle knows all its checks) and gives
+    rows for the bundle's checks alone: dropping the whole record made an honest service bundle
+    fail verify wherever the gap was the slots' state.
+    """
+    checks: Container[str] = check_rows
+    if record.WhichOneof("kind") == "gap":
+        checks = check_rows.keys() | {c.check_id for c in record.gap.checks}
     try:
-        decoded = decode_record(record, now_ns=now_ns, max_skew_ns=_SKEW, checks=check_rows)
+        decoded = decode_record(record, now_ns=now_ns, max_skew_ns=_SKEW, checks=checks)
     except InvalidRecord:
         return False
     p = decoded.payload
     if isinstance(p, Measurement):
         results.append(measurement_row(agent_row, epoch, decoded.seq, check_rows[p.check_id], p, 0))
     elif isinstance(p, Gap):
-        gaps.extend(gap_rows(agent_row, epoch, decoded.seq, p, check_rows, 0))
+        own = tuple(c for c in p.checks if c.check_id in check_rows)
+        if own:
+            gaps.extend(gap_rows(agent_row, epoch, decoded.seq, replace(p, checks=own), check_rows, 0))
     return True
 
 
