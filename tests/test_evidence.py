@@ -139,7 +139,12 @@ async def agent_records(path: Path, key: Ed25519PrivateKey, *, evict: bool) -> S
     return spool
 
 
-async def deliver(port: int, name: str, spool: Spool, key: Ed25519PrivateKey) -> None:
+async def deliver(
+    port: int, name: str, spool: Spool, key: Ed25519PrivateKey, *, rejections: bool = False
+) -> list[str]:
+    """Deliver a spool as the agent's link would; return the reasons of the records the collector
+    rejected (any rejection fails the delivery unless ``rejections``)."""
+    reasons: list[str] = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         await pb_grpc.CollectorStub(ch).Register(
             pb.RegisterRequest(
@@ -157,9 +162,11 @@ async def deliver(port: int, name: str, spool: Spool, key: Ed25519PrivateKey) ->
                 batch_bytes(name, spool.epoch, batch[0].seq, batch[-1].through_seq, [r.data for r in batch])
             )
             ack = await call.read()
-            assert isinstance(ack, pb.BatchAck) and not ack.rejected, ack
+            assert isinstance(ack, pb.BatchAck) and (rejections or not ack.rejected), ack
+            reasons += [r.reason for r in ack.rejected]
             after = ack.acked_seq
         await call.done_writing()
+    return reasons
 
 
 @pytest.fixture(scope="module")

@@ -18,19 +18,15 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.spool import Spool, SpoolLimits
-from agent.wire import batch_bytes
 from collector import store
 from collector.catalogue import parse_catalogue
 from collector.evidence import layout, verify
 from collector.server import Collector, CollectorSettings
 from protos import slaprobe_v1_pb2 as pb
-from protos import slaprobe_v1_pb2_grpc as pb_grpc
-from slaprobe import chain
 from slaprobe.model import ClockSample
 from slaprobe.pki import CollectorPki
 from slaprobe.schedule import NS_PER_S
@@ -41,6 +37,7 @@ from tests.test_evidence import (  # noqa: F401  (fixtures)
     Lab,
     agent_records,
     anyio_backend,
+    deliver,
     repack,
     resign,
     result,
@@ -75,33 +72,6 @@ async def skewed_records(path: Path, key: Ed25519PrivateKey) -> Spool:
     return spool
 
 
-async def deliver_with_rejections(port: int, name: str, spool: Spool, key: Ed25519PrivateKey) -> list[str]:
-    """Deliver a spool; return the rejections' reasons the collector acknowledged."""
-    reasons: list[str] = []
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        await pb_grpc.CollectorStub(ch).Register(
-            pb.RegisterRequest(
-                agent_id=name, site="lab", version="t", epoch=spool.epoch, signing_key=chain.public_raw(key)
-            )
-        )
-        call: grpc.aio.StreamStreamCall[bytes, pb.BatchAck] = ch.stream_stream(
-            "/slaprobe.v1.Collector/PushRecords",
-            request_serializer=None,
-            response_deserializer=pb.BatchAck.FromString,
-        )()
-        after = 0
-        while batch := await spool.read(after, 200):
-            await call.write(
-                batch_bytes(name, spool.epoch, batch[0].seq, batch[-1].through_seq, [r.data for r in batch])
-            )
-            ack = await call.read()
-            assert isinstance(ack, pb.BatchAck), ack
-            reasons += [r.reason for r in ack.rejected]
-            after = ack.acked_seq
-        await call.done_writing()
-    return reasons
-
-
 @pytest.fixture
 async def skew_lab(tmp_path: Path) -> Lab:
     db_path = tmp_path / "c.db"
@@ -125,7 +95,7 @@ async def skew_lab(tmp_path: Path) -> Lab:
             key = Ed25519PrivateKey.generate()
             spool = await make(tmp_path / f"{name}.db", key)
             try:
-                reasons = await deliver_with_rejections(collector.port, name, spool, key)
+                reasons = await deliver(collector.port, name, spool, key, rejections=True)
             finally:
                 await spool.close()
             if name == "a1":
