@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -179,32 +180,55 @@ async def lab(tmp_path: Path) -> Lab:
     return await make_lab(tmp_path, CAT)
 
 
+SpoolMaker = Callable[[Path, Ed25519PrivateKey], Awaitable[Spool]]
+
+
+def spool_of(*, evict: bool) -> SpoolMaker:
+    """The six hours of :func:`agent_records`, with or without a spool eviction."""
+    return lambda path, key: agent_records(path, key, evict=evict)
+
+
 async def make_lab(
-    tmp_path: Path, catalogue: str, agents: tuple[tuple[str, bool], ...] = (("a1", False), ("a2", True))
+    tmp_path: Path,
+    catalogue: str,
+    agents: Sequence[tuple[str, SpoolMaker]] = (("a1", spool_of(evict=False)), ("a2", spool_of(evict=True))),
+    *,
+    maintenance: bool = True,
+    clock: Callable[[], int] | None = None,
+    rejected: dict[str, list[str]] | None = None,
 ) -> Lab:
-    """The collector's database after ``agents`` (name, whether its spool evicts) delivered."""
+    """The collector's database after each agent delivered the spool its maker built.
+
+    ``clock``: the collector's clock while it receives; ``rejected``: where to put each agent's
+    rejection reasons (without it, any rejection fails the delivery)."""
     db_path = tmp_path / "c.db"
     cat = tmp_path / "cat.yaml"
     cat.write_text(catalogue)
     db = store.open_store(db_path)
     with store.immediate(db):
         store._persist_catalogue(db, parse_catalogue(catalogue, str(cat)), T0 - 86_400 * NS_PER_S)
-    store.add_maintenance(
-        db, "lab", None, T0 + 4 * HOUR, T0 + 4 * HOUR + 15 * MINUTE, "router firmware", "ops-alice", T0
-    )
+    if maintenance:
+        store.add_maintenance(
+            db, "lab", None, T0 + 4 * HOUR, T0 + 4 * HOUR + 15 * MINUTE, "router firmware", "ops-alice", T0
+        )
     db.conn.close()
     tls = tmp_path / "tls"
     CollectorPki(tls).init(["localhost"])
     collector = Collector(CollectorSettings(cat, db_path, "127.0.0.1:0", grace_s=1, insecure=True))
     await collector.start()
     try:
-        for name, evict in agents:
+        if clock is not None:
+            assert collector.service is not None
+            collector.service.clock = clock
+        for name, make in agents:
             key = Ed25519PrivateKey.generate()
-            spool = await agent_records(tmp_path / f"{name}.db", key, evict=evict)
+            spool = await make(tmp_path / f"{name}.db", key)
             try:
-                await deliver(collector.port, name, spool, key)
+                reasons = await deliver(collector.port, name, spool, key, rejections=rejected is not None)
             finally:
                 await spool.close()
+            if rejected is not None:
+                rejected[name] = reasons
     finally:
         await collector.stop()
     return Lab(tmp_path, db_path, tls)
@@ -264,7 +288,9 @@ async def test_a_service_bundle_keeps_the_gaps_that_also_name_other_services_che
         "        sla: {availability: 99.5%, latency: {percentile: 95, threshold: 250ms}}\n"
         "    checks:\n",
     )
-    lab = await make_lab(tmp_path, services, agents=(("a2", True),))  # alone: its gap is the slots' state
+    lab = await make_lab(
+        tmp_path, services, agents=(("a2", spool_of(evict=True)),)
+    )  # alone: its gap is the slots' state
     bundle = lab.export("front.tar.gz", "--service", "front")
     with tarfile.open(bundle) as tar:
         top = tar.getmembers()[0].name.split("/")[0]

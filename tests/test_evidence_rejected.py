@@ -22,26 +22,21 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.spool import Spool, SpoolLimits
-from collector import store
-from collector.catalogue import parse_catalogue
 from collector.evidence import layout, verify
-from collector.server import Collector, CollectorSettings
 from protos import slaprobe_v1_pb2 as pb
 from slaprobe.model import ClockSample
-from slaprobe.pki import CollectorPki
-from slaprobe.schedule import NS_PER_S
 from tests.sla_world import HOUR, MINUTE
 from tests.test_evidence import (  # noqa: F401  (fixtures)
     CAT,
     T0,
     Lab,
-    agent_records,
     anyio_backend,
-    deliver,
+    make_lab,
     repack,
     resign,
     result,
     slots,
+    spool_of,
     unpack,
 )
 from tests.test_evidence import verify as run_verify
@@ -74,37 +69,19 @@ async def skewed_records(path: Path, key: Ed25519PrivateKey) -> Spool:
 
 @pytest.fixture
 async def skew_lab(tmp_path: Path) -> Lab:
-    db_path = tmp_path / "c.db"
-    cat = tmp_path / "cat.yaml"
-    cat.write_text(CAT)
-    db = store.open_store(db_path)
-    with store.immediate(db):
-        store._persist_catalogue(db, parse_catalogue(CAT, str(cat)), T0 - 86_400 * NS_PER_S)
-    db.conn.close()
-    tls = tmp_path / "tls"
-    CollectorPki(tls).init(["localhost"])
-    collector = Collector(CollectorSettings(cat, db_path, "127.0.0.1:0", grace_s=1, insecure=True))
-    await collector.start()
-    try:
-        assert collector.service is not None
-        collector.service.clock = lambda: RECEIVED
-        for name, make in (
-            ("a1", lambda p, k: agent_records(p, k, evict=False)),
-            ("a3", skewed_records),
-        ):
-            key = Ed25519PrivateKey.generate()
-            spool = await make(tmp_path / f"{name}.db", key)
-            try:
-                reasons = await deliver(collector.port, name, spool, key, rejections=True)
-            finally:
-                await spool.close()
-            if name == "a1":
-                assert reasons == []
-            else:
-                assert reasons.count(SKEW_REASON) == len(SKEWED) and len(reasons) == len(SKEWED) + 2
-    finally:
-        await collector.stop()
-    return Lab(tmp_path, db_path, tls)
+    rejected: dict[str, list[str]] = {}
+    lab = await make_lab(
+        tmp_path,
+        CAT,
+        (("a1", spool_of(evict=False)), ("a3", skewed_records)),
+        maintenance=False,
+        clock=lambda: RECEIVED,
+        rejected=rejected,
+    )
+    assert rejected["a1"] == []
+    reasons = rejected["a3"]
+    assert reasons.count(SKEW_REASON) == len(SKEWED) and len(reasons) == len(SKEWED) + 2
+    return lab
 
 
 def test_records_rejected_at_ingest_are_listed_reproduced_and_excluded(skew_lab: Lab, tmp_path: Path) -> None:
