@@ -7,10 +7,17 @@ PYTEST_ARGS ?= --durations=15
 
 .PHONY: install system-deps demo test lint proto proto-check bench bench-ingest bench-install bench-query bench-probes bench-evidence clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml speedups/pyproject.toml speedups/setup.py $(wildcard speedups/src/*.c)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# The collector's compiled hot paths (speedups/): built where a C compiler is; without one
+	@# slaprobe runs the same paths in Python, slower.
+	@if command -v cc >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip install --quiet --no-build-isolation --force-reinstall --no-deps ./speedups; \
+	else \
+	  echo "no C compiler: slaprobe-speedups not built, the collector decodes in Python (slower)"; \
+	fi
 	touch $(STAMP)
 
 ## install: create .venv and install slaprobe with its development tools
@@ -70,4 +77,4 @@ bench-probes: install
 	$(BIN)/python bench/probes.py --markdown
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-data
+	rm -rf $(VENV) build *.egg-info speedups/build .pytest_cache .mypy_cache .ruff_cache demo-data
