@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-PYTEST_ARGS ?= --durations=15
+# Two workers: the slow tests mostly wait (outages, backoffs, real servers), so they overlap well.
+PYTEST_ARGS ?= --durations=15 -n 2 --dist worksteal
 
 .PHONY: install system-deps demo test lint proto proto-check bench bench-ingest bench-install bench-query bench-probes bench-evidence clean
 
