@@ -12,5 +12,6 @@ CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-decl
 setup(
     ext_modules=[
         Extension("slaprobe_speedups._wire", ["src/_wire.c"], extra_compile_args=CFLAGS),
+        Extension("slaprobe_speedups._evidence", ["src/_evidence.c"], extra_compile_args=CFLAGS),
     ]
 )

@@ -29,7 +29,7 @@ from agent.wire import batch_bytes
 from collector import store
 from collector.catalogue import parse_catalogue
 from collector.evidence import layout
-from collector.evidence.records import frame, read_frames
+from collector.evidence.records import _Renderer, frame, read_frames
 from collector.server import Collector, CollectorSettings
 from protos import slaprobe_v1_pb2 as pb
 from protos import slaprobe_v1_pb2_grpc as pb_grpc
@@ -556,9 +556,15 @@ def _odd_results() -> list[pb.Record]:
     return records
 
 
-def test_table_lines_are_the_json_documents() -> None:
+SPEEDUPS = [False, pytest.param(True, marks=pytest.mark.skipif(_Renderer is None, reason="no speedups"))]
+
+
+@pytest.mark.parametrize("speedups", SPEEDUPS)
+def test_table_lines_are_the_json_documents(speedups: bool) -> None:
     """The hand-assembled result lines are exactly ``json.dumps`` of the documents, and a
-    record renders the same whether it is fed decoded or as bytes (export and verify alike)."""
+    record renders the same whether it is fed decoded or as bytes (export and verify alike),
+    by the Python code or the compiled renderer (fed twice: the second time the fields' texts
+    are cached, and the compiled renderer takes those records too)."""
     import csv
     import io
 
@@ -568,26 +574,27 @@ def test_table_lines_are_the_json_documents() -> None:
     checks = {"web", "db", "we%sird"}
     outs = []
     for as_bytes in (False, True):
-        rcsv, gcsv, jsonl = io.StringIO(), io.StringIO(), io.StringIO()
-        tables = TableWriter(T0, T0 + 10**15, rcsv, gcsv, jsonl, checks)
-        for rec in records:
+        rcsv, gcsv, jsonl = io.BytesIO(), io.BytesIO(), io.BytesIO()
+        tables = TableWriter(T0, T0 + 10**15, rcsv, gcsv, jsonl, checks, speedups=speedups)
+        for rec in records + records:
             if as_bytes:
                 tables.add_raw('agent "1"', 7, rec.SerializeToString())
             else:
                 tables.add('agent "1"', 7, rec)
         tables.flush()
-        outs.append((rcsv.getvalue(), jsonl.getvalue()))
+        outs.append((rcsv.getvalue().decode(), jsonl.getvalue().decode()))
     assert outs[0] == outs[1]
     header, *lines = outs[0][1].splitlines()
     columns = json.loads(header)["columns"]["result"]
-    assert len(lines) == len(records)
+    assert len(lines) == 2 * len(records) and lines[: len(records)] == lines[len(records) :]
+    lines = lines[: len(records)]
     for line, rec in zip(lines, records, strict=True):
         assert len(json.loads(line)) == len(columns)
         doc = _result_doc('agent "1"', 7, rec.seq, rec.result)
         assert line == json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
     rows = list(csv.reader(io.StringIO(outs[0][0])))
-    assert len(rows) == len(records) + 1
-    assert [r[7] for r in rows[1:]] == [rec.result.detail for rec in records]
+    assert len(rows) == 2 * len(records) + 1
+    assert [r[7] for r in rows[1:]] == [rec.result.detail for rec in records] * 2
 
 
 def test_utc_is_the_datetime_text() -> None:

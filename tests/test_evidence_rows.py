@@ -13,7 +13,9 @@ import csv
 import io
 from typing import Any
 
-from collector.evidence.records import RowSink, TableWriter, parse_view
+import pytest
+
+from collector.evidence.records import RowSink, TableWriter, _Renderer, parse_view
 from collector.wire import (
     MAX_DETAIL_CHARS,
     MAX_DURATION_NS,
@@ -133,46 +135,63 @@ def _raws() -> list[bytes]:
     return odd + [r.SerializeToString() for r in _rejected_and_edge_cases()] + _repeated_field_entries()
 
 
-def test_rows_are_the_ingests_rows_and_rejections() -> None:
+SPEEDUPS = [False, pytest.param(True, marks=pytest.mark.skipif(_Renderer is None, reason="no speedups"))]
+
+
+def feed(tables: TableWriter, agent: str, epoch: int, raw: bytes, sink: RowSink | None) -> None:
+    """A result record rendered as verify's walk renders it: the compiled renderer first (when
+    installed), else its ``RecordView`` through ``add_view``."""
+    if tables.add_result(agent, epoch, raw, sink) is None:
+        tables.add_view(agent, epoch, parse_view(raw), sink)
+
+
+@pytest.mark.parametrize("speedups", SPEEDUPS)
+def test_rows_are_the_ingests_rows_and_rejections(speedups: bool) -> None:
     raws = _raws()
     sink = RowSink(5, CHECKS, NOW + SKEW)
-    tables = TableWriter(0, 2**63 - 1, io.StringIO(), io.StringIO(), io.StringIO(), set(CHECKS))
+    tables = TableWriter(
+        0, 2**63 - 1, io.BytesIO(), io.BytesIO(), io.BytesIO(), set(CHECKS), speedups=speedups
+    )
     want = []
-    for raw in raws:
+    for raw in raws + raws:  # twice: the fields' texts are then cached (the compiled path takes them)
         record = pb.Record.FromString(raw)
         with contextlib.suppress(InvalidRecord):
             want.append(result_row(record, 5, 9, CHECKS, 0, now_ns=NOW, max_skew_ns=SKEW))
-        tables.add_view("a", 9, parse_view(raw), sink)
-    assert 20 < len(want) < len(raws) - 20  # both kinds, many of each
+        feed(tables, "a", 9, raw, sink)
+    assert 40 < len(want) < 2 * len(raws) - 40  # both kinds, many of each
     assert sink.rows == want
+    assert [type(v) for row in sink.rows for v in row] == [type(v) for row in want for v in row]
 
 
-def test_rows_do_not_change_the_tables() -> None:
-    """Rendering with rows gives the same bytes as without (export renders without)."""
+@pytest.mark.parametrize("speedups", SPEEDUPS)
+def test_rows_do_not_change_the_tables(speedups: bool) -> None:
+    """Rendering with rows gives the same bytes as without (export renders without), and the
+    compiled renderer the Python code's."""
     texts = []
-    for with_rows in (False, True):
-        rcsv, gcsv, jsonl = io.StringIO(), io.StringIO(), io.StringIO()
-        tables = TableWriter(T0, T0 + 10**15, rcsv, gcsv, jsonl, set(CHECKS))
-        for raw in _raws():
-            tables.add_view('a,"gent', 9, parse_view(raw), RowSink(5, CHECKS, NOW) if with_rows else None)
+    for with_rows, compiled in ((False, False), (True, False), (False, speedups), (True, speedups)):
+        rcsv, gcsv, jsonl = io.BytesIO(), io.BytesIO(), io.BytesIO()
+        tables = TableWriter(T0, T0 + 10**15, rcsv, gcsv, jsonl, set(CHECKS), speedups=compiled)
+        for raw in _raws() * 2:
+            feed(tables, 'a,"gent', 9, raw, RowSink(5, CHECKS, NOW) if with_rows else None)
         tables.flush()
         texts.append((rcsv.getvalue(), jsonl.getvalue()))
-    assert texts[0] == texts[1]
+    assert texts[0] == texts[1] == texts[2] == texts[3]
 
 
-def test_csv_lines_are_the_csv_modules() -> None:
+@pytest.mark.parametrize("speedups", SPEEDUPS)
+def test_csv_lines_are_the_csv_modules(speedups: bool) -> None:
     """The CSV lines assembled by hand are what ``csv.writer`` writes for the same cells."""
     for agent in ("plain", 'a,"gent', "new\nline"):
-        rcsv, jsonl = io.StringIO(), io.StringIO()
-        tables = TableWriter(0, 2**63 - 1, rcsv, io.StringIO(), jsonl, set(CHECKS))
+        rcsv, jsonl = io.BytesIO(), io.BytesIO()
+        tables = TableWriter(0, 2**63 - 1, rcsv, io.BytesIO(), jsonl, set(CHECKS), speedups=speedups)
         raws = _raws()
-        for raw in raws:
+        for raw in raws + raws:
             tables.add_raw(agent, 9, raw)
         tables.flush()
-        got = rcsv.getvalue()
+        got = rcsv.getvalue().decode()
         parsed = list(csv.reader(io.StringIO(got)))
         want = io.StringIO()
         csv.writer(want, lineterminator="\n").writerows(parsed)
         assert got == want.getvalue()
-        assert len(parsed) == tables.results + 1 == len(raws)  # all but the unknown check's
+        assert len(parsed) == tables.results + 1 == 2 * len(raws) - 1  # all but the unknown check's
         assert any('"' in line for line in got.splitlines())  # the quoting path was taken too

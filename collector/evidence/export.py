@@ -367,9 +367,9 @@ def _write(
             sorted(check_keys), str(scratch),
         )  # fmt: skip
     with (
-        open(root / layout.RESULTS_CSV, "w", encoding="utf-8", newline="") as rcsv,
-        open(root / layout.GAPS_CSV, "w", encoding="utf-8", newline="") as gcsv,
-        open(root / layout.RESULTS_JSONL, "w", encoding="utf-8") as jsonl,
+        open(root / layout.RESULTS_CSV, "wb") as rcsv,
+        open(root / layout.GAPS_CSV, "wb") as gcsv,
+        open(root / layout.RESULTS_JSONL, "wb") as jsonl,
     ):
         tables = TableWriter(start, end, rcsv, gcsv, jsonl, check_keys)
         for i, (agent_id, epoch, name, first, last, anchored, sealed) in enumerate(spans):
@@ -663,9 +663,9 @@ def _render_job(
     reader = _reader(db_path)
     try:
         with (
-            open(out / Path(layout.RESULTS_CSV).name, "w", encoding="utf-8", newline="") as rcsv,
-            open(out / Path(layout.GAPS_CSV).name, "w", encoding="utf-8", newline="") as gcsv,
-            open(out / Path(layout.RESULTS_JSONL).name, "w", encoding="utf-8") as jsonl,
+            open(out / Path(layout.RESULTS_CSV).name, "wb") as rcsv,
+            open(out / Path(layout.GAPS_CSV).name, "wb") as gcsv,
+            open(out / Path(layout.RESULTS_JSONL).name, "wb") as jsonl,
         ):
             tables = TableWriter(start, end, rcsv, gcsv, jsonl, set(check_keys), header=False)
             add = tables.add_raw

@@ -39,6 +39,12 @@ from collector.wire import (
 )
 from protos import slaprobe_v1_pb2 as pb
 
+_Renderer: Any
+try:  # the optional compiled twin of TableWriter.add_view (the slaprobe-speedups distribution)
+    from slaprobe_speedups._evidence import Renderer as _Renderer
+except ImportError:  # pragma: no cover - depends on the installation
+    _Renderer = None
+
 _LEN = struct.Struct(">I")
 
 
@@ -325,48 +331,76 @@ class TableWriter:
         self,
         start_ns: int,
         end_ns: int,
-        results_csv: IO[str],
-        gaps_csv: IO[str],
-        jsonl: IO[str],
+        results_csv: IO[bytes],
+        gaps_csv: IO[bytes],
+        jsonl: IO[bytes],
         checks: Container[str],
         *,
         header: bool = True,
+        speedups: bool | None = None,
     ) -> None:
         self.start_ns, self.end_ns = start_ns, end_ns
         self.checks = checks  # the bundle's checks (a service's, or the whole site's)
-        self._results = csv.writer(results_csv, lineterminator="\n")
         self._results_file = results_csv
-        self._gaps = csv.writer(gaps_csv, lineterminator="\n")
+        self._gaps_file = gaps_csv
         self._jsonl = jsonl
-        if header:  # a part rendered by another process goes without
-            self._results.writerow(RESULT_CSV_HEADER)
-            self._gaps.writerow(GAP_CSV_HEADER)
-            jsonl.write(jsonl_header())
-        self._lines: list[str] = []
-        self._csv: list[str] = []  # result CSV lines
         self._csv_buffer = io.StringIO()  # a row that needs csv's quoting is written through it
         self._csv_writer = csv.writer(self._csv_buffer, lineterminator="\n")
+        if header:  # a part rendered by another process goes without
+            results_csv.write(self._csv_row(RESULT_CSV_HEADER).encode())
+            gaps_csv.write(self._csv_row(GAP_CSV_HEADER).encode())
+            jsonl.write(jsonl_header().encode())
+        self._lines: list[str] = []
+        self._csv: list[str] = []  # result CSV lines
+        self._entries: dict[tuple[bytes, ...], tuple[str, str | None]] = {}  # -> (JSON text, row text)
+        # The compiled twin of add_view (slaprobe_speedups._evidence, when installed): it renders
+        # the plain result records into its own buffers and leaves every other one to the Python
+        # code here, whose lines it takes into the same buffers, in order.
+        self._c: Any = None
+        if speedups is not False and _Renderer is not None:
+            self._c = _Renderer(jsonl, results_csv, start_ns, end_ns, checks, self._entries)
+        elif speedups:
+            raise RuntimeError("slaprobe_speedups._evidence is not installed")
+        self._put_line: Callable[[str], Any] = self._c.jsonl if self._c is not None else self._lines.append
+        self._put_csv: Callable[[str], Any] = self._c.csv if self._c is not None else self._csv.append
         self._names: dict[str, str] = {}  # JSON text of repeated strings (agents, checks, phase names)
         self._cells: dict[str, str | None] = {}  # CSV cell of repeated strings (None: needs quoting)
         self._phase_templates: dict[tuple[str, ...], str] = {}  # phase names in order -> % template
         self._phase_shapes: dict[tuple[str, ...], tuple[str, bool, bool]] = {}  # -> template, names ok, ascii
         self._entry_texts: dict[bytes, tuple[str, str]] = {}  # a fields entry's bytes -> (key, JSON text)
-        self._entries: dict[tuple[bytes, ...], tuple[str, str | None]] = {}  # -> (JSON text, row text)
         self._entry_values: dict[bytes, tuple[str, str, Any, bool]] = {}  # -> key, text, value, valid
-        self.results = 0
+        self._results = 0
         self.gaps = 0
         self.clocks = 0
 
-    def add_raw(self, agent: str, epoch: int, raw: bytes) -> Any:
-        """Render one record given as its bytes (the fast way for results); return the record
-        as read: a ``RecordView`` for a result, else the ``pb.Record``."""
+    @property
+    def results(self) -> int:
+        """Result lines rendered."""
+        return self._results + (self._c.rendered if self._c is not None else 0)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled renderer takes the plain result records."""
+        return self._c is not None
+
+    def add_raw(self, agent: str, epoch: int, raw: bytes) -> None:
+        """Render one record given as its bytes (the fast way for results)."""
+        if self._c is not None and self._c.result(raw, agent, epoch, None) is not None:
+            return
         view = _parse_view(raw)
         if view.WhichOneof("kind") == "result":
             self.add_view(agent, epoch, view)
-            return view
-        record = pb.Record.FromString(raw)
-        self.add(agent, epoch, record)
-        return record
+            return
+        self.add(agent, epoch, pb.Record.FromString(raw))
+
+    def add_result(self, agent: str, epoch: int, raw: bytes, rows: RowSink | None) -> int | None:
+        """A result record's bytes rendered (and its row appended, as ``add_view`` does) by the
+        compiled renderer: its seq; None when it is not one the renderer takes (or there is none
+        installed): read it with ``parse_view`` and give it to ``add_view``."""
+        if self._c is None:
+            return None
+        seq: int | None = self._c.result(raw, agent, epoch, rows)
+        return seq
 
     def add_view(self, agent: str, epoch: int, view: Any, rows: RowSink | None = None) -> None:
         """Render a result record read as a ``RecordView`` (``parse_view``); with ``rows``, also
@@ -450,7 +484,7 @@ class TableWriter:
         names = self._names
         agent_text = names.get(agent) or self._name(agent)
         check_text = names.get(check) or self._name(check)
-        self._lines.append(
+        self._put_line(
             f'["result",{agent_text},{epoch},{seq},{check_text},{names.get(revision) or self._name(revision)},'
             f"{scheduled},{started},{duration},{'true' if ok else 'false'},{'true' if degraded else 'false'},"
             f"{names.get(error_kind) or self._name(error_kind)},{_enc(detail) if detail else _EMPTY},"
@@ -472,19 +506,19 @@ class TableWriter:
             or kind_cell is None
             or (detail and _NEEDS_QUOTES(detail) is not None)
         ):
-            self._csv.append(
+            self._put_csv(
                 self._csv_row(
                     (utc(scheduled), check, agent, "up" if ok else "down", "yes" if degraded else "",
                      error_kind, f"{duration / 1e6:.3f}", detail, epoch, seq, f"{offset / 1e6:.3f}")
                 )
             )  # fmt: skip
         else:
-            self._csv.append(
+            self._put_csv(
                 f"{utc(scheduled)},{check_cell},{agent_cell},{'up' if ok else 'down'},"
                 f"{'yes' if degraded else ''},{kind_cell},{duration / 1e6:.3f},{detail},{epoch},{seq},"
                 f"{offset / 1e6:.3f}\n"
             )
-        self.results += 1
+        self._results += 1
         if len(self._csv) >= _BATCH:
             self.flush()
 
@@ -582,15 +616,18 @@ class TableWriter:
                 self.clocks += 1
 
     def flush(self) -> None:
+        if self._c is not None:
+            self._c.flush()
+            return
         if self._lines:
-            self._jsonl.write("".join(self._lines))
+            self._jsonl.write("".join(self._lines).encode())
             self._lines.clear()
         if self._csv:
-            self._results_file.write("".join(self._csv))
+            self._results_file.write("".join(self._csv).encode())
             self._csv.clear()
 
     def _line(self, doc: list[Any]) -> None:
-        self._lines.append(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n")
+        self._put_line(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n")
 
     def _name(self, s: str) -> str:
         got = self._names.get(s)
@@ -626,19 +663,19 @@ class TableWriter:
         revision_text = names.get(revision) or self._name(revision)
         ok, degraded, synced = r.success, r.degraded, r.clock_synced
         error_kind, detail, duration, offset = r.error_kind, r.detail, r.duration_ns, r.clock_offset_ns
-        self._lines.append(
+        self._put_line(
             f'["result",{agent_text},{epoch},{seq},{check_text},{revision_text},{scheduled},{r.started_ns},'
             f"{duration},{'true' if ok else 'false'},{'true' if degraded else 'false'},"
             f"{names.get(error_kind) or self._name(error_kind)},{_enc(detail) if detail else _EMPTY},"
             f"{phase_text},{field_text},{offset},{'true' if synced else 'false'}]\n"
         )
-        self._csv.append(
+        self._put_csv(
             self._csv_row(
                 (utc(scheduled), check, agent, "up" if ok else "down", "yes" if degraded else "",
                  error_kind, f"{duration / 1e6:.3f}", detail, epoch, seq, f"{offset / 1e6:.3f}")
             )
         )  # fmt: skip
-        self.results += 1
+        self._results += 1
         if len(self._csv) >= _BATCH:
             self.flush()
 
@@ -681,7 +718,7 @@ class TableWriter:
             ]
         )  # fmt: skip
         for c in checks:
-            self._gaps.writerow(
+            line = self._csv_row(
                 (
                     c.check_id,
                     agent,
@@ -694,6 +731,7 @@ class TableWriter:
                     record.seq,
                 )
             )
+            self._gaps_file.write(line.encode())
         self.gaps += 1
 
 

@@ -690,11 +690,10 @@ class _Part:
         self.h = hashlib.sha256()
         self.n = 0
 
-    def write(self, s: str) -> int:
-        b = s.encode("utf-8")
+    def write(self, b: bytes) -> int:
         self.h.update(b)
         self.n += len(b)
-        return len(s)
+        return len(b)
 
 
 def _read_rejected(
@@ -822,7 +821,7 @@ def _verify_piece(
     listed = listed or {}
     agents = {a["name"]: a for a in _load_json(root / layout.AGENTS)}
     parts = {name: _Part() for name in (layout.RESULTS_CSV, layout.GAPS_CSV, layout.RESULTS_JSONL)}
-    rcsv, gcsv, jsonl = (cast(IO[str], p) for p in parts.values())
+    rcsv, gcsv, jsonl = (cast(IO[bytes], p) for p in parts.values())
     tables = TableWriter(start, end, rcsv, gcsv, jsonl, set(check_rows), header=index == 0)
     conn = _rows_db(Path(db_file))
     _drop_late_indexes(conn)  # not rebuilt: the report's covering index serves all its queries
@@ -917,10 +916,28 @@ def _walk(
     sink = RowSink(int(agent["id"]), check_rows, now_ns + _SKEW)
     rows, gaps = sink.rows, cast(list[tuple[Any, ...]], [])
     record_, seal_, add, add_view = walker.record, walker.seal, tables.add, tables.add_view
+    add_result = tables.add_result
     tail = -1  # where the last seal walked starts
     try:
         with open(root / entry["file"], "rb") as f:
             for i, (pos, raw) in enumerate(_frames(f, begin, stop)):
+                n = len(rows)
+                got = add_result(name, epoch, raw, sink)  # the compiled renderer: a plain result
+                if got is not None:
+                    last = got
+                    record_(last, last, raw)
+                    if last in listed:
+                        if len(rows) > n:
+                            rows.pop()
+                        _reproduce(raw, last, listed[last], rejected.skew_ns, rejected.checks_at, where)
+                        found[last] = record_brief(raw)
+                    elif (
+                        len(rows) == n and rejected.complete and parse_view(raw).result.check_id in check_rows
+                    ):
+                        raise _unlisted(raw, last, check_rows, where)
+                    if len(rows) >= 50_000:
+                        _insert(conn, rows, gaps)
+                    continue
                 view = parse_view(raw)  # a result is rendered, and its row built, from this reading alone
                 if view.WhichOneof("kind") == "result":
                     last = view.seq

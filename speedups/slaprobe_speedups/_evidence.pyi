@@ -1,0 +1,23 @@
+"""An evidence bundle's result lines rendered in C (``collector.evidence.records.TableWriter``'s twin)."""
+
+from collections.abc import Container
+from typing import IO, Any
+
+def abi() -> int: ...
+def utc(ns: int, /) -> str: ...
+
+class Renderer:
+    rendered: int
+    def __init__(
+        self,
+        jsonl: IO[bytes],
+        csv: IO[bytes],
+        start_ns: int,
+        end_ns: int,
+        checks: Container[str],
+        entries: dict[tuple[bytes, ...], tuple[str, str | None]],
+    ) -> None: ...
+    def result(self, raw: bytes, agent: str, epoch: int, sink: Any, /) -> int | None: ...
+    def jsonl(self, line: str, /) -> None: ...
+    def csv(self, line: str, /) -> None: ...
+    def flush(self) -> None: ...
