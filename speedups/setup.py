@@ -13,5 +13,6 @@ setup(
     ext_modules=[
         Extension("slaprobe_speedups._wire", ["src/_wire.c"], extra_compile_args=CFLAGS),
         Extension("slaprobe_speedups._evidence", ["src/_evidence.c"], extra_compile_args=CFLAGS),
+        Extension("slaprobe_speedups._rollups", ["src/_rollups.c"], extra_compile_args=CFLAGS),
     ]
 )

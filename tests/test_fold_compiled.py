@@ -1,0 +1,154 @@
+"""The compiled fold (``slaprobe_speedups._rollups``) gives the Python fold's answers.
+
+Every stored result is folded into the rollups, in the decode worker or the writer; the
+compiled loop must leave ``slots`` and ``hours`` exactly as :func:`collector.rollups.fold_python`
+does, for any rows, grids (one version or several) and dicts already holding folds, and hand
+back rows it does not take before changing anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from collector import rollups
+from collector.rollups import HOUR, INTERNAL, Grid, Hours, Slots, fold, fold_python
+from collector.sla.histogram import CLOCK_LADDER_NS, LATENCY_EDGES_NS
+
+compiled = rollups.compiled
+PICK = tuple(range(9))  # agent, check, t, dur, ok, deg, kind, off, sync
+T0 = 1_790_000_000 * 10**9 - 1_790_000_000 * 10**9 % HOUR
+S = 10**9
+
+
+def test_the_compiled_fold_is_built_where_a_compiler_is() -> None:
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler here: slaprobe runs the Python fold")
+    assert compiled is not None
+
+
+needs_compiled = pytest.mark.skipif(compiled is None, reason="slaprobe_speedups is not built (no C compiler)")
+
+GRIDS: dict[int, list[Grid]] = {
+    1: [(0, 60 * S, 17 * S)],
+    2: [(0, 10 * S, 3 * S)],
+    3: [(0, 300 * S, 299 * S)],
+    4: [(0, 60 * S, 5 * S), (T0 + HOUR + 7 * S, 30 * S, 11 * S), (T0 + 3 * HOUR, 1 * S, 0)],  # changed twice
+    5: [(0, 1 * S, 0)],
+}
+
+durations = st.one_of(
+    st.sampled_from(LATENCY_EDGES_NS),
+    st.integers(0, 10**15),
+    st.sampled_from([0, LATENCY_EDGES_NS[-1] + 1, 10**16]),
+)
+offsets = st.one_of(
+    st.integers(-CLOCK_LADDER_NS[0], CLOCK_LADDER_NS[0]),
+    st.sampled_from([c * s for c in CLOCK_LADDER_NS for s in (1, -1)]),
+    st.integers(-(10**12), 10**12),
+)
+rows_strategy = st.lists(
+    st.tuples(
+        st.integers(1, 3),  # agent
+        st.sampled_from(sorted(GRIDS)),  # check
+        st.integers(T0 - HOUR, T0 + 4 * HOUR),  # scheduled time
+        durations,
+        st.booleans(),  # ok
+        st.booleans(),  # degraded
+        st.sampled_from(["", "timeout", "refused", INTERNAL]),
+        offsets,
+        st.booleans(),  # clock synced
+    ),
+    max_size=120,
+)
+
+
+def both(rows: list[Any], grids: dict[int, list[Grid]], slots: Slots, hours: Hours) -> tuple[Any, Any]:
+    """(compiled, python) results of folding ``rows`` into copies of ``slots`` and ``hours``."""
+    assert compiled is not None
+    s1, h1 = copy.deepcopy(slots), copy.deepcopy(hours)
+    s2, h2 = copy.deepcopy(slots), copy.deepcopy(hours)
+    out1: Any = None
+    out2: Any = None
+    try:
+        assert compiled.fold(list(rows), PICK, grids, s1, h1, rollups._grid, rollups._grid_end) is None
+    except Exception as exc:  # the same error as the Python fold, at the same point
+        out1 = (type(exc), str(exc))
+    try:
+        fold_python(rows, PICK, grids, s2, h2)
+    except Exception as exc:
+        out2 = (type(exc), str(exc))
+    return (out1, s1, h1), (out2, s2, h2)
+
+
+@needs_compiled
+@settings(max_examples=300, deadline=None)
+@given(first=rows_strategy, then=rows_strategy)
+def test_the_same_slots_and_hours_as_the_python_fold(first: list[Any], then: list[Any]) -> None:
+    slots: Slots = {}
+    hours: Hours = {}
+    fold_python(first, PICK, GRIDS, slots, hours)  # dicts already holding a fold
+    c, p = both(then, GRIDS, slots, hours)
+    assert c == p
+    assert c[0] is None
+
+
+@needs_compiled
+def test_a_check_without_grids_fails_alike() -> None:
+    rows = [(1, 1, T0 + 60 * S, 5_000_000, True, False, "", 0, True), (1, 99, T0, 1, True, False, "", 0, True)]
+    c, p = both(rows, GRIDS, {}, {})
+    assert c == p
+    assert c[0] is not None and c[0][0] is KeyError
+
+
+@needs_compiled
+def test_a_hundred_thousand_rows_of_a_busy_hour() -> None:
+    """The shape of ingest: many checks and agents, sorted by nothing, every result kind."""
+    grids = {c: [(0, 60 * S, (c * 7919) % 60 * S)] for c in range(1, 1001)}
+    rows = [
+        (
+            1 + i % 4,
+            1 + (i * 31) % 1000,
+            T0 + (i // 1000) * 60 * S + ((1 + (i * 31) % 1000) * 7919) % 60 * S + i % 3 * 1000,
+            (i * 7_777) % 10**9,
+            i % 13 != 0,
+            i % 29 == 0,
+            INTERNAL if i % 997 == 0 else ("" if i % 13 else "timeout"),
+            (i % 5 - 2) * 10**6,
+            i % 101 != 0,
+        )
+        for i in range(100_000)
+    ]
+    c, p = both(rows, grids, {}, {})
+    assert c == p
+    assert c[0] is None and len(c[2]) >= 1000
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        pytest.param((1, 1, 2**63, 1, True, False, "", 0, True), id="a time past 64 bits"),
+        pytest.param((1, 1, 2**62 + 1, 1, True, False, "", 0, True), id="a time past 2**62"),
+        pytest.param((1, 1, T0, 1, True, False, "", 2**70, True), id="an offset past 64 bits"),
+    ],
+)
+def test_rows_the_compiled_fold_does_not_take_are_folded_in_python(odd: tuple[Any, ...]) -> None:
+    rows = [(2, 2, T0 + 13 * S, 1_000_000, True, False, "", 0, True), odd]
+    if compiled is not None:
+        untouched_slots: Slots = {}
+        untouched_hours: Hours = {}
+        assert compiled.fold(rows, PICK, GRIDS, untouched_slots, untouched_hours, rollups._grid, rollups._grid_end) is NotImplemented
+        assert untouched_slots == {} and untouched_hours == {}  # handed back before any change
+    slots: Slots = {}
+    hours: Hours = {}
+    fold(rows, PICK, GRIDS, slots, hours)
+    ref_slots: Slots = {}
+    ref_hours: Hours = {}
+    fold_python(rows, PICK, GRIDS, ref_slots, ref_hours)
+    assert (slots, hours) == (ref_slots, ref_hours)
+    assert sum(v[0] + v[1] + v[2] for v in hours.values()) == 2
