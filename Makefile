@@ -8,16 +8,16 @@ PYTEST_ARGS ?= --durations=15 -n 2 --dist worksteal
 
 .PHONY: install system-deps demo test lint proto proto-check bench bench-ingest bench-install bench-query bench-probes bench-evidence clean
 
-$(STAMP): pyproject.toml speedups/pyproject.toml speedups/setup.py $(wildcard speedups/src/*.c)
+$(STAMP): pyproject.toml speedups/pyproject.toml speedups/setup.py speedups/can_build.py $(wildcard speedups/src/*.c)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@# The collector's compiled hot paths (speedups/): built where a C compiler is; without one
-	@# slaprobe runs the same paths in Python, slower.
-	@if command -v cc >/dev/null 2>&1; then \
+	@# The collector's compiled hot paths (speedups/): built where a C compiler and Python's
+	@# headers are (Debian: gcc, python3-dev); without them slaprobe runs the same paths in Python.
+	@if $(BIN)/python speedups/can_build.py; then \
 	  $(BIN)/python -m pip install --quiet --no-build-isolation --force-reinstall --no-deps ./speedups; \
 	else \
-	  echo "no C compiler: slaprobe-speedups not built, the collector decodes in Python (slower)"; \
+	  echo "slaprobe-speedups not built (no C compiler or no Python.h): the collector runs its Python paths, slower"; \
 	fi
 	touch $(STAMP)
 
