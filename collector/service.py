@@ -45,12 +45,11 @@ from collector.store import (
     gap_rows,
 )
 from collector.wire import (
-    IngestRecordView,
     InvalidRecord,
     batch_header,
+    batch_results,
     check_to_pb,
     decode_record,
-    result_columns,
     result_row,
     split_batch,
 )
@@ -707,51 +706,39 @@ class DecodedBatch:
 def decode_batch(batch: pb.RecordBatch, raws: Sequence[bytes], ctx: BatchContext) -> DecodedBatch:
     """Decode, chain-check and validate one batch into the rows the writer stores (no I/O, no loop).
 
-    Results are read as ``wire.IngestRecordView`` and validated straight into columns
-    (``wire.result_columns``; rows by column, ``rollups.Columns``); every other record is parsed
-    with the real type. The outcome is :func:`decode_batch_exact`'s (a test holds them equal).
+    Results are validated straight into columns (``wire.batch_results``: compiled where
+    ``slaprobe_speedups`` is installed, else read as ``wire.IngestRecordView``; rows by column,
+    ``rollups.Columns``); every other record is parsed with the real type. The outcome is
+    :func:`decode_batch_exact`'s (a test holds them equal).
     """
     out = DecodedBatch(first_seq=batch.first_seq, last_seq=batch.last_seq, records=len(raws))
-    view = IngestRecordView.FromString
-    try:
-        records: list[Any] = [view(r) for r in raws]
-        kinds = [r.WhichOneof("kind") for r in records]
-        others = [i for i, k in enumerate(kinds) if k != "result"]
-        for i in others:  # gaps, clocks, seals (and unknown kinds): the real type
-            records[i] = pb.Record.FromString(raws[i])
-    except DecodeError:
-        out.undecodable = True
-        return out
-    seqs = [r.seq for r in records]
-    ends = seqs
-    if others:
-        ends = list(seqs)
-        for i in others:
-            if kinds[i] == "gap":
-                ends[i] = int(records[i].gap.through_seq)
     agent, epoch, now = ctx.agent_row, ctx.epoch, ctx.now_ns
     checks = ctx.checks
     skew = ctx.max_skew_ns
-    results = result_columns(
-        records,
-        raws,
-        [i for i, k in enumerate(kinds) if k == "result"] if others else range(len(raws)),
-        agent,
-        epoch,
-        checks,
-        now,
-        now_ns=now,
-        max_skew_ns=skew,
-    )
-    if results.undecodable:  # bytes the view took and the real type does not
+    got = batch_results(raws, agent, epoch, checks, now, now_ns=now, max_skew_ns=skew)
+    results = got.results
+    if results.undecodable:  # a record the real type cannot parse
         out.undecodable = True
         return out
-    out.problem = _batch_problem(batch, records, ends)
+    seqs = got.seqs
+    others = [i for i, _ in got.others]
+    records: list[Any] = [None] * len(raws)  # the others, parsed with the real type
+    kinds: list[str | None] = []
+    ends = seqs
+    if others:
+        kinds = ["result"] * len(raws)
+        ends = list(seqs)
+        for i, record in got.others:
+            records[i] = record
+            kinds[i] = kind = record.WhichOneof("kind")
+            if kind == "gap":
+                ends[i] = int(record.gap.through_seq)
+    out.problem = _batch_problem(batch, seqs, ends)
     if out.problem is not None:
         return out
     if ctx.keys is not None:
         try:
-            out.links = _check_chain(ctx, records, kinds, ends, raws)
+            out.links = _check_chain(ctx, seqs, kinds or ["result"] * len(raws), ends, raws, records)
         except ChainRefused as exc:
             out.chain_error = str(exc)
             return out
@@ -812,13 +799,14 @@ def decode_batch_exact(batch: pb.RecordBatch, raws: Sequence[bytes], ctx: BatchC
         return out
     kinds = [r.WhichOneof("kind") for r in records]
     ends = [int(r.gap.through_seq) if k == "gap" else int(r.seq) for r, k in zip(records, kinds, strict=True)]
-    out.problem = _batch_problem(batch, records, ends)
+    seqs = [r.seq for r in records]
+    out.problem = _batch_problem(batch, seqs, ends)
     if out.problem is not None:
         return out
     agent, epoch, now = ctx.agent_row, ctx.epoch, ctx.now_ns
     if ctx.keys is not None:
         try:
-            out.links = _check_chain(ctx, records, kinds, ends, raws)
+            out.links = _check_chain(ctx, seqs, kinds, ends, raws, records)
         except ChainRefused as exc:
             out.chain_error = str(exc)
             return out
@@ -1075,27 +1063,31 @@ def _decode_packed(raw: bytes, job: _WorkerJob) -> _Packed:
 
 def _check_chain(
     ctx: BatchContext,
-    records: Sequence[pb.Record],
+    seqs: Sequence[int],
     kinds: Sequence[str | None],
     ends: Sequence[int],
     raws: Sequence[bytes],
+    records: Sequence[pb.Record | None],
 ) -> BatchLinks:
     """Check a sealed agent's links within the batch (digests, signatures, order).
 
-    Returns what the writer needs to check the batch's first link against the
-    stream's stored head. Raises ChainRefused, naming the agent and the link, when a link fails.
+    ``records[i]`` is read for the seals only (the real type). Returns what the writer needs to
+    check the batch's first link against the stream's stored head. Raises ChainRefused, naming
+    the agent and the link, when a link fails.
     """
     assert ctx.keys is not None
     epoch = ctx.epoch
-    walker = ChainWalker(epoch, ctx.keys, head=None, next_seq=records[0].seq, signatures="all")
+    walker = ChainWalker(epoch, ctx.keys, head=None, next_seq=seqs[0], signatures="all")
     first: Link | None = None
     try:
-        for record, kind, end, raw in zip(records, kinds, ends, raws, strict=True):
+        for i, (seq, kind, end, raw) in enumerate(zip(seqs, kinds, ends, raws, strict=True)):
             if kind == "seal":
-                link = walker.seal(parse_link(record.seq, record.seal))
+                record = records[i]
+                assert record is not None
+                link = walker.seal(parse_link(seq, record.seal))
                 first = first or link
             else:
-                walker.record(record.seq, end, raw)
+                walker.record(seq, end, raw)
         walker.finish()
     except ChainError as exc:
         raise ChainRefused(f"agent {ctx.agent_name!r}, epoch {epoch}: record chain broken at {exc}") from None
@@ -1105,8 +1097,8 @@ def _check_chain(
     return BatchLinks(first.body.first_seq, first.prev, walker.last_link.seq, walker.head or b"")
 
 
-def _batch_problem(batch: pb.RecordBatch, records: Sequence[pb.Record], ends: Sequence[int]) -> str | None:
-    n = len(records)
+def _batch_problem(batch: pb.RecordBatch, seqs: Sequence[int], ends: Sequence[int]) -> str | None:
+    n = len(seqs)
     if n == 0:
         return "empty batch"
     if n > MAX_BATCH_RECORDS:
@@ -1114,10 +1106,10 @@ def _batch_problem(batch: pb.RecordBatch, records: Sequence[pb.Record], ends: Se
     if batch.first_seq < 1 or batch.last_seq < batch.first_seq:
         return f"batch header {batch.first_seq}..{batch.last_seq} is not a sequence range"
     expected = batch.first_seq
-    for i, (record, end) in enumerate(zip(records, ends, strict=True)):
-        if record.seq != expected:
-            return f"record {i} has seq {record.seq}, expected {expected}"
-        if end < record.seq:
+    for i, (seq, end) in enumerate(zip(seqs, ends, strict=True)):
+        if seq != expected:
+            return f"record {i} has seq {seq}, expected {expected}"
+        if end < seq:
             return f"record {i} ends before it starts"
         expected = end + 1
     if expected - 1 != batch.last_seq:

@@ -11,13 +11,23 @@ import json
 import math
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from protos import slaprobe_v1_pb2 as pb
 from slaprobe.model import CheckSpec, ClockSample, FieldScalar, Gap, GapCheck, Measurement, Payload
+
+_speedups: ModuleType | None
+try:  # the compiled twin of ``batch_results_py`` (``speedups/``, a distribution of its own)
+    from slaprobe_speedups import _wire as _speedups
+except ImportError:  # pragma: no cover - where no compiler built it
+    _speedups = None
+if _speedups is not None and getattr(_speedups, "abi", lambda: 0)() != 2:  # pragma: no cover - stale build
+    _speedups = None
 
 MAX_DETAIL_CHARS = 4096
 MAX_FIELD_KEY_CHARS = 64
@@ -433,6 +443,10 @@ def _fields_text(entries: Sequence[bytes]) -> str | None:
     try:
         for raw in entries:
             e = _FieldsEntry.FromString(raw)
+            if len(UnknownFieldSet(e)):
+                # The real type keeps such an entry out of the map (upb puts it among the
+                # result's unknown fields): the exact path says what that gives.
+                return None
             key, value = e.key, e.value
             if not key or len(key) > MAX_FIELD_KEY_CHARS:
                 return None
@@ -642,3 +656,132 @@ def result_columns(
         a_off(r.clock_offset_ns)
         a_sync(1 if r.clock_synced else 0)
     return out
+
+
+@dataclass
+class BatchResults:
+    """A batch's records as the ingest reads them: the results validated into columns (with their
+    rejections, or the batch undecodable), every record's seq, and each record that is not a
+    result parsed with the real type, in batch order. When ``results.undecodable`` the rest is
+    unspecified."""
+
+    results: ResultColumns
+    seqs: list[int]
+    others: list[tuple[int, pb.Record]]
+
+
+def _no_columns() -> ResultColumns:
+    return ResultColumns([], [], [], [], [], [], [], [], [], [], [], [], [], [], [])
+
+
+def batch_results_py(
+    raws: Sequence[bytes],
+    agent_id: int,
+    epoch: int,
+    checks: Mapping[str, int],
+    received_ns: int,
+    *,
+    now_ns: int,
+    max_skew_ns: int,
+) -> BatchResults:
+    """:func:`batch_results` in Python: every record read as ``IngestRecordView``, the results into
+    columns by :func:`result_columns`, the others parsed with the real type."""
+    view = IngestRecordView.FromString
+    try:
+        records: list[Any] = [view(r) for r in raws]
+        kinds = [r.WhichOneof("kind") for r in records]
+        others = [(i, pb.Record.FromString(raws[i])) for i, k in enumerate(kinds) if k != "result"]
+    except DecodeError:
+        out = _no_columns()
+        out.undecodable = True
+        return BatchResults(out, [], [])
+    seqs = [r.seq for r in records]
+    results = result_columns(
+        records,
+        raws,
+        [i for i, k in enumerate(kinds) if k == "result"] if others else range(len(raws)),
+        agent_id,
+        epoch,
+        checks,
+        received_ns,
+        now_ns=now_ns,
+        max_skew_ns=max_skew_ns,
+    )
+    return BatchResults(results, seqs, others)
+
+
+def batch_results_c(
+    raws: Sequence[bytes],
+    agent_id: int,
+    epoch: int,
+    checks: Mapping[str, int],
+    received_ns: int,
+    *,
+    now_ns: int,
+    max_skew_ns: int,
+) -> BatchResults:
+    """:func:`batch_results` with the compiled scanner (``slaprobe_speedups._wire.scan_results``).
+
+    The scanner reads the records it can read with certainty (a result in a conservative subset of
+    the encoding) that pass every rule of :func:`result_row` straight into the columns, and stops
+    at any other record; that one is parsed with the real type here: a result goes through
+    ``result_row`` (the row, or the exact reason), anything else joins ``others``, and bytes the
+    real type refuses make the batch undecodable. The scanner then resumes after it.
+    """
+    if _speedups is None:  # pragma: no cover - the caller checks
+        raise RuntimeError("slaprobe_speedups._wire is not installed")
+    scan = _speedups.scan_results
+    out = _no_columns()
+    cols: list[list[Any]] = [
+        out.seq, out.check, out.revision, out.scheduled, out.started, out.duration, out.ok, out.degraded,
+        out.error_kind, out.detail, out.phases, out.fields, out.clock_offset, out.clock_synced,
+    ]  # fmt: skip
+    seqs: list[int] = []
+    others: list[tuple[int, pb.Record]] = []
+    records = raws if type(raws) is list else list(raws)
+    limit = now_ns + max_skew_ns
+    n = len(records)
+    i = scan(records, 0, checks, limit, cols, seqs)
+    while i < n:
+        # The exact path for this one record.
+        try:
+            rec = pb.Record.FromString(records[i])
+        except DecodeError:
+            out.undecodable = True
+            return BatchResults(out, seqs, others)
+        seqs.append(rec.seq)
+        if rec.WhichOneof("kind") == "result":
+            try:
+                row = result_row(
+                    rec, agent_id, epoch, checks, received_ns, now_ns=now_ns, max_skew_ns=max_skew_ns
+                )
+            except InvalidRecord as exc:
+                out.rejections.append((i, rec.seq, str(exc)))
+            else:
+                for col, value in zip(cols, row[2:14] + row[15:], strict=True):
+                    col.append(value)
+        else:
+            others.append((i, rec))
+        i = scan(records, i + 1, checks, limit, cols, seqs)
+    return BatchResults(out, seqs, others)
+
+
+def batch_results(
+    raws: Sequence[bytes],
+    agent_id: int,
+    epoch: int,
+    checks: Mapping[str, int],
+    received_ns: int,
+    *,
+    now_ns: int,
+    max_skew_ns: int,
+) -> BatchResults:
+    """A batch's records (``split_batch``'s bytes) read for the ingest: the results validated into
+    ``results`` columns, the rows and rejections ``result_row`` gives record by record, and the
+    other records parsed with the real type.
+
+    Compiled (:func:`batch_results_c`) when ``slaprobe_speedups`` is installed, in Python
+    (:func:`batch_results_py`) otherwise: the same answer either way (tests hold them equal).
+    """
+    f = batch_results_c if _speedups is not None else batch_results_py
+    return f(raws, agent_id, epoch, checks, received_ns, now_ns=now_ns, max_skew_ns=max_skew_ns)
