@@ -26,7 +26,7 @@ try:  # the compiled twin of ``batch_results_py`` (``speedups/``, a distribution
     from slaprobe_speedups import _wire as _speedups
 except ImportError:  # pragma: no cover - where no compiler built it
     _speedups = None
-if _speedups is not None and getattr(_speedups, "abi", lambda: 0)() != 2:  # pragma: no cover - stale build
+if _speedups is not None and getattr(_speedups, "abi", lambda: 0)() != 3:  # pragma: no cover - stale build
     _speedups = None
 
 MAX_DETAIL_CHARS = 4096
@@ -120,6 +120,19 @@ def split_batch(raw: bytes) -> tuple[pb.RecordBatch, list[bytes]]:
 
 
 def _scan_batch(raw: bytes, records: list[bytes] | None) -> pb.RecordBatch:
+    if _speedups is not None and type(raw) is bytes:
+        # Compiled: the same bytes and the same errors (tests hold it to _scan_batch_py).
+        got = _speedups.split_batch(raw, records is not None)
+        if isinstance(got, str):
+            raise DecodeError(got)
+        header, found = got
+        if records is not None:
+            records[:] = found
+        return pb.RecordBatch.FromString(header)
+    return _scan_batch_py(raw, records)
+
+
+def _scan_batch_py(raw: bytes, records: list[bytes] | None) -> pb.RecordBatch:
     n = len(raw)
     pos = 0
     header: list[bytes] = []

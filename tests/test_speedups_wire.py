@@ -607,4 +607,46 @@ def test_the_scanner_is_built_where_a_compiler_is() -> None:
     if not module.can_build():
         pytest.skip("no C compiler or Python.h here: slaprobe runs the Python path")
     assert wire._speedups is not None
-    assert wire.batch_results is not None and wire._speedups.abi() == 2
+    assert wire.batch_results is not None and wire._speedups.abi() == 3
+
+
+# ---- the batch split (``wire.split_batch`` / ``batch_header``) -----------------------------------
+
+
+def split_outcome(raw: bytes, compiled_split: bool, records: bool = True) -> Any:
+    found: list[bytes] | None = [] if records else None
+    try:
+        header = wire._scan_batch(raw, found) if compiled_split else wire._scan_batch_py(raw, found)
+    except DecodeError as exc:
+        return "DecodeError", str(exc)
+    return header.SerializeToString(), found
+
+
+@needs_compiled
+def test_the_compiled_split_is_the_python_split() -> None:
+    raws = agent_records(40)
+    big = [b"x" * n for n in (0, 1, 127, 128, 16_383, 16_384, 70_000)]
+    whole = batch([*raws[:5], *big, *raws[5:]], first=1, last=len(raws) + len(big))
+    cases = [whole, whole + vi(3, 9) + ld(1, b"a1") + tag(6, 1) + b"\0" * 8 + tag(7, 5) + b"\0" * 4]
+    cases += [whole[:cut] for cut in range(0, len(whole), 97)] + [
+        whole[: len(whole) - k] for k in range(1, 12)
+    ]
+    cases += [
+        tag(5, 2, 1) + varint(2) + b"\x08\x01",  # the records' key overlong: a header field, parsed as one
+        b"\x2a" + b"\xff" * 9 + b"\x01",  # a length of 2**63 and more
+        b"\x2a" + b"\xff" * 9 + b"\x7f",  # past 64 bits
+        b"\x2a" + b"\xff" * 10 + b"\x01",  # past 10 bytes
+        b"\x2a\x80",
+        b"\x0a" + b"\xff" * 9 + b"\x7f",
+        b"\x08" + b"\xff" * 10,
+        b"\x0b",  # a group
+        b"\x0c\x0e\x0f",
+        tag(2**29 - 1, 0) + varint(5),
+        tag(1, 1) + b"\0" * 7,
+        tag(1, 5) + b"\0" * 3,
+        b"",
+    ]
+    cases += list(random_mutants([whole[:600], batch(raws[:3])], seed=5, count=1500))
+    for raw in cases:
+        for records in (True, False):
+            assert split_outcome(raw, True, records) == split_outcome(raw, False, records), raw[:80]

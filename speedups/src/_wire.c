@@ -20,7 +20,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define ABI 2
+#define ABI 3
 #define NCOLS 14
 #define MAX_DETAIL_CHARS 4096
 #define MAX_KEY_CHARS 64
@@ -839,6 +839,132 @@ end:
     return ret;
 }
 
+/* ---- a batch split into its header and its records' bytes ------------------------------------- */
+
+/* collector/wire.py's _varint: up to 10 bytes (an 11th is "too long"), any value; *huge when the
+ * value does not fit in 64 bits (only ever compared with lengths, which it then exceeds). */
+static const char *py_varint(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, uint64_t *out, int *huge) {
+    uint64_t v = 0;
+    int shift = 0;
+    Py_ssize_t p = *pos;
+    *huge = 0;
+    for (;;) {
+        if (p >= n)
+            return "truncated varint";
+        uint8_t c = b[p++];
+        uint64_t bits = c & 0x7F;
+        if (shift < 64) {
+            v |= bits << shift;
+            if (shift > 57 && (bits >> (64 - shift)))
+                *huge = 1;
+        } else if (bits)
+            *huge = 1;
+        if (!(c & 0x80)) {
+            *pos = p;
+            *out = v;
+            return NULL;
+        }
+        shift += 7;
+        if (shift > 63)
+            return "varint too long";
+    }
+}
+
+/* split_batch(raw, records) -> (header bytes, [record bytes] or None), or the DecodeError's message
+ * (str): collector/wire.py's _scan_batch, the same bytes and the same errors. */
+static PyObject *split_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "split_batch(raw: bytes, records: bool)");
+        return NULL;
+    }
+    int want = PyObject_IsTrue(args[1]);
+    if (want < 0)
+        return NULL;
+    PyObject *raw = args[0];
+    const uint8_t *b = (const uint8_t *)PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw), pos = 0;
+    PyObject *records = NULL, *ret = NULL;
+    const char *err = NULL;
+    buf_t header;
+    buf_init(&header);
+    if (want && (records = PyList_New(0)) == NULL)
+        goto done;
+    while (pos < n) {
+        Py_ssize_t start = pos;
+        uint64_t v;
+        int huge;
+        if (b[pos] == 0x2A) { /* field 5 (records), wire type 2, as a one-byte key */
+            pos++;
+            if ((err = py_varint(b, n, &pos, &v, &huge)) != NULL)
+                break;
+            if (huge || v > (uint64_t)(n - pos)) {
+                err = "truncated record";
+                break;
+            }
+            if (records != NULL) {
+                PyObject *r = PyBytes_FromStringAndSize((const char *)b + pos, (Py_ssize_t)v);
+                if (r == NULL)
+                    goto done;
+                int rc = PyList_Append(records, r);
+                Py_DECREF(r);
+                if (rc < 0)
+                    goto done;
+            }
+            pos += (Py_ssize_t)v;
+            continue;
+        }
+        if ((err = py_varint(b, n, &pos, &v, &huge)) != NULL)
+            break;
+        int wt = (int)(b[start] & 7);
+        int past = 0;
+        if (wt == 0) {
+            if ((err = py_varint(b, n, &pos, &v, &huge)) != NULL)
+                break;
+        } else if (wt == 1 || wt == 5) {
+            Py_ssize_t k = wt == 1 ? 8 : 4;
+            if (k > n - pos)
+                past = 1;
+            else
+                pos += k;
+        } else if (wt == 2) {
+            if ((err = py_varint(b, n, &pos, &v, &huge)) != NULL)
+                break;
+            if (huge || v > (uint64_t)(n - pos))
+                past = 1;
+            else
+                pos += (Py_ssize_t)v;
+        } else {
+            static const char *const unexpected[8] = {
+                NULL, NULL, NULL, "unexpected wire type 3", "unexpected wire type 4", NULL,
+                "unexpected wire type 6", "unexpected wire type 7"};
+            err = unexpected[wt];
+            break;
+        }
+        if (past) {
+            err = "truncated field";
+            break;
+        }
+        if (buf_put(&header, (const char *)b + start, pos - start) < 0)
+            goto done;
+    }
+    if (err != NULL) {
+        ret = PyUnicode_FromString(err);
+        goto done;
+    }
+    {
+        PyObject *h = PyBytes_FromStringAndSize(header.p, header.len);
+        if (h == NULL)
+            goto done;
+        ret = PyTuple_Pack(2, h, records != NULL ? records : Py_None);
+        Py_DECREF(h);
+    }
+done:
+    buf_free(&header);
+    Py_XDECREF(records);
+    return ret;
+}
+
 static PyObject *abi(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
@@ -851,6 +977,8 @@ static PyMethodDef methods[] = {
      "scan_results(raws, start, checks, limit, columns, seqs) -> index\n\n"
      "Append the result records raws[start:] to the 14 column lists and their seqs to seqs, up to the\n"
      "first record left to the exact path; return that record's index (len(raws) when none)."},
+    {"split_batch", (PyCFunction)(void (*)(void))split_batch, METH_FASTCALL,
+     "split_batch(raw, records) -> (header, [record bytes] or None), or the DecodeError's message"},
     {NULL, NULL, 0, NULL},
 };
 
