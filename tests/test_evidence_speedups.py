@@ -255,3 +255,62 @@ def test_mutated_records_never_crash_and_render_alike() -> None:
                 b[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 3)))
         raws.append(bytes(b))
     assert_same(raws + seeds)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),  # table, check
+            st.integers(T0 - 10**9, T0 + 10**12),
+            st.sampled_from([0, 1, 2]),
+            st.one_of(
+                st.integers(-5, 10**14), st.sampled_from([0, 999, 1000, 1001, 10**13, 10**14, 2**63 - 1])
+            ),
+            st.sampled_from(["", "timeout", "internal"]),
+            st.one_of(st.integers(-(10**10), 10**10), st.sampled_from([0, 10**6, -(10**6)])),
+            st.booleans(),
+        ),
+        max_size=300,
+    ),
+    st.lists(st.integers(T0 - 10**9, T0 + 10**12), min_size=1, max_size=6),
+)
+def test_summaries_are_raw_summaries(rows: list[tuple[Any, ...]], cuts: list[int]) -> None:
+    """verify's piece counts the report's rows in C: the same summaries (histogram keys in the
+    same order) as ``rollups.raw_summaries``."""
+    import sqlite3
+
+    from collector.evidence.verify import _summaries
+    from collector.rollups import raw_summaries
+
+    conn = sqlite3.connect(":memory:")
+    for t in ("a", "b"):
+        conn.execute(
+            f"CREATE TABLE {t} (check_id, scheduled_ns, ok, duration_ns, error_kind, clock_offset_ns, clock_synced)"
+        )
+    for which, t, ok, d, kind, offset, synced in rows:
+        conn.execute(
+            f"INSERT INTO {'ab'[which % 2]} VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (which // 2, t, ok, d, kind, offset, synced),
+        )
+    edges = sorted(set(cuts)) if len(set(cuts)) > 1 else [T0 - 10**9, T0 + 10**12]
+    for check in (0, 1):
+        want = raw_summaries(conn, check, edges, ("a", "b"))
+        got = _summaries(conn, check, edges, ("a", "b"))
+        assert got == want
+        assert [list(s.latency.items()) for s in got] == [list(s.latency.items()) for s in want]
+        assert [list(s.clock.items()) for s in got] == [list(s.clock.items()) for s in want]
+
+
+def test_summarize_leaves_odd_values_to_python() -> None:
+    from slaprobe_speedups._evidence import summarize
+
+    from collector.sla.histogram import LATENCY_EDGES_NS
+
+    last = len(LATENCY_EDGES_NS) - 1
+    assert summarize([(T0, 1, 5)], [T0, T0 + 1], LATENCY_EDGES_NS, last) == ([1], [[(0, 1)]])
+    assert summarize([(T0, 1, 5.0)], [T0, T0 + 1], LATENCY_EDGES_NS, last) is None
+    assert summarize([(T0, 1, 2**70)], [T0, T0 + 1], LATENCY_EDGES_NS, last) is None
+    assert summarize([(T0 - 1, 1, 5)], [T0, T0 + 1, T0 + 2], LATENCY_EDGES_NS, last) is None
+    assert summarize([(T0, 1)], [T0, T0 + 1], LATENCY_EDGES_NS, last) is None
+    assert summarize([], [T0], LATENCY_EDGES_NS, last) is None

@@ -29,10 +29,12 @@ The report is then recomputed by the collector's engine over all pieces' rows.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
+import mmap
 import multiprocessing
 import os
 import sqlite3
@@ -42,6 +44,7 @@ import tempfile
 import threading
 import time
 import zlib
+from bisect import bisect_right
 from collections.abc import Callable, Container, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
@@ -63,21 +66,27 @@ from collector.evidence.records import (
     TableWriter,
     decode,
     parse_view,
-    read_frames,
     record_brief,
     rejected_header,
     rejected_line,
     utc,
 )
 from collector.evidence.report_doc import add_exclusions, build_report
-from collector.rollups import RawSource
+from collector.rollups import CLOCK_FIRST_STEP, INTERNAL, RawSource, raw_summaries
 from collector.sla.engine import AgentBits, Part, Summary
+from collector.sla.histogram import LATENCY_EDGES_NS, clock_bucket
 from collector.sla.report import Context
 from collector.store import Reader, gap_rows, measurement_row, open_store
 from collector.wire import InvalidRecord, decode_record
 from protos import slaprobe_v1_pb2 as pb
 from slaprobe import chain
 from slaprobe.model import Gap, Measurement
+
+_summarize: Any
+try:  # the optional compiled counting of the report's rows (the slaprobe-speedups distribution)
+    from slaprobe_speedups._evidence import summarize as _summarize
+except ImportError:  # pragma: no cover - depends on the installation
+    _summarize = None
 
 _SKEW = 2**62  # no clock-skew limit for a record not listed as rejected: it was accepted when it arrived
 # A receipt time may precede the collector's time in an earlier clock exchange by this much (a
@@ -672,15 +681,26 @@ def _seal_at_or_after(path: Path, target: int) -> int | None:
     return None
 
 
-def _frames(f: Any, start: int, stop: int | None) -> Iterator[tuple[int, bytes]]:
-    """(offset, record) of a chain file's records from byte ``start`` through the one at ``stop``."""
-    f.seek(start)
-    pos = start
-    for raw in read_frames(f):
-        if stop is not None and pos > stop:
-            return
-        yield pos, raw
-        pos += 4 + len(raw)
+@contextlib.contextmanager
+def _mapped(f: IO[bytes]) -> Iterator[Any]:
+    """A chain file's bytes, memory-mapped (an empty file: empty bytes)."""
+    if os.fstat(f.fileno()).st_size == 0:
+        yield b""
+        return
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        yield m
+
+
+def _walked(walker: chain.ChainWalker, data: Any, start: int, end: int, count: int, last: int) -> None:
+    """``walker.record`` of each of the ``count`` records framed in ``data[start:end]``, the
+    last of them ``last``, their seqs following on (the compiled walk checked it): the
+    digest's framing is the chain file's, so it takes their bytes at once."""
+    d = walker._digest
+    with memoryview(data) as whole, whole[start:end] as part:
+        d._h.update(part)
+    d.count += count
+    walker.records += count
+    walker.next_seq = last + 1
 
 
 class _Part:
@@ -918,9 +938,38 @@ def _walk(
     record_, seal_, add, add_view = walker.record, walker.seal, tables.add, tables.add_view
     add_result = tables.add_result
     tail = -1  # where the last seal walked starts
+    run = tables.run  # the compiled renderer's walk of plain results (None: not installed)
     try:
-        with open(root / entry["file"], "rb") as f:
-            for i, (pos, raw) in enumerate(_frames(f, begin, stop)):
+        with open(root / entry["file"], "rb") as f, _mapped(f) as data:
+            size = len(data)
+            limit = size if stop is None else stop  # walk the records starting at or before it
+            pos = begin
+            i = 0  # records walked
+            while pos < size and pos <= limit:
+                if run is not None and walker.next_seq < 2**64:
+                    # A run of plain results with the next seqs, rendered and their rows built in
+                    # C; the chain's digest then takes their bytes at once (its framing is the
+                    # file's). It stops at anything else, which is walked below.
+                    to, count, got_last = run(
+                        data, pos, limit, name, epoch, sink, walker.next_seq, listed, 50_000
+                    )
+                    if count:
+                        _walked(walker, data, pos, to, count, got_last)
+                        last = got_last
+                        pos = to
+                        i += count
+                        if len(rows) >= 50_000:
+                            _insert(conn, rows, gaps)
+                        continue
+                if size - pos < 4:
+                    raise ValueError("truncated chain file (a length prefix is cut)")
+                end = pos + 4 + int.from_bytes(data[pos : pos + 4], "big")
+                if end > size:
+                    raise ValueError("truncated chain file (a record is cut)")
+                raw = bytes(data[pos + 4 : end])
+                at, first_walked = pos, i == 0
+                pos = end
+                i += 1
                 n = len(rows)
                 got = add_result(name, epoch, raw, sink)  # the compiled renderer: a plain result
                 if got is not None:
@@ -957,18 +1006,18 @@ def _walk(
                 record, last = decode(raw)
                 if record.WhichOneof("kind") == "seal":
                     link = chain.parse_link(record.seq, record.seal)
-                    if i == 0 and begin > 0:  # a cut: the piece before walked this link
+                    if first_walked and begin > 0:  # a cut: the piece before walked this link
                         walker.anchor(link)
                         seg["head_in"], seg["next_in"] = walker.head, walker.next_seq
-                    elif i == 0 and anchored:
+                    elif first_walked and anchored:
                         if not link.signature_ok(_key(keys, link, where)):
                             raise chain.ChainError(link.seq, "bad signature on the anchor link")
                         walker.anchor(link)
                     else:
                         seal_(link)
-                        tail = pos
+                        tail = at
                     continue
-                if i == 0 and begin > 0:
+                if first_walked and begin > 0:
                     raise chain.ChainError(record.seq, "a cut between pieces is not at a seal (internal)")
                 record_(record.seq, last, raw)
                 add(name, epoch, record)
@@ -1102,8 +1151,49 @@ class _RecordingSource(RawSource):
         return got
 
     def summaries(self, part: Part, edges: Sequence[int]) -> list[Summary]:
-        got = self.answers[("sums", part, tuple(edges))] = super().summaries(part, edges)
+        got = self.answers[("sums", part, tuple(edges))] = _summaries(
+            self.conn, part.check_row, edges, self.tables
+        )
         return got
+
+
+def _summaries(
+    conn: sqlite3.Connection, check_row: int, edges: Sequence[int], tables: Sequence[str]
+) -> list[Summary]:
+    """``rollups.raw_summaries``, its counting of the rows done by the compiled
+    ``slaprobe_speedups._evidence.summarize`` (the same rules and order; a test holds the two
+    equal): without it, or for rows it does not take, ``raw_summaries`` itself."""
+    out = [Summary() for _ in range(len(edges) - 1)]
+    if _summarize is None or not out:
+        return raw_summaries(conn, check_row, edges, tables)
+    where = " WHERE check_id = ? AND scheduled_ns >= ? AND scheduled_ns < ? AND error_kind != ?"
+    args = (check_row, edges[0], edges[-1], INTERNAL)
+    rows: list[tuple[int, int, int]] = []
+    for table in tables:  # the rows of all tables in one pass (one table's after the other's)
+        rows += conn.execute(f"SELECT scheduled_ns, ok, duration_ns FROM {table}" + where, args).fetchall()
+    if not rows:
+        return out
+    counted = _summarize(rows, edges, LATENCY_EDGES_NS, len(LATENCY_EDGES_NS) - 1)
+    if counted is None:
+        return raw_summaries(conn, check_row, edges, tables)
+    one = len(out) == 1
+    for s, n, hist in zip(out, *counted, strict=True):
+        s.results = n
+        s.latency.update(hist)
+    step = CLOCK_FIRST_STEP
+    for table in tables:
+        for t, offset, synced in conn.execute(
+            f"SELECT scheduled_ns, clock_offset_ns, clock_synced FROM {table}" + where
+            + " AND (clock_synced = 0 OR clock_offset_ns > ? OR clock_offset_ns < ?)",
+            (*args, step, -step),
+        ):  # fmt: skip
+            s = out[0 if one else bisect_right(edges, t) - 1]
+            c = clock_bucket(offset)
+            if c:  # bucket 0 (within 1 ms) is implied: results minus the others
+                s.clock[c] = s.clock.get(c, 0) + 1
+            if not synced:
+                s.unsynced += 1
+    return out
 
 
 class _CombinedSource(RawSource):

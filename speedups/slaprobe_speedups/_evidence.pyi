@@ -1,10 +1,13 @@
 """An evidence bundle's result lines rendered in C (``collector.evidence.records.TableWriter``'s twin)."""
 
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from typing import IO, Any
 
 def abi() -> int: ...
 def utc(ns: int, /) -> str: ...
+def summarize(
+    rows: list[tuple[int, int, int]], edges: Sequence[int], latency_edges: Sequence[int], last_edge: int, /
+) -> tuple[list[int], list[list[tuple[int, int]]]] | None: ...
 
 class Renderer:
     rendered: int

@@ -638,31 +638,37 @@ static PyObject *check_info(Renderer *self, Str check) {
 
 static PyObject *decode(Str s) { return PyUnicode_DecodeUTF8((const char *)s.p, s.n, "strict"); }
 
-/* result(raw, agent, epoch, sink) -> seq, or None: render a result record's lines (and, with a
- * sink, append its row when the ingest would have stored one), or leave it to Python. */
-static PyObject *renderer_result(Renderer *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "result(raw, agent, epoch, sink)");
-        return NULL;
-    }
-    PyObject *raw = args[0], *agent = args[1], *epoch = args[2], *sink = args[3];
-    if (!PyBytes_Check(raw) || !PyUnicode_Check(agent) || !PyLong_Check(epoch)) {
-        PyErr_SetString(PyExc_TypeError, "result(raw: bytes, agent: str, epoch: int, sink)");
-        return NULL;
-    }
+/* Render one record (its bytes): 1 rendered (its seq in *seq_out), 0 left to Python (nothing
+ * written), -1 an error raised. ``strict`` (a walk of a run of records): leave to Python also a
+ * record whose seq is not ``expect``, one in ``listed``, or one with a sink whose row the ingest
+ * would have refused: verify's walk judges those. */
+static int render_one(Renderer *self, const unsigned char *raw, Py_ssize_t raw_n, PyObject *agent,
+                      PyObject *epoch, PyObject *sink, int strict, uint64_t expect, PyObject *listed,
+                      uint64_t *seq_out) {
     Result r;
-    if (parse_record((const unsigned char *)PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), &r) < 0)
-        Py_RETURN_NONE;
+    if (parse_record(raw, raw_n, &r) < 0) return 0;
+    if (strict) {
+        if (r.seq != expect) return 0;
+        if (listed != NULL && listed != Py_None && !(PyDict_Check(listed) && PyDict_GET_SIZE(listed) == 0)) {
+            PyObject *k = PyLong_FromUnsignedLongLong(r.seq);
+            int in = k ? PySequence_Contains(listed, k) : -1;
+            Py_XDECREF(k);
+            if (in < 0) return -1;
+            if (in) return 0;
+        }
+    }
+    *seq_out = r.seq;
     PyObject *info = check_info(self, r.check); /* borrowed from the cache: held while here */
-    if (info == NULL) return NULL;
+    if (info == NULL) return -1;
     Py_INCREF(info);
-    PyObject *out = NULL, *hold = NULL;
+    int out = -1;
+    PyObject *hold = NULL;
     Buf ph = {NULL, 0, 0};
     int render = self->start_ns <= r.scheduled && r.scheduled < self->end_ns &&
                  PyTuple_GET_ITEM(info, 1) == Py_True;
     int with_rows = sink != Py_None;
     if (!render && !with_rows) {
-        out = PyLong_FromUnsignedLongLong(r.seq);
+        out = 1;
         goto done;
     }
     if (render && r.scheduled <= 0) goto python; /* utc()'s other path: Python's */
@@ -740,6 +746,7 @@ static PyObject *renderer_result(Renderer *self, PyObject *const *args, Py_ssize
                     memchr(r.error_kind.p, 0, (size_t)r.error_kind.n) == NULL && phases_ok;
         if (!valid) {
             Py_XDECREF(check_row);
+            if (strict) goto python;
         } else {
             PyObject *row = PyTuple_New(17);
             if (row == NULL) {
@@ -806,16 +813,89 @@ static PyObject *renderer_result(Renderer *self, PyObject *const *args, Py_ssize
         self->rendered++;
         if ((j->n >= FLUSH_AT || c->n >= FLUSH_AT) && flush_all(self) < 0) goto done;
     }
-    out = PyLong_FromUnsignedLongLong(r.seq);
+    out = 1;
     goto done;
 python:
-    out = Py_None;
-    Py_INCREF(out);
+    out = 0;
 done:
     PyMem_Free(ph.p);
     Py_XDECREF(hold);
     Py_DECREF(info);
     return out;
+}
+
+/* result(raw, agent, epoch, sink) -> seq, or None: render a result record's lines (and, with a
+ * sink, append its row when the ingest would have stored one), or leave it to Python. */
+static PyObject *renderer_result(Renderer *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "result(raw, agent, epoch, sink)");
+        return NULL;
+    }
+    PyObject *raw = args[0], *agent = args[1], *epoch = args[2], *sink = args[3];
+    if (!PyBytes_Check(raw) || !PyUnicode_Check(agent) || !PyLong_Check(epoch)) {
+        PyErr_SetString(PyExc_TypeError, "result(raw: bytes, agent: str, epoch: int, sink)");
+        return NULL;
+    }
+    uint64_t seq = 0;
+    int got = render_one(self, (const unsigned char *)PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), agent,
+                         epoch, sink, 0, 0, NULL, &seq);
+    if (got < 0) return NULL;
+    if (got == 0) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(seq);
+}
+
+/* run(buf, pos, last, agent, epoch, sink, next_seq, listed, max_rows) -> (pos, records, last seq):
+ * render the chain file's records framed in ``buf`` from byte ``pos`` (a 4-byte big-endian length
+ * and the record), for as long as each is a plain result with the next seq (not listed, its
+ * row accepted), starting at or before byte ``last``, complete in ``buf``, and the sink holds
+ * fewer than ``max_rows`` rows. Returns where it stopped: the caller walks that record. */
+static PyObject *renderer_run(Renderer *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "run(buf, pos, last, agent, epoch, sink, next_seq, listed, max_rows)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t last = PyLong_AsSsize_t(args[2]);
+    if (last == -1 && PyErr_Occurred()) return NULL;
+    PyObject *agent = args[3], *epoch = args[4], *sink = args[5], *listed = args[7];
+    unsigned long long expect = PyLong_AsUnsignedLongLong(args[6]);
+    if (expect == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t max_rows = PyLong_AsSsize_t(args[8]);
+    if (max_rows == -1 && PyErr_Occurred()) return NULL;
+    if (!PyUnicode_Check(agent) || !PyLong_Check(epoch)) {
+        PyErr_SetString(PyExc_TypeError, "run(): agent must be a str and epoch an int");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t size = view.len, records = 0;
+    uint64_t seq = 0, last_seq = 0;
+    PyObject *rows = NULL;
+    if (sink != Py_None) {
+        if (set_sink(self, sink) < 0) goto fail;
+        rows = self->sink_rows;
+    }
+    while (pos >= 0 && pos <= last && size - pos >= 4) {
+        if (rows != NULL && PyList_GET_SIZE(rows) >= max_rows) break;
+        Py_ssize_t n = (Py_ssize_t)((uint32_t)buf[pos] << 24 | (uint32_t)buf[pos + 1] << 16 |
+                                    (uint32_t)buf[pos + 2] << 8 | (uint32_t)buf[pos + 3]);
+        if (n > size - pos - 4) break; /* cut: the caller names it */
+        int got = render_one(self, buf + pos + 4, n, agent, epoch, sink, 1, (uint64_t)expect, listed, &seq);
+        if (got < 0) goto fail;
+        if (got == 0) break;
+        records++;
+        last_seq = seq;
+        pos += 4 + n;
+        if (seq == UINT64_MAX) break; /* no next seq in 64 bits: the caller's walk says so */
+        expect = seq + 1;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(nnK)", pos, records, (unsigned long long)last_seq);
+fail:
+    PyBuffer_Release(&view);
+    return NULL;
 }
 
 static PyObject *renderer_get_rendered(Renderer *self, void *closure) {
@@ -826,6 +906,8 @@ static PyObject *renderer_get_rendered(Renderer *self, void *closure) {
 static PyMethodDef renderer_methods[] = {
     {"result", (PyCFunction)(void (*)(void))renderer_result, METH_FASTCALL,
      "result(raw, agent, epoch, sink) -> seq, or None: the record is Python's to render."},
+    {"run", (PyCFunction)(void (*)(void))renderer_run, METH_FASTCALL,
+     "run(buf, pos, last, agent, epoch, sink, next_seq, listed, max_rows) -> (pos, records, last seq)."},
     {"jsonl", (PyCFunction)renderer_jsonl, METH_O, "Append a records.jsonl line (str)."},
     {"csv", (PyCFunction)renderer_csv, METH_O, "Append a results.csv line (str)."},
     {"flush", (PyCFunction)renderer_flush, METH_NOARGS, "Write what is buffered."},
@@ -848,6 +930,157 @@ static PyTypeObject RendererType = {
     .tp_init = (initproc)renderer_init,
     .tp_new = PyType_GenericNew,
 };
+
+/* ---- summaries: raw_summaries' counting, in C ------------------------------------------------- */
+
+static int int64_array(PyObject *seq, int64_t **out, Py_ssize_t *n) {
+    PyObject *fast = PySequence_Fast(seq, "edges must be a sequence");
+    if (fast == NULL) return -1;
+    *n = PySequence_Fast_GET_SIZE(fast);
+    *out = PyMem_Malloc(sizeof(int64_t) * (size_t)(*n ? *n : 1));
+    if (*out == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        PyObject *v = PySequence_Fast_GET_ITEM(fast, i);
+        int overflow = 0;
+        long long x = PyLong_Check(v) ? PyLong_AsLongLongAndOverflow(v, &overflow) : 0;
+        if (!PyLong_Check(v) || overflow || (x == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            PyMem_Free(*out);
+            *out = NULL;
+            Py_DECREF(fast);
+            return 0; /* not int64s: the caller's Python path */
+        }
+        (*out)[i] = x;
+    }
+    Py_DECREF(fast);
+    return 1;
+}
+
+/* bisect.bisect_right / bisect_left, the same steps (the same answer for any input). */
+static inline Py_ssize_t bisect_right_(const int64_t *a, Py_ssize_t n, int64_t x) {
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) {
+        Py_ssize_t mid = ((size_t)lo + hi) / 2;
+        if (x < a[mid]) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+
+static inline Py_ssize_t bisect_left_(const int64_t *a, Py_ssize_t n, int64_t x) {
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) {
+        Py_ssize_t mid = ((size_t)lo + hi) / 2;
+        if (a[mid] < x) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* summarize(rows, edges, latency_edges, last_edge) -> (results per piece, [(bucket, n), ...] per
+ * piece) or None: collector.rollups.raw_summaries' counting of its (scheduled_ns, ok, duration_ns)
+ * rows into the pieces [edges[i], edges[i + 1]): a row's piece is bisect_right(edges, t) - 1 (or
+ * 0 with one piece), its latency bucket min(bisect_left(latency_edges, duration), last_edge) when
+ * ok is true, each piece's buckets in the order the rows first give them. None when a value is
+ * not an int64 (or a bool where an int is): the caller counts in Python. */
+static PyObject *summarize(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *rows, *edges_obj, *lat_obj;
+    Py_ssize_t last_edge;
+    if (!PyArg_ParseTuple(args, "O!OOn", &PyList_Type, &rows, &edges_obj, &lat_obj, &last_edge)) return NULL;
+    int64_t *edges = NULL, *lat = NULL;
+    Py_ssize_t ne = 0, nl = 0;
+    int got = int64_array(edges_obj, &edges, &ne);
+    if (got <= 0) return got < 0 ? NULL : Py_NewRef(Py_None);
+    got = int64_array(lat_obj, &lat, &nl);
+    if (got <= 0) {
+        PyMem_Free(edges);
+        return got < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *out = NULL;
+    Py_ssize_t pieces = ne - 1, buckets = last_edge + 1;
+    int64_t *counts = NULL, *results = NULL;
+    Py_ssize_t *order = NULL, norder = 0;
+    if (pieces < 1 || last_edge < 0 || last_edge > nl || buckets > 1000000 || pieces > 4000000 / buckets) {
+        out = Py_NewRef(Py_None);
+        goto end;
+    }
+    counts = PyMem_Calloc((size_t)(pieces * buckets), sizeof(int64_t));
+    results = PyMem_Calloc((size_t)pieces, sizeof(int64_t));
+    order = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(pieces * buckets));
+    if (counts == NULL || results == NULL || order == NULL) {
+        PyErr_NoMemory();
+        goto end;
+    }
+    Py_ssize_t nrows = PyList_GET_SIZE(rows);
+    for (Py_ssize_t r = 0; r < nrows; r++) {
+        PyObject *row = PyList_GET_ITEM(rows, r);
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 3) goto python;
+        PyObject *tv = PyTuple_GET_ITEM(row, 0), *okv = PyTuple_GET_ITEM(row, 1), *dv = PyTuple_GET_ITEM(row, 2);
+        if (!PyLong_CheckExact(tv)) goto python;
+        int overflow = 0;
+        long long t = PyLong_AsLongLongAndOverflow(tv, &overflow);
+        if (overflow || (t == -1 && PyErr_Occurred())) goto python;
+        Py_ssize_t piece = pieces == 1 ? 0 : bisect_right_(edges, ne, t) - 1;
+        if (piece < 0 || piece >= pieces) goto python; /* not one of the rows asked for */
+        results[piece]++;
+        int ok = PyObject_IsTrue(okv);
+        if (ok < 0) goto end;
+        if (!ok) continue;
+        if (!PyLong_CheckExact(dv)) goto python;
+        long long d = PyLong_AsLongLongAndOverflow(dv, &overflow);
+        if (overflow || (d == -1 && PyErr_Occurred())) goto python;
+        Py_ssize_t b = bisect_left_(lat, nl, d);
+        if (b > last_edge) b = last_edge;
+        Py_ssize_t k = piece * buckets + b;
+        if (counts[k]++ == 0) order[norder++] = k;
+    }
+    PyObject *res = PyList_New(pieces), *hists = PyList_New(pieces);
+    if (res == NULL || hists == NULL) {
+        Py_XDECREF(res);
+        Py_XDECREF(hists);
+        goto end;
+    }
+    for (Py_ssize_t i = 0; i < pieces; i++) {
+        PyObject *v = PyLong_FromLongLong(results[i]), *l = PyList_New(0);
+        if (v == NULL || l == NULL) {
+            Py_XDECREF(v);
+            Py_XDECREF(l);
+            Py_DECREF(res);
+            Py_DECREF(hists);
+            goto end;
+        }
+        PyList_SET_ITEM(res, i, v);
+        PyList_SET_ITEM(hists, i, l);
+    }
+    for (Py_ssize_t j = 0; j < norder; j++) {
+        Py_ssize_t k = order[j];
+        PyObject *pair = Py_BuildValue("(nL)", k % buckets, (long long)counts[k]);
+        if (pair == NULL || PyList_Append(PyList_GET_ITEM(hists, k / buckets), pair) < 0) {
+            Py_XDECREF(pair);
+            Py_DECREF(res);
+            Py_DECREF(hists);
+            goto end;
+        }
+        Py_DECREF(pair);
+    }
+    out = Py_BuildValue("(NN)", res, hists);
+    goto end;
+python:
+    PyErr_Clear();
+    out = Py_NewRef(Py_None);
+end:
+    PyMem_Free(edges);
+    PyMem_Free(lat);
+    PyMem_Free(counts);
+    PyMem_Free(results);
+    PyMem_Free(order);
+    return out;
+}
 
 static PyObject *utc(PyObject *self, PyObject *arg) {
     (void)self;
@@ -875,6 +1108,8 @@ static PyObject *abi(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"abi", abi, METH_NOARGS, "The interface version of this module."},
     {"utc", utc, METH_O, "records.utc(ns) for ns > 0."},
+    {"summarize", summarize, METH_VARARGS,
+     "summarize(rows, edges, latency_edges, last_edge) -> (results, histograms) or None."},
     {NULL, NULL, 0, NULL},
 };
 
