@@ -752,6 +752,12 @@ static int take(scan_t *st, PyObject *item) {
             goto done;
     rc = 1;
 done:
+    if (rc < 0 && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        /* never expected (the bytes were validated as UTF-8 first), but if CPython disagrees the
+         * exact path decides */
+        PyErr_Clear();
+        rc = 0;
+    }
     buf_free(&out);
     Py_XDECREF(check_id);
     Py_XDECREF(row);
