@@ -164,6 +164,28 @@ def test_rows_are_the_ingests_rows_and_rejections(speedups: bool) -> None:
 
 
 @pytest.mark.parametrize("speedups", SPEEDUPS)
+def test_slim_rows_are_the_ingests_without_what_the_report_never_reads(speedups: bool) -> None:
+    """verify's scratch rows (``RowSink(slim=True)``): a successful result's without its check
+    revision, detail, phases and fields; a failed one's whole; the same records rejected."""
+    raws = _raws()
+    sink = RowSink(5, CHECKS, NOW + SKEW, slim=True)
+    tables = TableWriter(
+        0, 2**63 - 1, io.BytesIO(), io.BytesIO(), io.BytesIO(), set(CHECKS), speedups=speedups
+    )
+    want = []
+    for raw in raws + raws:
+        record = pb.Record.FromString(raw)
+        with contextlib.suppress(InvalidRecord):
+            row = result_row(record, 5, 9, CHECKS, 0, now_ns=NOW, max_skew_ns=SKEW)
+            if row[8]:
+                row = (*row[:4], "", *row[5:11], "", "{}", "{}", *row[14:])
+            want.append(row)
+        feed(tables, "a", 9, raw, sink)
+    assert any(row[8] for row in want) and any(not row[8] and row[13] != "{}" for row in want)
+    assert sink.rows == want
+
+
+@pytest.mark.parametrize("speedups", SPEEDUPS)
 def test_rows_do_not_change_the_tables(speedups: bool) -> None:
     """Rendering with rows gives the same bytes as without (export renders without), and the
     compiled renderer the Python code's."""

@@ -75,12 +75,12 @@ def results(draw: Any) -> pb.Record:
 
 
 def render(
-    raws: list[bytes], speedups: bool, agent: str = 'a,"g\nent ü', with_rows: bool = True
+    raws: list[bytes], speedups: bool, agent: str = 'a,"g\nent ü', with_rows: bool | str = True
 ) -> tuple[Any, ...]:
     """The tables' bytes, the rows and the results count of ``raws`` rendered as verify renders them."""
     rcsv, gcsv, jsonl = io.BytesIO(), io.BytesIO(), io.BytesIO()
     tables = TableWriter(T0 - 10**11, T0 + 10**11, rcsv, gcsv, jsonl, set(CHECKS), speedups=speedups)
-    sink = RowSink(5, CHECKS, T0 + 10**11) if with_rows else None
+    sink = RowSink(5, CHECKS, T0 + 10**11, slim=with_rows == "slim") if with_rows else None
     errors = []
     for raw in raws:
         try:
@@ -108,8 +108,8 @@ def assert_same(raws: list[bytes], **kw: Any) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(results(), min_size=1, max_size=8), st.booleans(), TEXT)
-def test_generated_records_render_alike(records: list[pb.Record], with_rows: bool, agent: str) -> None:
+@given(st.lists(results(), min_size=1, max_size=8), st.sampled_from([False, True, "slim"]), TEXT)
+def test_generated_records_render_alike(records: list[pb.Record], with_rows: bool | str, agent: str) -> None:
     raws = [r.SerializeToString() for r in records]
     assert_same(raws + raws, with_rows=with_rows, agent=agent)  # twice: the fields' texts then cached
 
@@ -309,8 +309,10 @@ def test_summarize_leaves_odd_values_to_python() -> None:
 
     last = len(LATENCY_EDGES_NS) - 1
     assert summarize([(T0, 1, 5)], [T0, T0 + 1], LATENCY_EDGES_NS, last) == ([1], [[(0, 1)]])
-    assert summarize([(T0, 1, 5.0)], [T0, T0 + 1], LATENCY_EDGES_NS, last) is None
+    odd: Any = [(T0, 1, 5.0)]  # a REAL duration
+    assert summarize(odd, [T0, T0 + 1], LATENCY_EDGES_NS, last) is None
     assert summarize([(T0, 1, 2**70)], [T0, T0 + 1], LATENCY_EDGES_NS, last) is None
     assert summarize([(T0 - 1, 1, 5)], [T0, T0 + 1, T0 + 2], LATENCY_EDGES_NS, last) is None
-    assert summarize([(T0, 1)], [T0, T0 + 1], LATENCY_EDGES_NS, last) is None
+    odd = [(T0, 1)]  # a row too short
+    assert summarize(odd, [T0, T0 + 1], LATENCY_EDGES_NS, last) is None
     assert summarize([], [T0], LATENCY_EDGES_NS, last) is None

@@ -933,7 +933,7 @@ def _walk(
     )
     last = 0
     anchored = bool(entry.get("anchored"))
-    sink = RowSink(int(agent["id"]), check_rows, now_ns + _SKEW)
+    sink = RowSink(int(agent["id"]), check_rows, now_ns + _SKEW, slim=True)
     rows, gaps = sink.rows, cast(list[tuple[Any, ...]], [])
     record_, seal_, add, add_view = walker.record, walker.seal, tables.add, tables.add_view
     add_result = tables.add_result

@@ -467,6 +467,7 @@ typedef struct {
     /* the last row sink: what RowSink holds */
     PyObject *sink, *sink_checks, *sink_rows, *agent_row;
     int64_t limit_ns;
+    int slim; /* a successful result's row without the texts the report does not read */
     Py_ssize_t rendered;
     int64_t minute; /* the last minute written: its text */
     char minute_text[20];
@@ -595,7 +596,10 @@ static int set_sink(Renderer *self, PyObject *sink) {
     PyObject *limit = agent_row ? PyObject_GetAttrString(sink, "limit_ns") : NULL;
     long long lim = limit ? PyLong_AsLongLong(limit) : -1;
     Py_XDECREF(limit);
-    if (limit == NULL || (lim == -1 && PyErr_Occurred()) || !PyList_Check(rows)) {
+    PyObject *slim = limit ? PyObject_GetAttrString(sink, "slim") : NULL;
+    int is_slim = slim ? PyObject_IsTrue(slim) : -1;
+    Py_XDECREF(slim);
+    if (limit == NULL || is_slim < 0 || (lim == -1 && PyErr_Occurred()) || !PyList_Check(rows)) {
         if (rows != NULL && !PyList_Check(rows) && !PyErr_Occurred())
             PyErr_SetString(PyExc_TypeError, "sink.rows must be a list");
         Py_XDECREF(checks);
@@ -609,6 +613,7 @@ static int set_sink(Renderer *self, PyObject *sink) {
     Py_XSETREF(self->sink_rows, rows);
     Py_XSETREF(self->agent_row, agent_row);
     self->limit_ns = lim;
+    self->slim = is_slim;
     return 0;
 }
 
@@ -759,15 +764,20 @@ static int render_one(Renderer *self, const unsigned char *raw, Py_ssize_t raw_n
             PyTuple_SET_ITEM(row, 1, epoch);
             PyTuple_SET_ITEM(row, 2, PyLong_FromUnsignedLongLong(r.seq));
             PyTuple_SET_ITEM(row, 3, check_row);
-            PyTuple_SET_ITEM(row, 4, decode(r.revision));
+            int slim = self->slim && r.ok;
+            Str revision = r.revision, detail = r.detail;
+            if (slim) revision.n = detail.n = 0;
+            PyTuple_SET_ITEM(row, 4, decode(revision));
             PyTuple_SET_ITEM(row, 5, PyLong_FromLongLong(r.scheduled));
             PyTuple_SET_ITEM(row, 6, PyLong_FromLongLong(r.started));
             PyTuple_SET_ITEM(row, 7, PyLong_FromLongLong(r.duration));
             PyTuple_SET_ITEM(row, 8, PyLong_FromLong(r.ok));
             PyTuple_SET_ITEM(row, 9, PyLong_FromLong(r.degraded));
             PyTuple_SET_ITEM(row, 10, decode(r.error_kind));
-            PyTuple_SET_ITEM(row, 11, decode(r.detail));
-            PyTuple_SET_ITEM(row, 12, PyUnicode_DecodeUTF8(ph.p, ph.n, "strict"));
+            PyTuple_SET_ITEM(row, 11, decode(detail));
+            PyTuple_SET_ITEM(row, 12, slim ? PyUnicode_FromStringAndSize("{}", 2)
+                                           : PyUnicode_DecodeUTF8(ph.p, ph.n, "strict"));
+            if (slim) field_row = NULL;
             Py_XINCREF(field_row);
             PyTuple_SET_ITEM(row, 13, field_row != NULL ? field_row : PyUnicode_FromStringAndSize("{}", 2));
             PyTuple_SET_ITEM(row, 14, PyLong_FromLong(0));
