@@ -8,7 +8,7 @@ PYTEST_ARGS ?= --durations=15 -n 2 --dist worksteal
 
 .PHONY: install system-deps demo test lint proto proto-check bench bench-ingest bench-install bench-query bench-probes bench-evidence clean
 
-$(STAMP): pyproject.toml speedups/pyproject.toml speedups/setup.py speedups/can_build.py $(wildcard speedups/src/*.c)
+$(STAMP): pyproject.toml speedups/pyproject.toml speedups/setup.py speedups/can_build.py $(wildcard speedups/src/*.c speedups/slaprobe_speedups/*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
