@@ -316,3 +316,58 @@ def test_summarize_leaves_odd_values_to_python() -> None:
     odd = [(T0, 1)]  # a row too short
     assert summarize(odd, [T0, T0 + 1], LATENCY_EDGES_NS, last) is None
     assert summarize([], [T0], LATENCY_EDGES_NS, last) is None
+
+
+HIST = st.dictionaries(st.integers(0, 40), st.integers(0, 10**6), max_size=6)
+SUMMARIES = st.builds(
+    lambda lat, n, clock, unsynced, approx: __import__("collector.sla.engine").sla.engine.Summary(
+        lat, n, clock, unsynced, approx
+    ),
+    HIST,
+    st.integers(0, 10**6),
+    HIST,
+    st.integers(0, 100),
+    st.booleans(),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(SUMMARIES, st.lists(SUMMARIES, max_size=8))
+def test_add_summaries_is_summary_add(first: Any, more: list[Any]) -> None:
+    """The report's hour pieces added up in C: ``Summary.add`` of each, keys in the same order."""
+    import copy
+
+    from slaprobe_speedups._evidence import add_summaries
+
+    want, got = copy.deepcopy(first), copy.deepcopy(first)
+    for s in more:
+        want.add(s)
+    add_summaries(got, more)
+    assert got == want
+    assert list(got.latency.items()) == list(want.latency.items())
+    assert list(got.clock.items()) == list(want.clock.items())
+
+
+def test_memo_source_adds_alike_with_and_without_the_compiled_add(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.evidence import report_doc
+    from collector.sla.engine import Summary
+
+    class Inner:
+        def summaries(self, part: Any, edges: list[int]) -> list[Summary]:
+            return [
+                Summary({(a // 7) % 5: 1, a % 3: 2}, 3, {a % 2: 1}, a % 2, a % 11 == 0) for a in edges[:-1]
+            ]
+
+        def summary(self, part: Any, intervals: list[tuple[int, int]]) -> Summary:
+            return self.summaries(part, [intervals[0][0], intervals[0][1]])[0]
+
+    part: Any = ("a check version", 1)  # only a key here
+    hour = 3600 * 10**9
+    outs = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(report_doc, "_add_summaries", None)
+        memo = report_doc.MemoSource(Inner(), [T0 + 17], split_summaries=True)  # type: ignore[arg-type]
+        got = memo.summary(part, [(T0, T0 + 30 * hour + 5), (T0 + 40 * hour, T0 + 41 * hour)])
+        outs.append((got, list(got.latency.items()), list(got.clock.items())))
+    assert outs[0] == outs[1]

@@ -51,6 +51,12 @@ from collector.sla.incidents import incidents
 from collector.sla.report import Context, ServiceReport, score, selected, tally
 from collector.sla.timeline import UTC, Interval
 
+_add_summaries: Any
+try:  # the optional compiled Summary.add of many (the slaprobe-speedups distribution)
+    from slaprobe_speedups._evidence import add_summaries as _add_summaries
+except ImportError:  # pragma: no cover - depends on the installation
+    _add_summaries = None
+
 SCHEMA = "slaprobe.evidence.report/1"
 DAILY_PERCENTILES = (50.0, 95.0, 99.0)
 HOUR_NS = 3600 * NS_PER_S
@@ -354,11 +360,17 @@ class MemoSource:
             pieces = self._cut(a, b)
             if many is not None:
                 self._read_runs(part, pieces, many)
+            gots = []
             for piece in pieces:
                 got = self._pieces.get((part, *piece))
                 if got is None:
                     got = self._pieces[(part, *piece)] = self.inner.summary(part, [piece])
-                out.add(got)
+                gots.append(got)
+            if _add_summaries is not None:  # the same adds, in C (a month: ~200k of them)
+                _add_summaries(out, gots)
+            else:
+                for got in gots:
+                    out.add(got)
         return out
 
     def _read_runs(

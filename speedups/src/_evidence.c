@@ -1092,6 +1092,77 @@ end:
     return out;
 }
 
+/* ---- adding summaries up ---------------------------------------------------------------------- */
+
+static PyObject *zero; /* 0, as dict.get's default */
+
+/* histogram.add: into[k] = into.get(k, 0) + v for each item of other, in its order. */
+static int hist_add(PyObject *into, PyObject *other) {
+    if (!PyDict_Check(into) || !PyDict_Check(other)) {
+        PyErr_SetString(PyExc_TypeError, "histograms must be dicts");
+        return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(other, &pos, &k, &v)) {
+        PyObject *have = PyDict_GetItemWithError(into, k);
+        if (have == NULL && PyErr_Occurred()) return -1;
+        PyObject *sum = have == NULL ? PyNumber_Add(zero, v) : PyNumber_Add(have, v);
+        if (sum == NULL) return -1;
+        int bad = PyDict_SetItem(into, k, sum);
+        Py_DECREF(sum);
+        if (bad) return -1;
+    }
+    return 0;
+}
+
+static int add_attr(PyObject *into, PyObject *other, PyObject *name, int as_or) {
+    PyObject *a = PyObject_GetAttr(into, name);
+    if (a == NULL) return -1;
+    PyObject *b = PyObject_GetAttr(other, name);
+    if (b == NULL) {
+        Py_DECREF(a);
+        return -1;
+    }
+    PyObject *sum = as_or ? PyNumber_Or(a, b) : PyNumber_Add(a, b);
+    Py_DECREF(a);
+    Py_DECREF(b);
+    if (sum == NULL) return -1;
+    int bad = PyObject_SetAttr(into, name, sum);
+    Py_DECREF(sum);
+    return bad;
+}
+
+static PyObject *s_latency, *s_clock, *s_results, *s_unsynced, *s_approximate;
+
+/* add_summaries(out, summaries): ``out.add(s)`` (collector.sla.engine.Summary.add) for each. */
+static PyObject *add_summaries(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *out, *many;
+    if (!PyArg_ParseTuple(args, "OO", &out, &many)) return NULL;
+    PyObject *fast = PySequence_Fast(many, "summaries must be a sequence");
+    if (fast == NULL) return NULL;
+    PyObject *lat = PyObject_GetAttr(out, s_latency);
+    PyObject *clock = lat ? PyObject_GetAttr(out, s_clock) : NULL;
+    int ok = clock != NULL;
+    for (Py_ssize_t i = 0; ok && i < PySequence_Fast_GET_SIZE(fast); i++) {
+        PyObject *s = PySequence_Fast_GET_ITEM(fast, i);
+        PyObject *sl = PyObject_GetAttr(s, s_latency);
+        ok = sl != NULL && hist_add(lat, sl) == 0;
+        Py_XDECREF(sl);
+        ok = ok && add_attr(out, s, s_results, 0) == 0;
+        PyObject *sc = ok ? PyObject_GetAttr(s, s_clock) : NULL;
+        ok = sc != NULL && hist_add(clock, sc) == 0;
+        Py_XDECREF(sc);
+        ok = ok && add_attr(out, s, s_unsynced, 0) == 0 && add_attr(out, s, s_approximate, 1) == 0;
+    }
+    Py_XDECREF(lat);
+    Py_XDECREF(clock);
+    Py_DECREF(fast);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *utc(PyObject *self, PyObject *arg) {
     (void)self;
     long long ns = PyLong_AsLongLong(arg);
@@ -1118,6 +1189,7 @@ static PyObject *abi(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"abi", abi, METH_NOARGS, "The interface version of this module."},
     {"utc", utc, METH_O, "records.utc(ns) for ns > 0."},
+    {"add_summaries", add_summaries, METH_VARARGS, "add_summaries(out, summaries): out.add(s) for each."},
     {"summarize", summarize, METH_VARARGS,
      "summarize(rows, edges, latency_edges, last_edge) -> (results, histograms) or None."},
     {NULL, NULL, 0, NULL},
@@ -1127,6 +1199,12 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_evidence", NULL, -1
 
 PyMODINIT_FUNC PyInit__evidence(void) {
     if (PyType_Ready(&RendererType) < 0) return NULL;
+    if ((zero = PyLong_FromLong(0)) == NULL || (s_latency = PyUnicode_InternFromString("latency")) == NULL ||
+        (s_clock = PyUnicode_InternFromString("clock")) == NULL ||
+        (s_results = PyUnicode_InternFromString("results")) == NULL ||
+        (s_unsynced = PyUnicode_InternFromString("unsynced")) == NULL ||
+        (s_approximate = PyUnicode_InternFromString("approximate")) == NULL)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     Py_INCREF(&RendererType);
