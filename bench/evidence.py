@@ -544,9 +544,16 @@ def code_version() -> dict[str, Any]:
         return out.stdout.rstrip("\n") if out.returncode == 0 else ""
 
     status = git("status", "--porcelain", "--", "collector", "slaprobe", "protos")
+    try:  # the compiled renderer (the optional slaprobe-speedups distribution), used when installed
+        import slaprobe_speedups._evidence  # noqa: F401
+
+        compiled = True
+    except ImportError:
+        compiled = False
     return {
         "commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
         "uncommitted": sorted(line[3:] for line in status.splitlines()),
+        "speedups": compiled,
     }
 
 
@@ -771,7 +778,11 @@ def main() -> None:
     if a.code is not None:  # the console script's Python, the other tree first on its path
         cli = [sys.executable, cli[0]]
         env = {**os.environ, "PYTHONPATH": str(a.code.resolve())}
-        figures["code"] = {"commit": f"tree {a.code}", "uncommitted": []}
+        figures["code"] = {
+            "commit": f"tree {a.code}",
+            "uncommitted": [],
+            "speedups": figures["code"]["speedups"],
+        }
         a.no_phases = True
     exports, verifies = [], []
     for i in range(a.repeat):
@@ -870,7 +881,7 @@ def markdown(f: dict[str, Any]) -> str:
 ## Evidence: export and verify a month of one site, {datetime.now(UTC).strftime("%Y-%m-%d %H:%M")} UTC
 
 Machine: {m["cpu"]}, {m["cores"]} vCPU, Linux {m["kernel"]}; Python {m["python"]}, SQLite {m["sqlite"]}, zlib {m["zlib"]}. Load average at the end {m["load_average_end"]:.1f}.
-Code: commit {code["commit"]}{dirty}.
+Code: commit {code["commit"]}{dirty}; slaprobe_speedups._evidence (compiled renderer) {"installed" if code.get("speedups") else "not installed"}.
 World (`bench/evidence.py`, database {built}, {b["db_gib"]:.2f} GiB): one site, {f["checks"]} checks at 60 s, October 2026: {b["results"]:,} results, {b["clock_samples"]:,} clock samples and {b["seals"]:,} seals (sealed every {f["seal_interval_s"]:g} s or 500 records, at 0.83 results/s) from 2 agents in turn; runs: export {", ".join(f"{x:.1f}" for x in f["export_runs_s"])} s, verify {", ".join(f"{x:.1f}" for x in f["verify_runs_s"])} s.
 
 | command | wall (median) | CPU | max RSS (largest process / sampled tree) | load avg before → after | other processes, cores |
