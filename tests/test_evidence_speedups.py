@@ -10,10 +10,13 @@ unknown, wrong wire types, long varints), and on byte-mutated records, which mus
 crash it.
 """
 
+# ruff: noqa: F811  (the lab fixture is imported from test_evidence and named as a parameter)
 from __future__ import annotations
 
 import io
+import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +24,10 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from collector.evidence import layout
 from collector.evidence.records import RowSink, TableWriter, _Renderer, parse_view, utc
 from protos import slaprobe_v1_pb2 as pb
+from tests.test_evidence import Lab, anyio_backend, lab  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(_Renderer is None, reason="slaprobe_speedups._evidence is not installed")
 
@@ -371,3 +376,84 @@ def test_memo_source_adds_alike_with_and_without_the_compiled_add(monkeypatch: p
         got = memo.summary(part, [(T0, T0 + 30 * hour + 5), (T0 + 40 * hour, T0 + 41 * hour)])
         outs.append((got, list(got.latency.items()), list(got.clock.items())))
     assert outs[0] == outs[1]
+
+
+def _walk_both(root: Path, manifest: dict[str, Any], chain_index: int) -> list[Any]:
+    """verify's walk of one chain file with the compiled run (results and plain links in C)
+    and without it: what each found (the first failure's words, counts, head, rows, tables)."""
+    import sqlite3
+    from typing import IO, cast
+
+    from collector.evidence import verify
+
+    checks = json.loads((root / layout.CHECKS).read_text())
+    check_rows = {c["key"]: int(c["id"]) for c in checks["checks"]}
+    agents = {a["name"]: a for a in json.loads((root / layout.AGENTS).read_text())}
+    period = manifest["period"]
+    outs = []
+    real_insert = verify._insert
+    for compiled in (True, False):
+        parts = [verify._Part() for _ in range(3)]
+        rcsv, gcsv, jsonl = (cast(IO[bytes], p) for p in parts)
+        tables = TableWriter(
+            int(period["start_ns"]),
+            int(period["end_ns"]),
+            rcsv,
+            gcsv,
+            jsonl,
+            set(check_rows),
+            speedups=compiled,
+        )
+        inserted: list[Any] = []
+
+        def keep(
+            conn: Any, rows: list[tuple[Any, ...]], gaps: list[tuple[Any, ...]], into: list[Any] = inserted
+        ) -> None:
+            into.extend(rows + gaps)
+            rows.clear()
+            gaps.clear()
+
+        verify._insert = keep  # type: ignore[assignment]
+        try:
+            rejected = verify._Rejected({}, 300 * 10**9, lambda t: set(check_rows), True)
+            seg = verify._walk(
+                root, manifest["chains"][chain_index], chain_index, 0, None, agents, check_rows,
+                int(manifest["generated_ns"]), tables, sqlite3.connect(":memory:"), False, rejected,
+            )  # fmt: skip
+        finally:
+            verify._insert = real_insert
+        tables.flush()
+        outs.append((seg, inserted, [(p.n, p.h.hexdigest()) for p in parts]))
+    return outs
+
+
+def test_walks_with_and_without_the_compiled_links_agree(lab: Lab, tmp_path: Path) -> None:
+    """A chain file walked with plain links checked in C and by ``ChainWalker.seal`` alone: the
+    same answer, byte mutations anywhere included (a flipped digest, prev, count, seq, key id,
+    a cut record ...): the C walk leaves every link that does not hold to the walker, which
+    names it, so the first failure and its words are the same."""
+    from tests.test_evidence import unpack
+
+    root = unpack(lab.export(), tmp_path / "x")
+    manifest = json.loads((root / layout.MANIFEST).read_text())
+    path = root / manifest["chains"][0]["file"]
+    clean = path.read_bytes()
+    c, py = _walk_both(root, manifest, 0)
+    assert c == py and c[0]["error"] is None and c[0]["links"] > 3
+    rng = random.Random(11)
+    errors = set()
+    for _ in range(150):
+        b = bytearray(clean)
+        at = rng.randrange(len(b))
+        if rng.random() < 0.8:
+            b[at] ^= 1 << rng.randrange(8)
+        else:
+            del b[at : at + rng.randint(1, 40)]
+        path.write_bytes(bytes(b))
+        c, py = _walk_both(root, manifest, 0)
+        assert c[0] == py[0]  # the walk: its first failure and words, counts, head, next seq
+        if c[0]["error"] is None:  # (a failed walk's rows and tables are never looked at)
+            assert c == py
+        errors.add(str(c[0]["error"])[:60])
+    assert len(errors) > 3  # different failures, each named alike
+    path.write_bytes(clean)

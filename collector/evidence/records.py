@@ -370,7 +370,9 @@ class TableWriter:
         elif speedups:
             raise RuntimeError("slaprobe_speedups._evidence is not installed")
         # The compiled walk of a chain file's run of plain results (verify), or None.
-        self.run: Callable[..., tuple[int, int, int]] | None = self._c.run if self._c is not None else None
+        self.run: Callable[..., tuple[int, int, int, int, int]] | None = (
+            self._c.run if self._c is not None else None
+        )
         self._put_line: Callable[[str], Any] = self._c.jsonl if self._c is not None else self._lines.append
         self._put_csv: Callable[[str], Any] = self._c.csv if self._c is not None else self._csv.append
         self._names: dict[str, str] = {}  # JSON text of repeated strings (agents, checks, phase names)

@@ -693,14 +693,51 @@ def _mapped(f: IO[bytes]) -> Iterator[Any]:
         yield m
 
 
-def _walked(walker: chain.ChainWalker, data: Any, start: int, end: int, count: int, last: int) -> None:
-    """``walker.record`` of each of the ``count`` records framed in ``data[start:end]``, the
-    last of them ``last``, their seqs following on (the compiled walk checked it): the
-    digest's framing is the chain file's, so it takes their bytes at once."""
+def _run_links(walker: chain.ChainWalker, first: bool) -> list[Any] | None:
+    """The walker's state for the compiled walk to walk plain links too (``Renderer.run``):
+    [epoch, keys, head, segment start, digest object, records in it, first record of the walk];
+    None where every link's signature is checked (``--all-signatures``: Python's walk).
+
+    A plain link is one ``ChainWalker.seal`` would accept without a signature check: not an
+    eviction link, with the next seq, this epoch, covering the records since the last link
+    (their count and digest), chained to the head before it, signed by a key the agent has.
+    The compiled walk checks exactly that, in C, and leaves any other link (and any link where
+    a check fails) to ``ChainWalker.seal``, which then names what is wrong; the first record of
+    a walk (an anchor, or the cut between pieces) is always the walker's."""
+    if walker.signatures == "all":
+        return None
     d = walker._digest
-    with memoryview(data) as whole, whole[start:end] as part:
-        d._h.update(part)
-    d.count += count
+    return [walker.epoch, walker.keys, walker.head, walker.segment_start, d._h, d.count, first]
+
+
+def _walked(
+    walker: chain.ChainWalker,
+    data: Any,
+    start: int,
+    end: int,
+    count: int,
+    last: int,
+    state: list[Any] | None,
+    links: int,
+    link_at: int,
+) -> None:
+    """``walker.record`` of each of the ``count`` records and ``walker.seal`` of each of the
+    ``links`` plain links the compiled walk walked in ``data[start:end]`` (the last of them
+    ``last``, the last link at ``link_at``). With ``state`` the compiled walk fed the digest
+    object itself and updated the state; without, the records' bytes go to the digest here at
+    once (its framing is the chain file's)."""
+    d = walker._digest
+    if state is None:
+        with memoryview(data) as whole, whole[start:end] as part:
+            d._h.update(part)
+        d.count += count
+    else:
+        walker.head, walker.segment_start, d._h, d.count = state[2], state[3], state[4], state[5]
+    if links:
+        raw = bytes(data[link_at + 4 : link_at + 4 + int.from_bytes(data[link_at : link_at + 4], "big")])
+        record = pb.Record.FromString(raw)
+        walker.last_link = chain.parse_link(record.seq, record.seal)
+        walker.links += links
     walker.records += count
     walker.next_seq = last + 1
 
@@ -950,16 +987,20 @@ def _walk(
             while pos < size and pos <= limit:
                 if run is not None and walker.next_seq < 2**64:
                     # A run of plain results with the next seqs, rendered and their rows built in
-                    # C; the chain's digest then takes their bytes at once (its framing is the
-                    # file's). It stops at anything else, which is walked below.
-                    to, count, got_last = run(
-                        data, pos, limit, name, epoch, sink, walker.next_seq, listed, 50_000
-                    )
-                    if count:
-                        _walked(walker, data, pos, to, count, got_last)
+                    # C, and of the plain links between them (``_run_links``); it stops at
+                    # anything else, which is walked below.
+                    state = _run_links(walker, i == 0)
+                    to, count, got_last, links, link_at = run(
+                        data, pos, limit, name, epoch, sink, walker.next_seq, listed, 50_000, state,
+                        hashlib.sha256,
+                    )  # fmt: skip
+                    if count or links:
+                        _walked(walker, data, pos, to, count, got_last, state, links, link_at)
                         last = got_last
                         pos = to
-                        i += count
+                        i += count + links
+                        if links:
+                            tail = link_at
                         if len(rows) >= 50_000:
                             _insert(conn, rows, gaps)
                         continue

@@ -22,6 +22,21 @@ class Renderer:
         entries: dict[tuple[bytes, ...], tuple[str, str | None]],
     ) -> None: ...
     def result(self, raw: bytes, agent: str, epoch: int, sink: Any, /) -> int | None: ...
+    def run(
+        self,
+        buf: Any,
+        pos: int,
+        last: int,
+        agent: str,
+        epoch: int,
+        sink: Any,
+        next_seq: int,
+        listed: Any,
+        max_rows: int,
+        chain: list[Any] | None,
+        sha256: Any,
+        /,
+    ) -> tuple[int, int, int, int, int]: ...
     def jsonl(self, line: str, /) -> None: ...
     def csv(self, line: str, /) -> None: ...
     def flush(self) -> None: ...

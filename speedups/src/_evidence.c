@@ -854,21 +854,131 @@ static PyObject *renderer_result(Renderer *self, PyObject *const *args, Py_ssize
     return PyLong_FromUnsignedLongLong(seq);
 }
 
-/* run(buf, pos, last, agent, epoch, sink, next_seq, listed, max_rows) -> (pos, records, last seq):
+/* ---- seals: ChainWalker.seal's checks for a plain link --------------------------------------- */
+
+typedef struct {
+    uint64_t seq;
+    Str body, signature;
+} Seal;
+
+typedef struct {
+    uint64_t epoch, first_seq, last_seq, count;
+    Str prev, digest, key_id, replaces_head;
+} SealBody;
+
+/* A seal record {1: seq, 5: {1: body, 2: signature}}, each field once, nothing else: 0; else -1. */
+static int parse_seal(const unsigned char *raw, Py_ssize_t n, Seal *out) {
+    const unsigned char *p = raw, *end = raw + n;
+    int seen = 0;
+    Str seal = {NULL, 0};
+    out->seq = 0;
+    while (p < end) {
+        uint32_t num;
+        int wt;
+        if (tag(&p, end, &num, &wt) < 0) return -1;
+        if (num == 1 && wt == 0 && !(seen & 1)) {
+            if (varint(&p, end, &out->seq) < 0) return -1;
+            seen |= 1;
+        } else if (num == 5 && wt == 2 && !(seen & 2)) {
+            if (length(&p, end, &seal) < 0) return -1;
+            seen |= 2;
+        } else {
+            return -1;
+        }
+    }
+    if (!(seen & 2)) return -1;
+    static const unsigned char empty[1] = {0};
+    out->body.p = out->signature.p = empty;
+    out->body.n = out->signature.n = 0;
+    seen = 0;
+    p = seal.p;
+    end = seal.p + seal.n;
+    while (p < end) {
+        uint32_t num;
+        int wt;
+        if (tag(&p, end, &num, &wt) < 0 || wt != 2 || (num != 1 && num != 2) || (seen & (1 << num))) return -1;
+        seen |= 1 << num;
+        if (length(&p, end, num == 1 ? &out->body : &out->signature) < 0) return -1;
+    }
+    return 0;
+}
+
+/* SealBody, each field with its wire type at most once, nothing unknown: 0; else -1. */
+static int parse_seal_body(Str body, SealBody *b) {
+    static const unsigned char empty[1] = {0};
+    Str none = {empty, 0};
+    b->epoch = b->first_seq = b->last_seq = b->count = 0;
+    b->prev = b->digest = b->key_id = b->replaces_head = none;
+    const unsigned char *p = body.p, *end = body.p + body.n;
+    uint32_t seen = 0;
+    while (p < end) {
+        uint32_t num;
+        int wt;
+        uint64_t v;
+        if (tag(&p, end, &num, &wt) < 0 || num > 10 || (seen & (1u << num))) return -1;
+        seen |= 1u << num;
+        switch (num) {
+        case 1: case 2: case 3: case 6: case 7: case 10:
+            if (wt != 0 || varint(&p, end, &v) < 0) return -1;
+            if (num == 1) b->epoch = v;
+            else if (num == 2) b->first_seq = v;
+            else if (num == 3) b->last_seq = v;
+            else if (num == 7) b->count = v;
+            else if (num == 10 && v > 0xFFFFFFFFu) return -1; /* uint32: upb would keep the low bits */
+            break;
+        case 4: case 5: case 8: case 9: {
+            Str s;
+            if (wt != 2 || length(&p, end, &s) < 0) return -1;
+            if (num == 4) b->prev = s;
+            else if (num == 5) b->digest = s;
+            else if (num == 8) b->key_id = s;
+            else b->replaces_head = s;
+            break;
+        }
+        default:
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *digest_of(PyObject *h) { return PyObject_CallMethod(h, "digest", NULL); }
+
+/* Feed buf[a:b] to the hashlib object h. */
+static int feed(PyObject *h, const unsigned char *buf, Py_ssize_t a, Py_ssize_t b) {
+    if (b <= a) return 0;
+    PyObject *mv = PyMemoryView_FromMemory((char *)(buf + a), b - a, PyBUF_READ);
+    if (mv == NULL) return -1;
+    PyObject *r = PyObject_CallMethod(h, "update", "O", mv);
+    Py_DECREF(mv);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* run(buf, pos, last, agent, epoch, sink, next_seq, listed, max_rows, chain, sha256) ->
+ * (pos, records, last seq, links, last link's offset):
  * render the chain file's records framed in ``buf`` from byte ``pos`` (a 4-byte big-endian length
  * and the record), for as long as each is a plain result with the next seq (not listed, its
  * row accepted), starting at or before byte ``last``, complete in ``buf``, and the sink holds
- * fewer than ``max_rows`` rows. Returns where it stopped: the caller walks that record. */
+ * fewer than ``max_rows`` rows. With ``chain`` (a list: [epoch, keys, head, segment start,
+ * digest object, records in it, first], ChainWalker's state, updated in place), also walk the
+ * plain seals (no eviction, each check of ChainWalker.seal holding: the signatures are the
+ * caller's, at the eviction and last links): the records' bytes go to the digest object, a
+ * seal's digest is compared, a new one started. Returns where it stopped: the caller walks that
+ * record (a seal whose check fails: the caller's walk names it). */
 static PyObject *renderer_run(Renderer *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "run(buf, pos, last, agent, epoch, sink, next_seq, listed, max_rows)");
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError,
+                        "run(buf, pos, last, agent, epoch, sink, next_seq, listed, max_rows, chain, sha256)");
         return NULL;
     }
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
     if (pos == -1 && PyErr_Occurred()) return NULL;
     Py_ssize_t last = PyLong_AsSsize_t(args[2]);
     if (last == -1 && PyErr_Occurred()) return NULL;
-    PyObject *agent = args[3], *epoch = args[4], *sink = args[5], *listed = args[7];
+    PyObject *agent = args[3], *epoch = args[4], *sink = args[5], *listed = args[7], *chain = args[9],
+             *sha256 = args[10];
     unsigned long long expect = PyLong_AsUnsignedLongLong(args[6]);
     if (expect == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     Py_ssize_t max_rows = PyLong_AsSsize_t(args[8]);
@@ -877,14 +987,46 @@ static PyObject *renderer_run(Renderer *self, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_TypeError, "run(): agent must be a str and epoch an int");
         return NULL;
     }
+    /* The chain walker's state, when seals are walked here too. */
+    int seals = 0, first = 0;
+    unsigned long long chain_epoch = 0, seg_start = 0;
+    long long count = 0;
+    PyObject *keys = NULL, *head = NULL, *h = NULL; /* owned while here */
+    if (chain != Py_None) {
+        if (!PyList_Check(chain) || PyList_GET_SIZE(chain) != 7) {
+            PyErr_SetString(PyExc_TypeError, "run(): chain must be a list of 7");
+            return NULL;
+        }
+        chain_epoch = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(chain, 0));
+        seg_start = chain_epoch == (unsigned long long)-1 && PyErr_Occurred()
+                        ? 0
+                        : PyLong_AsUnsignedLongLong(PyList_GET_ITEM(chain, 3));
+        count = PyErr_Occurred() ? 0 : PyLong_AsLongLong(PyList_GET_ITEM(chain, 5));
+        first = PyObject_IsTrue(PyList_GET_ITEM(chain, 6));
+        if (PyErr_Occurred() || first < 0) {
+            PyErr_Clear(); /* out of range: the seals are the caller's */
+        } else if (PyDict_Check(PyList_GET_ITEM(chain, 1)) &&
+                   (PyList_GET_ITEM(chain, 2) == Py_None || PyBytes_Check(PyList_GET_ITEM(chain, 2)))) {
+            seals = 1;
+            keys = Py_NewRef(PyList_GET_ITEM(chain, 1));
+            head = Py_NewRef(PyList_GET_ITEM(chain, 2));
+            h = Py_NewRef(PyList_GET_ITEM(chain, 4));
+        }
+    }
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        Py_XDECREF(keys);
+        Py_XDECREF(head);
+        Py_XDECREF(h);
+        return NULL;
+    }
     const unsigned char *buf = view.buf;
-    Py_ssize_t size = view.len, records = 0;
+    Py_ssize_t size = view.len, records = 0, links = 0, link_at = -1, start = pos;
+    Py_ssize_t fed = pos; /* the digest holds the records before this offset */
     uint64_t seq = 0, last_seq = 0;
-    PyObject *rows = NULL;
+    PyObject *rows = NULL, *out = NULL;
     if (sink != Py_None) {
-        if (set_sink(self, sink) < 0) goto fail;
+        if (set_sink(self, sink) < 0) goto end;
         rows = self->sink_rows;
     }
     while (pos >= 0 && pos <= last && size - pos >= 4) {
@@ -893,19 +1035,86 @@ static PyObject *renderer_run(Renderer *self, PyObject *const *args, Py_ssize_t 
                                     (uint32_t)buf[pos + 2] << 8 | (uint32_t)buf[pos + 3]);
         if (n > size - pos - 4) break; /* cut: the caller names it */
         int got = render_one(self, buf + pos + 4, n, agent, epoch, sink, 1, (uint64_t)expect, listed, &seq);
-        if (got < 0) goto fail;
-        if (got == 0) break;
+        if (got < 0) goto end;
+        if (got == 0) {
+            /* Not a plain result: a plain seal that holds is walked here, anything else is not. */
+            Seal sl;
+            SealBody b;
+            if (!seals || (first && pos == start) || parse_seal(buf + pos + 4, n, &sl) < 0 ||
+                sl.seq != expect || parse_seal_body(sl.body, &b) < 0 || b.replaces_head.n != 0 ||
+                b.epoch != chain_epoch || b.first_seq != seg_start || sl.seq == 0 || b.last_seq != sl.seq - 1 ||
+                b.count != (uint64_t)count)
+                break;
+            if (feed(h, buf, fed, pos) < 0) goto end;
+            fed = pos;
+            PyObject *d = digest_of(h);
+            if (d == NULL) goto end;
+            int same = PyBytes_Check(d) && PyBytes_GET_SIZE(d) == b.digest.n &&
+                       memcmp(PyBytes_AS_STRING(d), b.digest.p, (size_t)b.digest.n) == 0;
+            Py_DECREF(d);
+            if (!same) break;
+            if (head != Py_None && (PyBytes_GET_SIZE(head) != b.prev.n ||
+                                    memcmp(PyBytes_AS_STRING(head), b.prev.p, (size_t)b.prev.n) != 0))
+                break;
+            PyObject *kid = PyBytes_FromStringAndSize((const char *)b.key_id.p, b.key_id.n);
+            if (kid == NULL) goto end;
+            PyObject *key = PyDict_GetItemWithError(keys, kid);
+            Py_DECREF(kid);
+            if (key == NULL) {
+                if (PyErr_Occurred()) goto end;
+                break;
+            }
+            /* It holds: the head is the body's hash, a new digest starts after it. */
+            PyObject *bh = PyObject_CallFunction(sha256, "y#", (const char *)sl.body.p, sl.body.n);
+            PyObject *new_head = bh ? digest_of(bh) : NULL;
+            Py_XDECREF(bh);
+            PyObject *new_h = new_head ? PyObject_CallNoArgs(sha256) : NULL;
+            if (new_h == NULL || !PyBytes_Check(new_head)) {
+                Py_XDECREF(new_head);
+                Py_XDECREF(new_h);
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "sha256().digest() is not bytes");
+                goto end;
+            }
+            Py_SETREF(head, new_head);
+            Py_SETREF(h, new_h);
+            count = 0;
+            links++;
+            link_at = pos;
+            last_seq = sl.seq;
+            seg_start = sl.seq + 1;
+            pos += 4 + n;
+            fed = pos;
+            if (sl.seq == UINT64_MAX) break;
+            expect = sl.seq + 1;
+            continue;
+        }
         records++;
+        count++;
         last_seq = seq;
         pos += 4 + n;
         if (seq == UINT64_MAX) break; /* no next seq in 64 bits: the caller's walk says so */
         expect = seq + 1;
     }
+    if (seals) {
+        if (feed(h, buf, fed, pos) < 0) goto end;
+        PyObject *v3 = PyLong_FromUnsignedLongLong(seg_start), *v5 = PyLong_FromLongLong(count);
+        if (v3 == NULL || v5 == NULL) {
+            Py_XDECREF(v3);
+            Py_XDECREF(v5);
+            goto end;
+        }
+        PyList_SetItem(chain, 2, Py_NewRef(head));
+        PyList_SetItem(chain, 3, v3);
+        PyList_SetItem(chain, 4, Py_NewRef(h));
+        PyList_SetItem(chain, 5, v5);
+    }
+    out = Py_BuildValue("(nnKnn)", pos, records, (unsigned long long)last_seq, links, link_at);
+end:
     PyBuffer_Release(&view);
-    return Py_BuildValue("(nnK)", pos, records, (unsigned long long)last_seq);
-fail:
-    PyBuffer_Release(&view);
-    return NULL;
+    Py_XDECREF(keys);
+    Py_XDECREF(head);
+    Py_XDECREF(h);
+    return out;
 }
 
 static PyObject *renderer_get_rendered(Renderer *self, void *closure) {
@@ -917,7 +1126,8 @@ static PyMethodDef renderer_methods[] = {
     {"result", (PyCFunction)(void (*)(void))renderer_result, METH_FASTCALL,
      "result(raw, agent, epoch, sink) -> seq, or None: the record is Python's to render."},
     {"run", (PyCFunction)(void (*)(void))renderer_run, METH_FASTCALL,
-     "run(buf, pos, last, agent, epoch, sink, next_seq, listed, max_rows) -> (pos, records, last seq)."},
+     "run(buf, pos, last, agent, epoch, sink, next_seq, listed, max_rows, chain, sha256) -> (pos, records,"
+     " last seq, links, last link's offset)."},
     {"jsonl", (PyCFunction)renderer_jsonl, METH_O, "Append a records.jsonl line (str)."},
     {"csv", (PyCFunction)renderer_csv, METH_O, "Append a results.csv line (str)."},
     {"flush", (PyCFunction)renderer_flush, METH_NOARGS, "Write what is buffered."},
