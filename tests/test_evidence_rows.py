@@ -217,3 +217,22 @@ def test_csv_lines_are_the_csv_modules(speedups: bool) -> None:
         assert got == want.getvalue()
         assert len(parsed) == tables.results + 1 == 2 * len(raws) - 1  # all but the unknown check's
         assert any('"' in line for line in got.splitlines())  # the quoting path was taken too
+
+
+def test_the_compiled_renderer_is_built_where_it_can_be() -> None:
+    """``make install`` builds speedups/ wherever it can: a missing (or stale) renderer here is a
+    broken install, and export and verify would quietly run the slower Python path."""
+    import importlib.util
+    from pathlib import Path
+
+    from collector.evidence import records
+
+    spec = importlib.util.spec_from_file_location(
+        "can_build", Path(__file__).parents[1] / "speedups" / "can_build.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not module.can_build():
+        pytest.skip("no C compiler or Python.h here: slaprobe runs the Python path")
+    assert records._compiled is not None and records._compiled.abi() == records.COMPILED_ABI

@@ -39,11 +39,16 @@ from collector.wire import (
 )
 from protos import slaprobe_v1_pb2 as pb
 
-_Renderer: Any
-try:  # the optional compiled twin of TableWriter.add_view (the slaprobe-speedups distribution)
-    from slaprobe_speedups._evidence import Renderer as _Renderer
+COMPILED_ABI = 2  # the interface of slaprobe_speedups._evidence this code was written to
+_compiled: Any  # that module (the optional slaprobe-speedups distribution), or None
+try:
+    from slaprobe_speedups import _evidence as _compiled
+
+    if _compiled.abi() != COMPILED_ABI:  # pragma: no cover - a stale build: not used
+        _compiled = None
 except ImportError:  # pragma: no cover - depends on the installation
-    _Renderer = None
+    _compiled = None
+_Renderer: Any = None if _compiled is None else _compiled.Renderer  # TableWriter.add_view's compiled twin
 
 _LEN = struct.Struct(">I")
 

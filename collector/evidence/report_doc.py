@@ -42,6 +42,7 @@ from itertools import pairwise
 from typing import Any
 
 from collector.catalogue import Service, Site
+from collector.evidence.records import _compiled
 from collector.rollups import RawSource
 from collector.sla import timeline
 from collector.sla.definitions import LatencyFraction, LatencyPercentile, SlaDefinition
@@ -51,11 +52,9 @@ from collector.sla.incidents import incidents
 from collector.sla.report import Context, ServiceReport, score, selected, tally
 from collector.sla.timeline import UTC, Interval
 
-_add_summaries: Any
-try:  # the optional compiled Summary.add of many (the slaprobe-speedups distribution)
-    from slaprobe_speedups._evidence import add_summaries as _add_summaries
-except ImportError:  # pragma: no cover - depends on the installation
-    _add_summaries = None
+# Summary.add of many, compiled (the optional slaprobe-speedups distribution), or None.
+_add_summaries: Any = None if _compiled is None else _compiled.add_summaries
+
 
 SCHEMA = "slaprobe.evidence.report/1"
 DAILY_PERCENTILES = (50.0, 95.0, 99.0)

@@ -64,6 +64,7 @@ from collector.evidence.records import (
     REJECTED_CSV_HEADER,
     RowSink,
     TableWriter,
+    _compiled,
     decode,
     parse_view,
     record_brief,
@@ -82,13 +83,9 @@ from protos import slaprobe_v1_pb2 as pb
 from slaprobe import chain
 from slaprobe.model import Gap, Measurement
 
-_summarize: Any
-_add_summaries: Any
-try:  # the optional compiled counting of the report's rows (the slaprobe-speedups distribution)
-    from slaprobe_speedups._evidence import add_summaries as _add_summaries
-    from slaprobe_speedups._evidence import summarize as _summarize
-except ImportError:  # pragma: no cover - depends on the installation
-    _summarize = _add_summaries = None
+# The compiled counting of the report's rows and adding of its summaries (records._compiled).
+_summarize: Any = None if _compiled is None else _compiled.summarize
+_add_summaries: Any = None if _compiled is None else _compiled.add_summaries
 
 _SKEW = 2**62  # no clock-skew limit for a record not listed as rejected: it was accepted when it arrived
 # A receipt time may precede the collector's time in an earlier clock exchange by this much (a
