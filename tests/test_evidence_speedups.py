@@ -457,3 +457,65 @@ def test_walks_with_and_without_the_compiled_links_agree(lab: Lab, tmp_path: Pat
         errors.add(str(c[0]["error"])[:60])
     assert len(errors) > 3  # different failures, each named alike
     path.write_bytes(clean)
+
+
+@pytest.fixture
+def pure_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Export and verify as without slaprobe-speedups (a lab bundle is walked in this process)."""
+    from collector.evidence import records, report_doc, verify
+
+    monkeypatch.setattr(records, "_Renderer", None)
+    monkeypatch.setattr(verify, "_summarize", None)
+    monkeypatch.setattr(verify, "_add_summaries", None)
+    monkeypatch.setattr(report_doc, "_add_summaries", None)
+
+
+def test_the_python_path_exports_the_same_bundle_and_verifies_either(lab: Lab, pure_python: None) -> None:
+    """Without the compiled module: the same files byte for byte, and each path verifies the other's."""
+    import tarfile
+
+    from tests.test_evidence import verify as run_verify
+
+    def sums(bundle: Path) -> bytes:
+        with tarfile.open(bundle) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith("/" + layout.SUMS))
+            f = tar.extractfile(member)
+            assert f is not None
+            return f.read()
+
+    python_bundle = lab.export("python.tar.gz")
+    code, out = run_verify(python_bundle)
+    assert code == 0, out
+    # The compiled path, for the comparison (the fixture's patches undone by hand, then redone).
+    from collector.evidence import records, report_doc, verify
+
+    assert records._Renderer is None
+    compiled = records._compiled
+    patched = [
+        (records, "_Renderer"),
+        (verify, "_summarize"),
+        (verify, "_add_summaries"),
+        (report_doc, "_add_summaries"),
+    ]
+    records._Renderer, verify._summarize = compiled.Renderer, compiled.summarize
+    verify._add_summaries = report_doc._add_summaries = compiled.add_summaries
+    try:
+        compiled_bundle = lab.export("compiled.tar.gz")
+        code, out = run_verify(python_bundle)  # the compiled path verifies the Python path's bundle
+        assert code == 0, out
+    finally:
+        for mod, name in patched:
+            setattr(mod, name, None)
+    assert sums(compiled_bundle) == sums(python_bundle)
+    code, out = run_verify(compiled_bundle)  # the Python path verifies the compiled path's bundle
+    assert code == 0, out
+
+
+@pytest.mark.parametrize("case", ["flip a byte in the results CSV", "delete a CSV row and re-sign",
+                                  "turn an outage into success in a chain and re-sign"])  # fmt: skip
+def test_tampering_is_caught_by_the_python_path(
+    lab: Lab, tmp_path: Path, pure_python: None, case: str
+) -> None:
+    from tests.test_evidence import test_tampering_is_caught
+
+    test_tampering_is_caught(lab, tmp_path, case)
