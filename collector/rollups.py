@@ -655,7 +655,18 @@ def finish(slots: Slots, hours: Hours) -> tuple[Hours, Hours]:
 
 
 def merge(slots: Slots, hours: Hours, more_slots: Slots, more_hours: Hours) -> None:
-    """Merge one fold into another (bits OR-ed, counts and histograms added)."""
+    """Merge one fold into another (bits OR-ed, counts and histograms added).
+
+    The writer merges every batch the decode worker folded: compiled where built.
+    """
+    if compiled is not None and all(type(d) is dict for d in (slots, hours, more_slots, more_hours)):
+        compiled.merge(slots, hours, more_slots, more_hours)
+        return
+    merge_python(slots, hours, more_slots, more_hours)
+
+
+def merge_python(slots: Slots, hours: Hours, more_slots: Slots, more_hours: Hours) -> None:
+    """:func:`merge` in Python: the reference, and the path where the compiled one is not built."""
     for key, v in more_slots.items():
         d = slots.get(key)
         if d is None:

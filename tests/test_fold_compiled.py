@@ -158,3 +158,38 @@ def test_rows_the_compiled_fold_does_not_take_are_folded_in_python(odd: tuple[An
     fold_python(rows, PICK, GRIDS, ref_slots, ref_hours)
     assert (slots, hours) == (ref_slots, ref_hours)
     assert sum(v[0] + v[1] + v[2] for v in hours.values()) == 2
+
+
+@needs_compiled
+@settings(max_examples=200, deadline=None)
+@given(first=rows_strategy, more=rows_strategy, again=rows_strategy)
+def test_the_compiled_merge_is_the_python_merge(first: list[Any], more: list[Any], again: list[Any]) -> None:
+    """The writer merges the worker's folds: into empty dicts, onto overlapping keys, twice."""
+    assert compiled is not None
+    slots: Slots = {}
+    hours: Hours = {}
+    fold_python(first, PICK, GRIDS, slots, hours)
+    folds = []
+    for rows in (more, again):
+        s: Slots = {}
+        h: Hours = {}
+        fold_python(rows, PICK, GRIDS, s, h)
+        folds.append((s, h))
+    c_slots, c_hours = copy.deepcopy(slots), copy.deepcopy(hours)
+    p_slots, p_hours = copy.deepcopy(slots), copy.deepcopy(hours)
+    for s, h in folds:
+        compiled.merge(c_slots, c_hours, s, h)
+        rollups.merge_python(p_slots, p_hours, s, h)
+    assert (c_slots, c_hours) == (p_slots, p_hours)
+    # What was merged in is copied, not shared: a later merge must not change a source fold.
+    before = copy.deepcopy(folds)
+    compiled.merge(c_slots, c_hours, *folds[0])
+    assert folds == before
+    # And the merge is the fold of all the rows at once.
+    all_slots: Slots = {}
+    all_hours: Hours = {}
+    fold_python(first + more + again, PICK, GRIDS, all_slots, all_hours)
+    m_slots, m_hours = copy.deepcopy(slots), copy.deepcopy(hours)
+    for s, h in folds:
+        compiled.merge(m_slots, m_hours, s, h)
+    assert (m_slots, m_hours) == (all_slots, all_hours)

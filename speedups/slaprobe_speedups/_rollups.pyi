@@ -12,3 +12,10 @@ def fold(
     grid_end: Callable[..., int],
     /,
 ) -> Any: ...
+def merge(
+    slots: dict[tuple[int, int, int, int], list[int]],
+    hours: dict[tuple[int, int, int, int], list[Any]],
+    more_slots: dict[tuple[int, int, int, int], list[int]],
+    more_hours: dict[tuple[int, int, int, int], list[Any]],
+    /,
+) -> None: ...

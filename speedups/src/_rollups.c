@@ -433,6 +433,101 @@ error:
     return NULL;
 }
 
+/* into[i] = into[i] op more[i] for Python ints (op: PyNumber_Or or PyNumber_Add). */
+static int list_op(PyObject *into, PyObject *more, Py_ssize_t i, binaryfunc op) {
+    PyObject *v = op(PyList_GET_ITEM(into, i), PyList_GET_ITEM(more, i));
+    if (v == NULL) return -1;
+    PyList_SetItem(into, i, v);
+    return 0;
+}
+
+/* into[k] = into.get(k, 0) + v for every k, v of more (two dicts). */
+static int hist_merge(PyObject *into, PyObject *more) {
+    if (!PyDict_Check(into) || !PyDict_Check(more)) {
+        PyErr_SetString(PyExc_TypeError, "merge: a histogram is not a dict");
+        return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(more, &pos, &k, &v)) {
+        PyObject *old = PyDict_GetItemWithError(into, k);
+        PyObject *sum;
+        if (old == NULL) {
+            if (PyErr_Occurred()) return -1;
+            Py_INCREF(v);
+            sum = v;
+        } else {
+            sum = PyNumber_Add(old, v);
+            if (sum == NULL) return -1;
+        }
+        int rc = PyDict_SetItem(into, k, sum);
+        Py_DECREF(sum);
+        if (rc < 0) return -1;
+    }
+    return 0;
+}
+
+/* merge(slots, hours, more_slots, more_hours): collector.rollups.merge, compiled. */
+static PyObject *merge(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *slots, *hours, *more_slots, *more_hours;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!", &PyDict_Type, &slots, &PyDict_Type, &hours, &PyDict_Type,
+                          &more_slots, &PyDict_Type, &more_hours))
+        return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *key, *v;
+    while (PyDict_Next(more_slots, &pos, &key, &v)) {
+        if (check_list(v, 5, "a slot bucket") < 0) return NULL;
+        PyObject *d = PyDict_GetItemWithError(slots, key);
+        if (d == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            PyObject *copy = PyList_GetSlice(v, 0, PyList_GET_SIZE(v));
+            if (copy == NULL) return NULL;
+            int rc = PyDict_SetItem(slots, key, copy);
+            Py_DECREF(copy);
+            if (rc < 0) return NULL;
+            continue;
+        }
+        if (check_list(d, 5, "a slot bucket") < 0) return NULL;
+        for (Py_ssize_t i = 2; i < 5; i++)
+            if (list_op(d, v, i, PyNumber_Or) < 0) return NULL;
+    }
+    pos = 0;
+    while (PyDict_Next(more_hours, &pos, &key, &v)) {
+        if (check_list(v, 7, "an hour aggregate") < 0) return NULL;
+        PyObject *c = PyDict_GetItemWithError(hours, key);
+        if (!PyDict_Check(PyList_GET_ITEM(v, 4)) || !PyDict_Check(PyList_GET_ITEM(v, 5))) {
+            PyErr_SetString(PyExc_TypeError, "merge: a histogram is not a dict");
+            return NULL;
+        }
+        if (c == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            PyObject *h4 = PyDict_Copy(PyList_GET_ITEM(v, 4));
+            PyObject *h5 = h4 ? PyDict_Copy(PyList_GET_ITEM(v, 5)) : NULL;
+            PyObject *fresh = h5 ? Py_BuildValue("[OOOONNO]", PyList_GET_ITEM(v, 0), PyList_GET_ITEM(v, 1),
+                                                 PyList_GET_ITEM(v, 2), PyList_GET_ITEM(v, 3), h4, h5,
+                                                 PyList_GET_ITEM(v, 6))
+                                 : NULL;
+            if (fresh == NULL) {
+                if (h5 == NULL) Py_XDECREF(h4);
+                return NULL;
+            }
+            int rc = PyDict_SetItem(hours, key, fresh);
+            Py_DECREF(fresh);
+            if (rc < 0) return NULL;
+            continue;
+        }
+        if (check_list(c, 6, "an hour aggregate") < 0) return NULL;
+        for (Py_ssize_t i = 0; i < 4; i++)
+            if (list_op(c, v, i, PyNumber_Add) < 0) return NULL;
+        if (hist_merge(PyList_GET_ITEM(c, 4), PyList_GET_ITEM(v, 4)) < 0) return NULL;
+        int more_clock = PyObject_IsTrue(PyList_GET_ITEM(v, 5));
+        if (more_clock < 0) return NULL;
+        if (more_clock && hist_merge(PyList_GET_ITEM(c, 5), PyList_GET_ITEM(v, 5)) < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *configure(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *edges_obj, *ladder_obj, *internal;
@@ -500,6 +595,7 @@ fail:
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(edges, ladder, internal): latency edges, clock ladder, the internal error kind."},
+    {"merge", merge, METH_VARARGS, "merge(slots, hours, more_slots, more_hours): collector.rollups.merge, compiled."},
     {"fold", fold, METH_VARARGS,
      "fold(rows, pick, grids, slots, hours, grid, grid_end): collector.rollups.fold, compiled."},
     {NULL, NULL, 0, NULL},
