@@ -118,6 +118,49 @@ def _repeated_field_entries() -> list[bytes]:
     return out
 
 
+def _entries_with_unknown_fields() -> list[bytes]:
+    """Map entries carrying a field the entry type does not know: the real type keeps such an
+    entry out of the map (upb files it among the result's unknown fields), so an earlier entry
+    of its key stands; an unknown field inside the value keeps the entry."""
+    unknown = b"\x38\x01"  # field 7, varint 1
+    good = pb.Result.FieldsEntry(key="n", value=pb.FieldValue(number=1.5)).SerializeToString()
+    odd = pb.Result.FieldsEntry(key="n", value=pb.FieldValue(number=9.0)).SerializeToString() + unknown
+    alone = pb.Result.FieldsEntry(key="x", value=pb.FieldValue(flag=True)).SerializeToString() + unknown
+    nan = pb.Result.FieldsEntry(key="n", value=pb.FieldValue(number=float("nan"))).SerializeToString() + unknown
+    value = pb.FieldValue(text="v").SerializeToString() + unknown
+    inner = b"\x0a\x01y" + b"\x12" + _varint(len(value)) + value  # key "y", a value with an unknown field
+    out = []
+    for i, entries in enumerate(([good, odd], [odd, good], [alone], [nan, good], [inner, good], [alone, inner])):
+        base = _base(3000 + i)
+        base.result.ClearField("fields")
+        result = base.result.SerializeToString() + b"".join(b"\x5a" + _varint(len(e)) + e for e in entries)
+        out.append(b"\x08" + _varint(base.seq) + b"\x12" + _varint(len(result)) + result)
+    return out
+
+
+def test_entries_with_unknown_fields_render_as_the_real_type_reads_them() -> None:
+    """The tables from a record's bytes (export and verify) say what the record decoded with the
+    real type says (a third party's protobuf library), and the row is the ingest's."""
+    raws = _entries_with_unknown_fields()
+    assert [sorted(pb.Record.FromString(r).result.fields) for r in raws] == [
+        ["n"], ["n"], [], ["n"], ["n", "y"], ["y"],
+    ]
+    for speedups in (False, True) if _Renderer is not None else (False,):
+        outs = []
+        for as_bytes in (False, True):
+            rcsv, gcsv, jsonl = io.BytesIO(), io.BytesIO(), io.BytesIO()
+            tables = TableWriter(0, 2**63 - 1, rcsv, gcsv, jsonl, set(CHECKS), speedups=speedups)
+            for raw in raws * 2:
+                if as_bytes:
+                    tables.add_raw("a", 9, raw)
+                else:
+                    tables.add("a", 9, pb.Record.FromString(raw))
+            tables.flush()
+            outs.append((rcsv.getvalue(), jsonl.getvalue()))
+        assert outs[0] == outs[1]
+        assert b"9.0" not in outs[1][1]  # the entry the real type keeps out
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:
@@ -132,7 +175,12 @@ def _raws() -> list[bytes]:
     for rec in _odd_results():  # odd texts, repeated names and keys, NaN and empty field values
         rec.result.check_id = rec.result.check_id if rec.seq % 7 else "ünï"
         odd.append(rec.SerializeToString())
-    return odd + [r.SerializeToString() for r in _rejected_and_edge_cases()] + _repeated_field_entries()
+    return (
+        odd
+        + [r.SerializeToString() for r in _rejected_and_edge_cases()]
+        + _repeated_field_entries()
+        + _entries_with_unknown_fields()
+    )
 
 
 SPEEDUPS = [False, pytest.param(True, marks=pytest.mark.skipif(_Renderer is None, reason="no speedups"))]

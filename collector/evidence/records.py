@@ -18,7 +18,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from json.encoder import encode_basestring as _enc
@@ -26,6 +26,7 @@ from typing import IO, Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from collector.wire import (
     MAX_DETAIL_CHARS,
@@ -107,6 +108,7 @@ def _view_class() -> type[Message]:
 
 RecordView = _view_class()
 _FieldsEntry = pb.Result.FieldsEntry
+_OUT_OF_MAP: tuple[Any, ...] = ()  # a fields entry the real type keeps out of the map
 
 RESULT_CSV_HEADER = (
     "scheduled_utc",
@@ -384,7 +386,6 @@ class TableWriter:
         self._cells: dict[str, str | None] = {}  # CSV cell of repeated strings (None: needs quoting)
         self._phase_templates: dict[tuple[str, ...], str] = {}  # phase names in order -> % template
         self._phase_shapes: dict[tuple[str, ...], tuple[str, bool, bool]] = {}  # -> template, names ok, ascii
-        self._entry_texts: dict[bytes, tuple[str, str]] = {}  # a fields entry's bytes -> (key, JSON text)
         self._entry_values: dict[bytes, tuple[str, str, Any, bool]] = {}  # -> key, text, value, valid
         self._results = 0
         self.gaps = 0
@@ -567,6 +568,12 @@ class TableWriter:
             kv = cache.get(e)
             if kv is None:
                 entry = _FieldsEntry.FromString(e)  # bytes the real type refuses: DecodeError
+                if len(UnknownFieldSet(entry)):
+                    # The real type keeps an entry carrying a field its type does not know out of
+                    # the map (upb files it among the result's unknown fields), as the ingest does.
+                    if len(cache) < 50_000:
+                        cache[e] = _OUT_OF_MAP
+                    continue
                 k, v = entry.key, entry.value
                 kind = v.WhichOneof("value")
                 value: Any = None
@@ -584,6 +591,8 @@ class TableWriter:
                 kv = (k, _value_text(v), value, valid)
                 if len(cache) < 50_000:
                     cache[e] = kv
+            if kv is _OUT_OF_MAP:
+                continue
             values[kv[0]] = kv[1:]  # a repeated key: the last entry, as the map keeps it
         name = self._name
         text = "{" + ",".join([name(k) + ":" + values[k][0] for k in sorted(values)]) + "}"
@@ -701,22 +710,6 @@ class TableWriter:
         self._results += 1
         if len(self._csv) >= _BATCH:
             self.flush()
-
-    def _entries_text(self, entries: Iterable[bytes]) -> str:
-        """The ``fields`` map's JSON text from its entries' bytes: as ``_fields_text`` writes the
-        map (keys sorted; a repeated key: the last entry), each entry's text cached by its bytes."""
-        cache = self._entry_texts
-        values: dict[str, str] = {}
-        for e in entries:
-            kv = cache.get(e)
-            if kv is None:
-                entry = _FieldsEntry.FromString(e)
-                kv = (entry.key, _value_text(entry.value))
-                if len(cache) < 50_000:
-                    cache[e] = kv
-            values[kv[0]] = kv[1]
-        name = self._name
-        return "{" + ",".join([name(k) + ":" + values[k] for k in sorted(values)]) + "}"
 
     def _template(self, shape: tuple[str, ...], value: str) -> str:
         """``{"k1":%d,"k2":%d}`` for the keys of ``shape`` (JSON-escaped, ``%`` doubled), kept."""
