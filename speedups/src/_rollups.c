@@ -172,6 +172,34 @@ static PyObject *key4(int64_t a, int64_t b, int64_t c, int64_t d) {
     return Py_BuildValue("(LLLL)", (long long)a, (long long)b, (long long)c, (long long)d);
 }
 
+/* A new hour aggregate: [n_ok, n_fail, n_internal, n_unsynced, latency hist, clock hist, 0]. */
+static PyObject *new_hour(int64_t unused_a, int64_t unused_b) {
+    (void)unused_a;
+    (void)unused_b;
+    return Py_BuildValue("[iiiiNNi]", 0, 0, 0, 0, PyDict_New(), PyDict_New(), 0);
+}
+
+/* A new slot bucket: [first_slot, n_due, ok, fail, deg] from its first slot and end slot. */
+static PyObject *new_slot_bucket(int64_t first, int64_t end) {
+    return Py_BuildValue("[LLiii]", (long long)first, (long long)(end - first), 0, 0, 0);
+}
+
+/* dict[key], put there by make(a, b) when missing: a new reference, or NULL with an exception.
+ * Steals key (NULL: the exception of making it). */
+static PyObject *get_or_put(PyObject *dict, PyObject *key, PyObject *(*make)(int64_t, int64_t), int64_t a,
+                            int64_t b) {
+    if (key == NULL) return NULL;
+    PyObject *value = PyDict_GetItemWithError(dict, key);
+    if (value != NULL) {
+        Py_INCREF(value);
+    } else if (!PyErr_Occurred()) {
+        value = make(a, b);
+        if (value != NULL && PyDict_SetItem(dict, key, value) < 0) Py_CLEAR(value);
+    }
+    Py_DECREF(key);
+    return value;
+}
+
 /* A list whose items this code reads as ints (d[0]) must be a list of the expected length. */
 static int check_list(PyObject *o, Py_ssize_t n, const char *what) {
     if (!PyList_Check(o) || PyList_GET_SIZE(o) < n) {
@@ -342,24 +370,8 @@ static PyObject *fold(PyObject *self, PyObject *args) {
         if (!(lo <= t && t < hi)) {
             lo = t - pymod(t, HOUR);
             hi = lo + HOUR;
-            PyObject *key = key4(check, lo, agent, ims);
-            if (key == NULL) goto error;
-            PyObject *found = PyDict_GetItemWithError(hours, key);
-            if (found == NULL) {
-                if (PyErr_Occurred()) {
-                    Py_DECREF(key);
-                    goto error;
-                }
-                found = Py_BuildValue("[iiiiNNi]", 0, 0, 0, 0, PyDict_New(), PyDict_New(), 0);
-                if (found == NULL || PyDict_SetItem(hours, key, found) < 0) {
-                    Py_XDECREF(found);
-                    Py_DECREF(key);
-                    goto error;
-                }
-            } else {
-                Py_INCREF(found);
-            }
-            Py_DECREF(key);
+            PyObject *found = get_or_put(hours, key4(check, lo, agent, ims), new_hour, 0, 0);
+            if (found == NULL) goto error;
             Py_XSETREF(c, found);
             if (check_list(c, 6, "an hour aggregate") < 0) goto error;
         }
@@ -376,26 +388,10 @@ static PyObject *fold(PyObject *self, PyObject *args) {
         if (!(slo <= instant && instant < shi)) {
             slo = instant - pymod(instant, size);
             shi = slo + size;
-            PyObject *key = key4(check, ims, slo, agent);
-            if (key == NULL) goto error;
-            PyObject *known = PyDict_GetItemWithError(slots, key);
-            if (known == NULL) {
-                if (PyErr_Occurred()) {
-                    Py_DECREF(key);
-                    goto error;
-                }
-                int64_t f = -floordiv(offset - slo, interval);
-                int64_t n_due = -floordiv(offset - shi, interval) - f;
-                known = Py_BuildValue("[LLiii]", (long long)f, (long long)n_due, 0, 0, 0);
-                if (known == NULL || PyDict_SetItem(slots, key, known) < 0) {
-                    Py_XDECREF(known);
-                    Py_DECREF(key);
-                    goto error;
-                }
-            } else {
-                Py_INCREF(known);
-            }
-            Py_DECREF(key);
+            PyObject *known =
+                get_or_put(slots, key4(check, ims, slo, agent), new_slot_bucket, -floordiv(offset - slo, interval),
+                           -floordiv(offset - shi, interval));
+            if (known == NULL) goto error;
             Py_XSETREF(d, known);
             if (check_list(d, 5, "a slot bucket") < 0 || as_i64(PyList_GET_ITEM(d, 0), &first) < 0) goto error;
         }
