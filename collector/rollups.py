@@ -39,7 +39,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import compress, repeat
 from operator import itemgetter
 from types import ModuleType
@@ -864,8 +864,18 @@ def gap_spans(conn: sqlite3.Connection, check_row: int, start_ns: int, end_ns: i
 _LAST_EDGE = len(LATENCY_EDGES_NS) - 1
 
 
+RowCounter = Callable[[list[tuple[int, int, int]], Sequence[int]], tuple[Sequence[int], Sequence[Any]] | None]
+"""Counts (scheduled_ns, ok, duration_ns) rows per piece of edges: each piece's results and latency
+histogram (a mapping or (bucket, count) pairs, in the rows' order), or None for rows it does not
+take (the Python loop counts those)."""
+
+
 def raw_summaries(
-    conn: sqlite3.Connection, check_row: int, edges: Sequence[int], tables: Sequence[str] = ("results",)
+    conn: sqlite3.Connection,
+    check_row: int,
+    edges: Sequence[int],
+    tables: Sequence[str] = ("results",),
+    count: RowCounter | None = None,
 ) -> list[Summary]:
     """``raw_summary`` of each piece [edges[i], edges[i + 1]) (increasing edges), by columns in C loops.
 
@@ -885,16 +895,22 @@ def raw_summaries(
         rows += conn.execute(f"SELECT scheduled_ns, ok, duration_ns FROM {table}" + where, args).fetchall()
     if not rows:
         return out
-    times, oks, durations = zip(*rows, strict=True)
     one = len(out) == 1  # else piece i + 1 holds t when edges[i] <= t < edges[i + 1]
-    piece: Sequence[int] = (1,) * len(times) if one else list(map(bisect_right, repeat(edges), times))
-    for i, n in Counter(piece).items():
-        out[i - 1].results = n
-    buckets = map(
-        min, map(bisect_left, repeat(LATENCY_EDGES_NS), compress(durations, oks)), repeat(_LAST_EDGE)
-    )
-    for (i, b), n in Counter(zip(compress(piece, oks), buckets, strict=True)).items():
-        out[i - 1].latency[b] = n
+    counted = count(rows, edges) if count is not None else None
+    if counted is not None:  # a compiled counter (evidence verify's), the same rules and order
+        for s, n, hist in zip(out, *counted, strict=True):
+            s.results = n
+            s.latency.update(hist)
+    else:
+        times, oks, durations = zip(*rows, strict=True)
+        piece: Sequence[int] = (1,) * len(times) if one else list(map(bisect_right, repeat(edges), times))
+        for i, n in Counter(piece).items():
+            out[i - 1].results = n
+        buckets = map(
+            min, map(bisect_left, repeat(LATENCY_EDGES_NS), compress(durations, oks)), repeat(_LAST_EDGE)
+        )
+        for (i, b), n in Counter(zip(compress(piece, oks), buckets, strict=True)).items():
+            out[i - 1].latency[b] = n
     step = CLOCK_FIRST_STEP
     for table in tables:
         for t, offset, synced in conn.execute(

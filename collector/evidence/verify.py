@@ -44,7 +44,6 @@ import tempfile
 import threading
 import time
 import zlib
-from bisect import bisect_right
 from collections.abc import Callable, Container, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
@@ -73,9 +72,9 @@ from collector.evidence.records import (
     utc,
 )
 from collector.evidence.report_doc import add_exclusions, build_report
-from collector.rollups import CLOCK_FIRST_STEP, INTERNAL, RawSource, raw_summaries
+from collector.rollups import RawSource, raw_summaries
 from collector.sla.engine import AgentBits, Part, Summary
-from collector.sla.histogram import LATENCY_EDGES_NS, clock_bucket
+from collector.sla.histogram import LATENCY_EDGES_NS
 from collector.sla.report import Context
 from collector.store import Reader, gap_rows, measurement_row, open_store
 from collector.wire import InvalidRecord, decode_record
@@ -1203,37 +1202,12 @@ def _summaries(
     """``rollups.raw_summaries``, its counting of the rows done by the compiled
     ``slaprobe_speedups._evidence.summarize`` (the same rules and order; a test holds the two
     equal): without it, or for rows it does not take, ``raw_summaries`` itself."""
-    out = [Summary() for _ in range(len(edges) - 1)]
-    if _summarize is None or not out:
+    if _summarize is None:
         return raw_summaries(conn, check_row, edges, tables)
-    where = " WHERE check_id = ? AND scheduled_ns >= ? AND scheduled_ns < ? AND error_kind != ?"
-    args = (check_row, edges[0], edges[-1], INTERNAL)
-    rows: list[tuple[int, int, int]] = []
-    for table in tables:  # the rows of all tables in one pass (one table's after the other's)
-        rows += conn.execute(f"SELECT scheduled_ns, ok, duration_ns FROM {table}" + where, args).fetchall()
-    if not rows:
-        return out
-    counted = _summarize(rows, edges, LATENCY_EDGES_NS, len(LATENCY_EDGES_NS) - 1)
-    if counted is None:
-        return raw_summaries(conn, check_row, edges, tables)
-    one = len(out) == 1
-    for s, n, hist in zip(out, *counted, strict=True):
-        s.results = n
-        s.latency.update(hist)
-    step = CLOCK_FIRST_STEP
-    for table in tables:
-        for t, offset, synced in conn.execute(
-            f"SELECT scheduled_ns, clock_offset_ns, clock_synced FROM {table}" + where
-            + " AND (clock_synced = 0 OR clock_offset_ns > ? OR clock_offset_ns < ?)",
-            (*args, step, -step),
-        ):  # fmt: skip
-            s = out[0 if one else bisect_right(edges, t) - 1]
-            c = clock_bucket(offset)
-            if c:  # bucket 0 (within 1 ms) is implied: results minus the others
-                s.clock[c] = s.clock.get(c, 0) + 1
-            if not synced:
-                s.unsynced += 1
-    return out
+    summarize = _summarize
+    return raw_summaries(
+        conn, check_row, edges, tables, lambda rows, e: summarize(rows, e, LATENCY_EDGES_NS, len(LATENCY_EDGES_NS) - 1)
+    )
 
 
 class _CombinedSource(RawSource):
