@@ -39,6 +39,7 @@ from slaprobe.model import ClockSample, Measurement
 from slaprobe.pki import SIGNING_KEY, CollectorPki
 from slaprobe.schedule import NS_PER_S, next_slot_at_or_after, offset_ns
 from tests.sla_world import HOUR, MINUTE, utc
+from tests.speedups_build import NOT_BUILT
 
 CAT = """
 sites:
@@ -556,7 +557,9 @@ def _odd_results() -> list[pb.Record]:
     return records
 
 
-SPEEDUPS = [False, pytest.param(True, marks=pytest.mark.skipif(_Renderer is None, reason="no speedups"))]
+# Each rendering test runs on the Python path, and on the compiled one where it is built (a skip
+# only where it cannot be: tests/speedups_build.py; test_evidence_rows insists on the build).
+SPEEDUPS = [False, pytest.param(True, marks=pytest.mark.skipif(_Renderer is None, reason=NOT_BUILT))]
 
 
 @pytest.mark.parametrize("speedups", SPEEDUPS)

@@ -26,7 +26,8 @@ from collector.wire import (
     result_row,
 )
 from protos import slaprobe_v1_pb2 as pb
-from tests.test_evidence import T0, _odd_results
+from tests.speedups_build import require_built
+from tests.test_evidence import SPEEDUPS, T0, _odd_results
 
 CHECKS = {"web": 11, "db": 12, "we%sird": 13, "ünï": 14}
 NOW = T0 + 10**12
@@ -183,7 +184,6 @@ def _raws() -> list[bytes]:
     )
 
 
-SPEEDUPS = [False, pytest.param(True, marks=pytest.mark.skipif(_Renderer is None, reason="no speedups"))]
 
 
 def feed(tables: TableWriter, agent: str, epoch: int, raw: bytes, sink: RowSink | None) -> None:
@@ -270,17 +270,7 @@ def test_csv_lines_are_the_csv_modules(speedups: bool) -> None:
 def test_the_compiled_renderer_is_built_where_it_can_be() -> None:
     """``make install`` builds speedups/ wherever it can: a missing (or stale) renderer here is a
     broken install, and export and verify would quietly run the slower Python path."""
-    import importlib.util
-    from pathlib import Path
-
     from collector.evidence import records
 
-    spec = importlib.util.spec_from_file_location(
-        "can_build", Path(__file__).parents[1] / "speedups" / "can_build.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not module.can_build():
-        pytest.skip("no C compiler or Python.h here: slaprobe runs the Python path")
+    require_built()
     assert records._compiled is not None and records._compiled.abi() == records.COMPILED_ABI

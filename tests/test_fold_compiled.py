@@ -9,8 +9,6 @@ back rows it does not take before changing anything.
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +18,7 @@ from hypothesis import strategies as st
 from collector import rollups
 from collector.rollups import HOUR, INTERNAL, Grid, Hours, Slots, fold, fold_python
 from collector.sla.histogram import CLOCK_LADDER_NS, LATENCY_EDGES_NS
+from tests.speedups_build import NOT_BUILT, require_built
 
 compiled = rollups.compiled
 PICK = tuple(range(9))  # agent, check, t, dur, ok, deg, kind, off, sync
@@ -29,16 +28,11 @@ S = 10**9
 
 def test_the_compiled_fold_is_built_where_a_compiler_is() -> None:
     """``make install`` builds speedups/ wherever it can: a missing build here is a broken install."""
-    spec = importlib.util.spec_from_file_location("can_build", Path(__file__).parents[1] / "speedups" / "can_build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not module.can_build():
-        pytest.skip("no C compiler or Python.h here: slaprobe runs the Python fold")
+    require_built()
     assert compiled is not None
 
 
-needs_compiled = pytest.mark.skipif(compiled is None, reason="slaprobe_speedups is not built (no C compiler)")
+needs_compiled = pytest.mark.skipif(compiled is None, reason=NOT_BUILT)  # honest: see tests/speedups_build.py
 
 GRIDS: dict[int, list[Grid]] = {
     1: [(0, 60 * S, 17 * S)],

@@ -13,12 +13,10 @@ the exact path.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -32,6 +30,7 @@ from collector.service import BatchContext, decode_batch, decode_batch_exact
 from collector.wire import InvalidRecord, batch_results_py, result_row
 from protos import slaprobe_v1_pb2 as pb
 from slaprobe.model import ClockSample, Gap, GapCheck, Measurement
+from tests.speedups_build import require_built
 from tests.test_decode_fast import batch, plain, shapes
 from tests.test_ingest_rows import CHECKS, NOW, SKEW, good, tamper
 
@@ -598,14 +597,7 @@ def test_the_scanner_takes_what_it_can_be_sure_of() -> None:
 def test_the_scanner_is_built_where_a_compiler_is() -> None:
     """``make install`` builds speedups/ wherever it can: a missing (or stale) build here is a broken
     install, and the collector would quietly run the slower Python path."""
-    spec = importlib.util.spec_from_file_location(
-        "can_build", Path(__file__).parents[1] / "speedups" / "can_build.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not module.can_build():
-        pytest.skip("no C compiler or Python.h here: slaprobe runs the Python path")
+    require_built()
     assert wire._speedups is not None
     assert wire.batch_results is not None and wire._speedups.abi() == 3
 
