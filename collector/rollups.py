@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import compress, repeat
 from operator import itemgetter
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from collector.sla.engine import AgentBits, Part, Summary, runs
 from collector.sla.histogram import (
@@ -445,8 +445,8 @@ class Rollups:
                 if old is not None:  # the row exists: write the sum (NULL keeps the stored blob)
                     lat_blob = _merged(old[0], lat)
                     clock_blob = _merged(old[1], clock)
-                else:
-                    lat_blob, clock_blob = _encode(lat), _encode(clock)
+                else:  # _merged(None, h) is _encode(h)
+                    lat_blob, clock_blob = _merged(None, lat), _merged(None, clock)
                 rows.append((*key, n_ok, n_fail, n_internal, n_unsynced, lat_blob, clock_blob, present))
             insert_many(
                 conn,
@@ -487,7 +487,21 @@ def _stored_histograms(
 
 
 def _merged(stored: bytes | None, hist: Hist) -> bytes | None:
-    """The encoded sum of a stored histogram blob and a new histogram."""
+    """The encoded sum of a stored histogram blob (None: no row yet) and a new histogram.
+
+    Compiled where built (``slaprobe_speedups._rollups.merged_blob``, one merge of two sorted
+    runs instead of a dict, a sum and a sort: ~10% of the writer's time in the ingest benchmark);
+    it answers NotImplemented for anything it would not answer alike, and this runs instead.
+    """
+    if _merged_blob is not None and type(hist) is dict:
+        out = _merged_blob(stored, hist)
+        if out is not NotImplemented:
+            return cast("bytes | None", out)
+    return _merged_python(stored, hist)
+
+
+def _merged_python(stored: bytes | None, hist: Hist) -> bytes | None:
+    """:func:`_merged` in Python: the reference, and the path where the compiled one is not built."""
     if not hist:
         return stored
     if not stored:
@@ -523,6 +537,8 @@ except ImportError:  # pragma: no cover - a machine without a C compiler
     compiled = None
 if compiled is not None:
     compiled.configure(LATENCY_EDGES_NS, CLOCK_LADDER_NS, INTERNAL)
+# A build from before merged_blob existed has none: the Python path then.
+_merged_blob = getattr(compiled, "merged_blob", None)
 
 
 def fold(
