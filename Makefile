@@ -8,12 +8,14 @@ PYTEST_ARGS ?= --durations=15 -n 2 --dist worksteal
 
 .PHONY: install system-deps demo test lint proto proto-check bench bench-ingest bench-install bench-query bench-probes bench-evidence clean
 
-$(STAMP): pyproject.toml speedups/pyproject.toml speedups/setup.py speedups/can_build.py $(wildcard speedups/src/*.c speedups/slaprobe_speedups/*)
+$(STAMP): pyproject.toml scripts/build-deps.sh speedups/pyproject.toml speedups/setup.py speedups/can_build.py $(wildcard speedups/src/*.c speedups/slaprobe_speedups/*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@# The collector's compiled hot paths (speedups/): built where a C compiler and Python's
-	@# headers are (Debian: gcc, python3-dev); without them slaprobe runs the same paths in Python.
+	@# headers are (scripts/build-deps.sh installs them on Debian as root: gcc, python3.X-dev);
+	@# without them slaprobe runs the same paths in Python.
+	@bash scripts/build-deps.sh $(BIN)/python
 	@if $(BIN)/python speedups/can_build.py; then \
 	  $(BIN)/python -m pip install --quiet --no-build-isolation --force-reinstall --no-deps ./speedups; \
 	else \
