@@ -9,6 +9,7 @@ declare -A pkgs=(
   [sshd]=openssh-server        # SSH probe and installer tests: a real OpenSSH server
   [ssh-keygen]=openssh-client  # stock-tool evidence verification (ssh-keygen -Y verify)
   [chromium]=chromium          # evidence report test: headless Chromium renders the HTML report
+  [sudo]=sudo                  # installer test: a non-root login that becomes root with sudo -n
 )
 for cmd in "${!pkgs[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || needed+=("${pkgs[$cmd]}")

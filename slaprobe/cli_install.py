@@ -30,11 +30,17 @@ def _ssh_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "-i",
             "--inventory",
             type=click.Path(dir_okay=False, exists=True, path_type=Path),
-            help="File with one [user@]host[:port] per line, optionally followed by user= port= site= name=.",
+            help="File with one [user@]host[:port] per line, optionally followed by user= port= site= name= prefix= sudo=.",
         ),
         click.option("--user", help="SSH login user (default: the host's user@, else your user name)."),
         click.option(
             "--port", type=click.IntRange(1, 65535), help="SSH port for hosts that do not give one."
+        ),
+        click.option(
+            "--sudo",
+            is_flag=True,
+            help="Log in as --user and do every step as root through passwordless sudo (sudo -n), for hosts"
+            " that refuse root logins; sudo=yes|no in the inventory sets it per host.",
         ),
         click.option(
             "--identity",
@@ -95,6 +101,7 @@ def _run(
     inventory: Path | None,
     user: str | None,
     port: int | None,
+    sudo: bool,
     identity: Path | None,
     known_hosts: Path,
     accept_new: bool,
@@ -149,7 +156,7 @@ def _run(
 
     display = ProgressDisplay([t.label for t in targets])
     kh = KnownHosts(known_hosts, accept_new=accept_new, say=lambda m: click.echo(m, err=True))
-    ssh = SshOptions(kh, user, identity, os.environ.get(PASSWORD_ENV), connect_timeout)
+    ssh = SshOptions(kh, user, identity, os.environ.get(PASSWORD_ENV), connect_timeout, sudo=sudo)
     opts = plan.InstallOptions(
         layout,
         kw.get("service_user") or "slaprobe",

@@ -277,6 +277,11 @@ def test_targets_and_inventory(tmp_path: Path) -> None:
     inv.write_text("a.example colour=blue\n")
     with pytest.raises(InstallError, match=r"fleet.txt:1: expected key=value"):
         load_inventory(inv)
+    inv.write_text("ops@f.example sudo=yes\ng.example sudo=No\nh.example\n")
+    assert [t.sudo for t in load_inventory(inv)] == [True, False, None]  # None: --sudo decides
+    inv.write_text("f.example\nops@g.example sudo=maybe\n")
+    with pytest.raises(InstallError, match=r"fleet.txt:2: sudo= takes yes or no"):
+        load_inventory(inv)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
@@ -870,3 +875,108 @@ def test_the_wheel_carries_every_package_and_is_built_from_the_source_files_only
     }
     assert packages <= inside
     assert "collector/deleted_module.py" not in zipfile.ZipFile(wheel).namelist()
+
+
+# ---- a login that is not root: --sudo ------------------------------------------------------------
+
+
+@pytest.fixture
+def sudo_logins(world: dict[str, object], tmp_path: Path) -> Iterator[tuple[SshServer, str, str]]:
+    """Two real non-root logins on a real sshd: one that may become root with passwordless sudo, one that
+    may not. Most cloud images refuse root logins, so this is how those hosts are installed."""
+    if why_not is not None:
+        pytest.skip(why_not)
+    if os.geteuid() != 0 or shutil.which("sudo") is None or shutil.which("useradd") is None:
+        # Honest: creating the logins needs root, and sudo comes from `make system-deps` (CI has both).
+        pytest.skip("needs root, useradd and sudo (make system-deps installs sudo)")
+    tag = f"{os.getpid() % 100000}"
+    sudoer, plain = f"slp-sudo-{tag}", f"slp-nosudo-{tag}"
+    rule = Path(f"/etc/sudoers.d/slaprobe-test-{tag}")
+    # sshd reads a user's authorized keys as that user: a directory they can read, outside tmp_path.
+    keys = Path(f"/tmp/slaprobe-test-keys-{tag}")
+    key = Path(str(world["key"]))
+    try:
+        for user in (sudoer, plain):
+            subprocess.run(
+                ["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh", user],
+                check=True,
+            )
+            subprocess.run(["usermod", "-p", "*", user], check=True)  # no password, but not locked (sshd)
+        rule.write_text(f"{sudoer} ALL=(ALL) NOPASSWD: ALL\n")
+        rule.chmod(0o440)
+        keys.mkdir(mode=0o755)
+        for user in (sudoer, plain):
+            (keys / user).write_text(Path(f"{key}.pub").read_text())
+            (keys / user).chmod(0o644)
+        server = SshServer(
+            tmp_path / "sshd-sudo",
+            {"AuthorizedKeysFile": f"{tmp_path / 'sshd-sudo' / 'authorized_keys'} {keys}/%u"},
+            client_key=key,
+        ).start()
+        try:
+            yield server, sudoer, plain
+        finally:
+            server.stop()
+    finally:
+        rule.unlink(missing_ok=True)
+        shutil.rmtree(keys, ignore_errors=True)
+        for user in (sudoer, plain):
+            subprocess.run(["pkill", "-KILL", "-u", user], check=False)
+            subprocess.run(["userdel", user], check=False, capture_output=True)
+
+
+@needs_sshd
+@pytest.mark.slow
+def test_a_login_that_is_not_root_installs_through_sudo_and_one_without_sudo_fails_alone(
+    world: dict[str, object], sudo_logins: tuple[SshServer, str, str], tmp_path: Path
+) -> None:
+    """``--sudo``: the login user becomes root with ``sudo -n`` for every step; uploads land in its own
+    0700 staging directory first and nothing of them stays there. A login sudo refuses fails before
+    anything is sent, with what to do."""
+    server, sudoer, plain = sudo_logins
+    kh, prefix = tmp_path / "known_hosts", tmp_path / "opt"
+    kh.write_text(server.known_hosts_line())
+    inv = tmp_path / "fleet.txt"
+    inv.write_text(f"{sudoer}@127.0.0.1:{server.port} name=sudo-1\n")
+    before = set(Path("/tmp").glob("slaprobe-install.*"))
+
+    h = _json_install(["-i", str(inv), *install_args(world, kh, prefix), "--sudo"])
+    assert (h["ok"], h["result"], h["method"]) == (True, "installed", "bundle"), h
+    # The login was the non-root user, and the prefix is in a directory only root may enter: every
+    # file got there through sudo.
+    assert f"Accepted publickey for {sudoer} " in server.log()
+    assert "Accepted publickey for root " not in server.log()
+    assert tmp_path.stat().st_uid == 0 and tmp_path.stat().st_mode & 0o077 == 0
+    manifest = json.loads((prefix / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["name"] == "sudo-1"
+    for path in (prefix / "manifest.json", prefix / "etc" / "agent.yaml"):
+        assert path.stat().st_uid == 0, path  # put in place by root, not left the login user's
+    assert (prefix / "etc" / "agent.yaml").stat().st_mode & 0o777 == 0o600
+    assert pid_alive(prefix / "run" / "agent.pid"), "the agent is not running"
+    assert set(Path("/tmp").glob("slaprobe-install.*")) == before, "a staging directory stayed behind"
+
+    # The same from the inventory's sudo=yes, without the flag: nothing to do.
+    inv.write_text(f"{sudoer}@127.0.0.1:{server.port} name=sudo-1 sudo=yes\n")
+    assert _json_install(["-i", str(inv), *install_args(world, kh, prefix)])["result"] == "unchanged"
+
+    # A login that sudo does not let become root: that host fails, clearly, and nothing is sent.
+    other = tmp_path / "opt-plain"
+    r = cli(
+        "install",
+        f"{plain}@127.0.0.1:{server.port}",
+        *install_args(world, kh, other),
+        "--sudo",
+        "--format",
+        "json",
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    (failed,) = json.loads(r.stdout)["hosts"]
+    assert not failed["ok"] and "without a password" in failed["detail"] and "NOPASSWD" in failed["detail"], (
+        failed
+    )
+    assert f"does not make {plain} root" in failed["detail"], failed
+    assert not other.exists()
+
+    r = cli("uninstall", "-i", str(inv), *base_args(world, kh, prefix))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not prefix.exists()

@@ -7,7 +7,7 @@ host::
     # site paris
     root@10.0.0.5                 name=paris-probe-1
     10.0.0.6:2222                 name=paris-probe-2 site=paris-dc2 prefix=/srv/slaprobe
-    [2001:db8::7]:22  user=ops    name=paris-probe-3
+    [2001:db8::7]:22  user=ops    name=paris-probe-3  sudo=yes
 
 A plain text format, not YAML: an ops user writes it by hand or generates
 it with ``awk`` from another tool's export, and a line is one host.
@@ -22,7 +22,8 @@ from pathlib import Path
 from slaprobe.install.errors import InstallError
 from slaprobe.install.templates import Layout
 
-KEYS = ("user", "port", "site", "name", "prefix")
+KEYS = ("user", "port", "site", "name", "prefix", "sudo")
+_BOOLS = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -36,6 +37,7 @@ class Target:
     site: str | None = None
     name: str | None = None  # the agent's name; default: the host's own host name
     prefix: str | None = None  # where it goes on this host; default: --prefix
+    sudo: bool | None = None  # log in as ``user`` and become root with sudo; default: --sudo
 
     @property
     def label(self) -> str:
@@ -93,6 +95,11 @@ def load_inventory(path: Path) -> list[Target]:
                 fields[k] = v
             if "port" in fields:
                 t = replace(t, port=_port(fields.pop("port"), raw.strip()))
+            if "sudo" in fields:
+                sudo = _BOOLS.get(fields.pop("sudo").lower())
+                if sudo is None:
+                    raise InstallError("sudo= takes yes or no")
+                t = replace(t, sudo=sudo)
             t = replace(
                 t,
                 user=fields.get("user", t.user),

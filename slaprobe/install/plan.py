@@ -278,7 +278,8 @@ async def package_bundle(h: Host, b: Bundle) -> bool:
     for attempt in (1, 2):
         # An archive left by an interrupted run is used if it is whole (UNPACK checks its hash).
         if b.key not in h.info["runtimes"] and h.info["bundles"].get(name) != b.size:
-            part = int(h.info["bundles"].get(name + ".part", 0)) if attempt == 1 else 0
+            # With sudo an upload goes whole through the login user's staging directory.
+            part = int(h.info["bundles"].get(name + ".part", 0)) if attempt == 1 and not s.sudo else 0
             h.say(f"upload bundle ({(b.size - part) / 1e6:.1f} MB{', resumed' if part else ''})")
             await s.put_file(b.path, f"{lay.bundles}/{name}", 0o644, resume_from=part)
         h.say("unpack")
