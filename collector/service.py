@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError
 
 from collector import rollups
 from collector.hub import CatalogueHub
+from collector.inflight import InflightBudget
 from collector.store import (
     RESULT_COLUMNS,
     BatchLinks,
@@ -66,6 +67,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_BATCH_RECORDS = 10_000
 ACK_WINDOW = 64  # batches decoded ahead of their commit, per stream
+# Batch bytes taken in and not yet committed, all streams together (collector/inflight.py): ~3x this
+# in decoded rows. Four agents streaming at full speed use ~40 MiB of it (the ingest benchmark).
+INFLIGHT_BYTES = 64 << 20
 # record_log.kind: the Record oneof's field number (0: a kind this collector does not know).
 _KIND_NUMBER = {f.name: f.number for f in pb.Record.DESCRIPTOR.oneofs_by_name["kind"].fields}
 _RESULT_KIND = _KIND_NUMBER["result"]
@@ -98,10 +102,13 @@ class CollectorService:
         require_identity: bool = True,
         cert_days: float = 90.0,
         decode_workers: int | None = None,
+        inflight_bytes: int = INFLIGHT_BYTES,
     ) -> None:
         """``decode_workers``: processes that decode and validate large batches beside the event
-        loop (None: one when the machine has more than one CPU; 0: decode on the event loop)."""
+        loop (None: one when the machine has more than one CPU; 0: decode on the event loop).
+        ``inflight_bytes``: the batches of all streams between arrival and commit, at most."""
         self.pki = pki
+        self.inflight = InflightBudget(inflight_bytes)
         if decode_workers is None:
             decode_workers = 1 if (os.cpu_count() or 1) > 1 else 0
         self.decode_workers = decode_workers
@@ -378,7 +385,7 @@ class CollectorService:
                 if raw is grpc.aio.EOF:
                     break
                 assert isinstance(raw, bytes)
-                fut = await self._accept(raw, context, order)
+                fut = await self._take_in(raw, context, order)
                 put = asyncio.ensure_future(pending.put(fut))
                 await asyncio.wait({put, acker}, return_when=asyncio.FIRST_COMPLETED)
                 if not put.done():  # the ack writer failed; its exception surfaces below
@@ -401,6 +408,19 @@ class CollectorService:
         finally:
             acker.cancel()
             revoked.cancel()
+
+    async def _take_in(self, raw: bytes, context: Context, order: _Order) -> asyncio.Future[pb.BatchAck]:
+        """:meth:`_accept` within the collector-wide in-flight budget: waits (reading nothing more
+        from this stream) while all streams' uncommitted batches fill it; released at the ack."""
+        n = len(raw)
+        await self.inflight.take(n)
+        try:
+            fut = await self._accept(raw, context, order)
+        except BaseException:
+            self.inflight.give(n)
+            raise
+        fut.add_done_callback(lambda _: self.inflight.give(n))
+        return fut
 
     async def _accept(self, raw: bytes, context: Context, order: _Order) -> asyncio.Future[pb.BatchAck]:
         """Decode and validate a batch; return a future of its ack (resolved after commit).
