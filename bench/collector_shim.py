@@ -42,6 +42,7 @@ _commits: list[tuple[int, int, int, float, float, float]] = []  # ingest rows, r
 _accepts: list[tuple[float, float]] = []  # wall, cpu
 _writer_tid: list[int] = []
 _loop_tid: list[int] = []
+_services: list[CollectorService] = []
 
 
 def _is_ingest(job: Any) -> bool:
@@ -69,6 +70,7 @@ _orig_accept = CollectorService._accept
 async def _accept(self: CollectorService, raw: bytes, context: Any, *rest: Any) -> Any:
     if not _loop_tid:
         _loop_tid.append(threading.get_native_id())
+        _services.append(self)
     start = time.perf_counter()
     cpu = time.thread_time()
     result = await _orig_accept(self, raw, context, *rest)
@@ -82,7 +84,7 @@ _orig_close = Writer.close
 async def _close(self: Writer) -> None:
     await _orig_close(self)
     ingest = [c for c in _commits if c[0] > 0]
-    stats = {
+    stats: dict[str, Any] = {
         "commits": self.commits,
         "rows_committed": self.rows_committed,
         "writer_tid": _writer_tid[0] if _writer_tid else None,
@@ -93,6 +95,9 @@ async def _close(self: Writer) -> None:
         "accept_wall_s": sum(a[0] for a in _accepts),
         "accept_cpu_s": sum(a[1] for a in _accepts),
     }
+    if _services:  # the collector-wide budget of uncommitted batch bytes (collector/inflight.py)
+        budget = _services[0].inflight
+        stats["inflight"] = {"limit": budget.limit, "peak": budget.peak, "waits": budget.waits}
     print(STATS_PREFIX + json.dumps(stats, separators=(",", ":")), file=sys.stderr, flush=True)
 
 

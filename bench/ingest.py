@@ -859,6 +859,7 @@ def commit_summary(stats: dict[str, Any], window: tuple[float, float]) -> dict[s
         "accept_cpu_s": stats["accept_cpu_s"],
         "accept_wall_s": stats["accept_wall_s"],
         "accept_batches": stats["accept_batches"],
+        "inflight": stats.get("inflight"),
     }
 
 
@@ -1070,6 +1071,12 @@ def human(r: dict[str, Any]) -> str:
             f" ({cm['commit_wall_s']:.2f} s in transactions, {cm['commit_cpu_s']:.2f} s CPU);"
             f" decode on the event loop {cm['accept_cpu_s']:.2f} s CPU",
         ]
+        if cm.get("inflight"):
+            b = cm["inflight"]
+            lines.append(
+                f"             in flight (all streams, bytes on the wire): peak {b['peak'] / 2**20:.1f} MiB"
+                f" of {b['limit'] / 2**20:.0f} MiB; streams waited for room {b['waits']:,} times"
+            )
     lines += [
         f"  raw        {raw['rows_per_s']:>10,.0f} rows/s  (executemany, {raw['txn_rows']:,} rows/txn:"
         f" {raw['txn_source']}; {raw['wall_s']:.2f} s)",
