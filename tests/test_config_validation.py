@@ -2,7 +2,8 @@
 
 ``tests/configs/invalid-*.yaml``: each breaks exactly one rule, and its first
 line is ``# error: <the exact message>`` with the file's path written as
-``{file}`` (write a literal brace as ``{{`` or ``}}``). The message is the
+``{file}`` (write a literal brace as ``{{`` or ``}}``) and the probe registry's
+types as ``{known_types}``. The message is the
 contract: an operator reads it with the file open in an editor, so the line,
 the dotted field and the wording are all asserted, not just "it failed".
 
@@ -29,6 +30,7 @@ from collector.catalogue import (
     load_catalogue,
     parse_catalogue,
 )
+from probes.registry import PROBERS
 from slaprobe.cli import main
 from slaprobe.configfile import ConfigError, load_yaml_text
 
@@ -60,9 +62,11 @@ def _parse_text(path: Path, source: str) -> Catalogue | AgentConfig:
 
 
 def _expected_error(path: Path) -> str:
+    """The fixture's first line; ``{known_types}`` there stands for the probe registry's types, so a
+    new probe type is one file and one registry line, not an edit of this fixture too."""
     first = path.read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith(ERROR_PREFIX), f"{path.name}: first line must be '{ERROR_PREFIX}...'"
-    return first[len(ERROR_PREFIX) :]
+    return first[len(ERROR_PREFIX) :].replace("{known_types}", ", ".join(sorted(PROBERS)))
 
 
 # ---- the fixture set itself -----------------------------------------------------------
