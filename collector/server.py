@@ -93,6 +93,9 @@ class CollectorSettings:
     # Retention (reporting.retention in the catalogue): first pass after start, then daily.
     retention_first_s: float = 300.0
     retention_every_s: float = 86_400.0
+    # The decode worker starts with the collector, in the background (CollectorService.start_decode_worker),
+    # not at the first large batch; False: at the first large batch.
+    start_decode_worker: bool = True
 
 
 def grpc_server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -134,6 +137,7 @@ class Collector:
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self.service: CollectorService | None = None
+        self.decode_worker: asyncio.Future[int] | None = None  # resolves with its pid once it runs
         self.hub: CatalogueHub | None = None
         self.enroll_port = 0
         self._revocations: asyncio.Task[None] | None = None
@@ -190,6 +194,8 @@ class Collector:
                     )
             await server.start()
             self._server = server
+            if s.start_decode_worker:
+                self.decode_worker = self.service.start_decode_worker()
             self._revocations = asyncio.create_task(self._watch_revocations())
             hub = self.hub
             self._retention = asyncio.create_task(

@@ -7,23 +7,27 @@ with nothing stored, resends harmless) and a bad record rejected alone run throu
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.outbox import Stored
 from agent.wire import batch_bytes
 from collector import rollups, service
-from collector.server import Collector
+from collector.server import Collector, CollectorSettings
 from collector.sla.histogram import merge_blobs
 from collector.store import RESULT_COLUMNS
 from protos import slaprobe_v1_pb2 as pb
 from tests.test_chain import (  # noqa: F401 - collected here too, with the worker on
+    CAT,
     as_batch,
     collector,
     push,
@@ -177,3 +181,30 @@ async def test_batches_written_ahead_are_stored_in_order_and_none_after_a_refuse
     assert [a.acked_seq for a in acks] == [6, 12, 18]  # in order, each after its commit
     held = {s for (s,) in q(tmp_path / "c.db", "SELECT seq FROM record_log")}
     assert held == set(range(1, 19)), "nothing of the refused batch nor of those after it"
+
+
+async def test_the_decode_worker_starts_with_the_collector_before_any_batch(
+    collector: Collector,  # noqa: F811 - the fixture imported from test_chain
+    tmp_path: Path,
+) -> None:
+    """Its spawn and imports (~1.2 s here) happen while the collector waits for agents, not in front of
+    the first large batch; with ``start_decode_worker=False`` it waits for that batch, as before."""
+    assert collector.decode_worker is not None
+    pid = await asyncio.wait_for(collector.decode_worker, 60)
+    worker = psutil.Process(pid)
+    assert worker.is_running() and worker.ppid() == os.getpid()
+    assert collector.service is not None and collector.service._pool is not None
+
+    cat = tmp_path / "lazy.yaml"
+    cat.write_text(CAT)
+    lazy = Collector(
+        CollectorSettings(
+            cat, tmp_path / "lazy.db", "127.0.0.1:0", grace_s=1, insecure=True, start_decode_worker=False
+        )
+    )
+    await lazy.start()
+    try:
+        assert lazy.decode_worker is None
+        assert lazy.service is not None and lazy.service._pool is None
+    finally:
+        await lazy.stop()
