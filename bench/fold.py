@@ -49,6 +49,14 @@ def per_row(run: Callable[[], None], rows: int) -> float:
     return best / rows * 1e6
 
 
+def compare(what: str, python: Callable[[], None], compiled: Callable[[], None] | None, rows: int) -> None:
+    """One line: the Python path's µs a row, and the compiled one's where it is installed."""
+    line = f"{what}: python {per_row(python, rows):.2f} µs/row"
+    if compiled is not None:
+        line += f", compiled {per_row(compiled, rows):.2f} µs/row"
+    print(line)
+
+
 def main() -> None:
     compiled = rollups.compiled
     print(f"compiled module: {'installed' if compiled is not None else 'NOT installed (Python only)'}")
@@ -56,18 +64,16 @@ def main() -> None:
         batches = [make(j) for j in range(100)]
         n = sum(len(b) for b in batches)
 
-        def fold_all(f: Callable[..., Any], batches: list[list[tuple[Any, ...]]] = batches) -> Callable[[], None]:
+        def fold_all(
+            f: Callable[..., Any], batches: list[list[tuple[Any, ...]]] = batches
+        ) -> Callable[[], None]:
             def run() -> None:
                 for b in batches:
                     f(b, PICK, GRIDS, {}, {})
 
             return run
 
-        print(f"fold, {shape}: python {per_row(fold_all(fold_python), n):.2f} µs/row", end="")
-        if compiled is not None:
-            print(f", compiled {per_row(fold_all(rollups.fold), n):.2f} µs/row")
-        else:
-            print()
+        compare(f"fold, {shape}", fold_all(fold_python), fold_all(rollups.fold) if compiled else None, n)
         folds: list[tuple[Slots, Hours]] = []
         for b in batches:
             s: Slots = {}
@@ -84,11 +90,12 @@ def main() -> None:
 
             return run
 
-        print(f"merge, {shape}: python {per_row(merge_all(rollups.merge_python), n):.2f} µs/row", end="")
-        if compiled is not None:
-            print(f", compiled {per_row(merge_all(compiled.merge), n):.2f} µs/row")
-        else:
-            print()
+        compare(
+            f"merge, {shape}",
+            merge_all(rollups.merge_python),
+            merge_all(compiled.merge) if compiled else None,
+            n,
+        )
 
 
 if __name__ == "__main__":
