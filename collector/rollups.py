@@ -162,6 +162,11 @@ Folded = tuple[tuple[int, int], Slots, Hours]  # the grids' generation, and a fo
 
 
 ROWS_PER_STATEMENT = 500
+compiled_store: ModuleType | None  # the compiled bulk insert (speedups/_store.c), where it is built
+try:
+    from slaprobe_speedups import _store as compiled_store
+except ImportError:  # pragma: no cover - a machine without a C compiler
+    compiled_store = None
 # Below this largest rowid a new row's rowid is always the largest plus one (SQLite picks random
 # unused ones only once the largest is 2**63 - 1): :meth:`Rollups.insert` relies on it.
 _ROWID_HEADROOM = 1 << 62
@@ -234,12 +239,20 @@ def insert_many(
     """
     n = len(rows)
     step = ROWS_PER_STATEMENT
-    if n < 8:
-        conn.executemany(one_sql, rows)
-        return
     by_column = rows if isinstance(rows, Columns) else None
     if by_column is not None and len(by_column.columns) != width:
         raise ValueError(f"rows of {width} values expected")
+    if compiled_store is not None and n:
+        # Compiled (speedups/_store.c): every row bound and stepped with the GIL released once.
+        if by_column is not None:
+            done = compiled_store.execute_columns(conn, one_sql, by_column.columns, 0, n)
+        else:
+            done = compiled_store.execute_rows(conn, one_sql, width, rows)
+        if done is not NotImplemented:
+            return
+    if n < 8:
+        conn.executemany(one_sql, rows)
+        return
     for i in range(0, n, step):
         k = min(step, n - i)
         values = _values_cache.get((width, k))

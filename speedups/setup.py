@@ -14,5 +14,7 @@ setup(
         Extension("slaprobe_speedups._wire", ["src/_wire.c"], extra_compile_args=CFLAGS),
         Extension("slaprobe_speedups._evidence", ["src/_evidence.c"], extra_compile_args=CFLAGS),
         Extension("slaprobe_speedups._rollups", ["src/_rollups.c"], extra_compile_args=CFLAGS),
+        # SQLite's functions are looked up at run time in the library Python's sqlite3 uses (dlsym).
+        Extension("slaprobe_speedups._store", ["src/_store.c"], extra_compile_args=CFLAGS, libraries=["dl"]),
     ]
 )
