@@ -76,6 +76,12 @@ _RESULT_KIND = _KIND_NUMBER["result"]
 # Batches at least this large are decoded in the decode worker process (smaller: on the event loop).
 OFFLOAD_MIN_BYTES = 16 * 1024
 FOLD_MIN_ROWS_PER_CHECK = 3  # the decode worker folds a batch for the rollups from this many rows per check
+# Whether the decode worker folds batches for the rollups: only where the fold is Python's. With the
+# compiled fold (speedups/) the writer folds a batch of 1,000 results in ~0.6 ms, while a fold made
+# in the worker costs ~0.9 ms there and ~0.3 ms to pickle, ~0.35 ms to unpickle here and ~0.15 ms
+# to merge: the ingest benchmark ran at 78-85k results/s with 7.4-7.6 s of CPU without it, against
+# 68-76k with 8.7-10 s with it (interleaved, bench/RESULTS.md, 2026-11-27).
+FOLD_IN_WORKER = rollups.compiled is None
 
 
 @dataclass
@@ -490,7 +496,7 @@ class CollectorService:
                 self.max_future_skew_ns,
                 checks,
                 session.key_raws if session.keys is not None else None,
-                self._site_grids(session.site, checks),
+                self._site_grids(session.site, checks) if FOLD_IN_WORKER else None,
                 self.writer.rollup_pick(),
             )
             decoding = loop.run_in_executor(pool, _decode_packed, raw, job)

@@ -107,6 +107,8 @@ async def test_rollups_folded_in_the_worker_equal_a_rebuild_from_the_rows(
         stage_folded(self, folded, rows)
 
     monkeypatch.setattr(rollups.Rollups, "stage_folded", counted)
+    # The worker folds only where the fold is not compiled (service.FOLD_IN_WORKER): here, always.
+    monkeypatch.setattr(service, "FOLD_IN_WORKER", True)
 
     def rec(seq: int) -> bytes:
         ok = seq % 7 != 0
