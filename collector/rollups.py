@@ -300,6 +300,7 @@ class Rollups:
         )
         self._multi_sql = f"INSERT OR IGNORE INTO results ({', '.join(columns)}) VALUES "
         self._staged: list[Sequence[Any]] = []
+        self._staged_columns: list[Columns] = []
         self._folded: list[tuple[Folded, Sequence[Sequence[Any]]]] = []
         self._grids: dict[int, list[Grid]] = {}
         self._generation: tuple[int, int] | None = None
@@ -362,7 +363,10 @@ class Rollups:
         return out
 
     def stage(self, rows: Iterable[Sequence[Any]]) -> None:
-        self._staged.extend(rows)
+        if isinstance(rows, Columns) and _fold_columns is not None:
+            self._staged_columns.append(rows)  # folded from its columns: no tuple per row
+        else:
+            self._staged.extend(rows)
 
     def stage_folded(self, folded: Folded, rows: Sequence[Sequence[Any]]) -> None:
         """Stage rows already folded (elsewhere, with the grids of ``snapshot``); ``rows`` must be
@@ -372,18 +376,24 @@ class Rollups:
 
     def discard(self) -> None:
         self._staged = []
+        self._staged_columns = []
         self._folded = []
 
     def flush(self, conn: sqlite3.Connection) -> int:
         """Fold the staged rows into the rollup tables; return how many were folded."""
         rows, self._staged = self._staged, []
+        by_column, self._staged_columns = self._staged_columns, []
         folded, self._folded = self._folded, []
-        if not rows and not folded:
+        if not rows and not folded and not by_column:
             return 0
         self.refresh_grids(conn)
         slots: Slots = {}
         hours: Hours = {}
         n = len(rows)
+        for staged in by_column:
+            n += len(staged)
+            if not fold_columns(staged, self._pick, self._grids, slots, hours):
+                rows.extend(staged)
         for (generation, more_slots, more_hours), folded_rows in folded:
             if generation == self._generation:
                 merge(slots, hours, more_slots, more_hours)
@@ -552,6 +562,19 @@ if compiled is not None:
     compiled.configure(LATENCY_EDGES_NS, CLOCK_LADDER_NS, INTERNAL)
 # A build from before merged_blob existed has none: the Python path then.
 _merged_blob = getattr(compiled, "merged_blob", None)
+_fold_columns = getattr(compiled, "fold_columns", None)
+
+
+def fold_columns(
+    rows: Columns, pick: Sequence[int], grids: Mapping[int, list[Grid]], slots: Slots, hours: Hours
+) -> bool:
+    """:func:`fold` of rows held by column, compiled, reading the picked columns where they are
+    (no tuple per row); False when it did not fold them (not built, or values it does not take:
+    nothing changed), and the caller folds them as rows."""
+    if _fold_columns is None or type(grids) is not dict or type(slots) is not dict or type(hours) is not dict:
+        return False
+    picked = [rows.columns[i] for i in pick]
+    return _fold_columns(picked, grids, slots, hours, _grid, _grid_end) is not NotImplemented
 
 
 def fold(

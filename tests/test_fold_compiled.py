@@ -8,6 +8,7 @@ back rows it does not take before changing anything.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -100,7 +101,10 @@ def test_the_same_slots_and_hours_as_the_python_fold(first: list[Any], then: lis
 
 @needs_compiled
 def test_a_check_without_grids_fails_alike() -> None:
-    rows = [(1, 1, T0 + 60 * S, 5_000_000, True, False, "", 0, True), (1, 99, T0, 1, True, False, "", 0, True)]
+    rows = [
+        (1, 1, T0 + 60 * S, 5_000_000, True, False, "", 0, True),
+        (1, 99, T0, 1, True, False, "", 0, True),
+    ]
     c, p = both(rows, GRIDS, {}, {})
     assert c == p
     assert c[0] is not None and c[0][0] is KeyError
@@ -142,7 +146,12 @@ def test_rows_the_compiled_fold_does_not_take_are_folded_in_python(odd: tuple[An
     if compiled is not None:
         untouched_slots: Slots = {}
         untouched_hours: Hours = {}
-        assert compiled.fold(rows, PICK, GRIDS, untouched_slots, untouched_hours, rollups._grid, rollups._grid_end) is NotImplemented
+        assert (
+            compiled.fold(
+                rows, PICK, GRIDS, untouched_slots, untouched_hours, rollups._grid, rollups._grid_end
+            )
+            is NotImplemented
+        )
         assert untouched_slots == {} and untouched_hours == {}  # handed back before any change
     slots: Slots = {}
     hours: Hours = {}
@@ -187,3 +196,60 @@ def test_the_compiled_merge_is_the_python_merge(first: list[Any], more: list[Any
     for s, h in folds:
         compiled.merge(m_slots, m_hours, s, h)
     assert (m_slots, m_hours) == (all_slots, all_hours)
+
+
+def as_columns(rows: list[Any], arrays: bool) -> list[Any]:
+    """The nine picked columns of ``rows``; the integer ones as array('q') when ``arrays``, as the
+    decode worker sends them."""
+    from array import array
+
+    columns: list[Any] = [[r[j] for r in rows] for j in range(9)]
+    if arrays:
+        for j in (0, 1, 2, 3, 4, 5, 7, 8):
+            with contextlib.suppress(OverflowError):  # past 64 bits: the list stays, handed back
+                columns[j] = array("q", [int(v) for v in columns[j]])
+    return columns
+
+
+@needs_compiled
+@settings(max_examples=300, deadline=None)
+@given(first=rows_strategy, then=rows_strategy, arrays=st.booleans())
+def test_the_fold_by_column_is_the_fold_of_the_rows(first: list[Any], then: list[Any], arrays: bool) -> None:
+    assert compiled is not None
+    slots: Slots = {}
+    hours: Hours = {}
+    fold_python(first, PICK, GRIDS, slots, hours)
+    (_, want_slots, want_hours), _ = both(then, GRIDS, slots, hours)
+    got_slots, got_hours = copy.deepcopy(slots), copy.deepcopy(hours)
+    cols = as_columns(then, arrays)
+    assert compiled.fold_columns(cols, GRIDS, got_slots, got_hours, rollups._grid, rollups._grid_end) is None
+    assert (got_slots, got_hours) == (want_slots, want_hours)
+
+
+@needs_compiled
+def test_columns_the_fold_does_not_take_come_back_untouched() -> None:
+    assert compiled is not None
+    rows = [
+        (2, 2, T0 + 13 * S, 1_000_000, True, False, "", 0, True),
+        (1, 1, 2**63, 1, True, False, "", 0, True),
+    ]
+    slots: Slots = {}
+    hours: Hours = {}
+    for cols in (as_columns(rows, False), as_columns(rows[:1], True)[:8], [[1], [2]]):
+        assert (
+            compiled.fold_columns(cols, GRIDS, slots, hours, rollups._grid, rollups._grid_end)
+            is NotImplemented
+        )
+    ragged = as_columns(rows, False)
+    ragged[3] = ragged[3][:1]
+    assert (
+        compiled.fold_columns(ragged, GRIDS, slots, hours, rollups._grid, rollups._grid_end) is NotImplemented
+    )
+    assert slots == {} and hours == {}
+    # Through Rollups: staged by column, folded as rows when the columns are not taken.
+    names = ["agent_id", "check_id", "scheduled_ns", "duration_ns", "ok", "degraded", "error_kind"]
+    r = rollups.Rollups([*names, "clock_offset_ns", "clock_synced", "epoch", "seq"])
+    assert r.pick == PICK
+    assert not rollups.fold_columns(rollups.Columns(as_columns(rows, False)), r.pick, GRIDS, slots, hours)
+    assert rollups.fold_columns(rollups.Columns(as_columns(rows[:1], True)), r.pick, GRIDS, slots, hours)
+    assert sum(v[0] for v in hours.values()) == 1

@@ -20,3 +20,12 @@ def merge(
     /,
 ) -> None: ...
 def merged_blob(stored: bytes | None, hist: dict[int, int], /) -> Any: ...
+def fold_columns(
+    columns: list[Any],
+    grids: dict[int, list[tuple[int, int, int]]],
+    slots: dict[tuple[int, int, int, int], list[int]],
+    hours: dict[tuple[int, int, int, int], list[Any]],
+    grid: Callable[..., tuple[int, int]],
+    grid_end: Callable[..., int],
+    /,
+) -> Any: ...

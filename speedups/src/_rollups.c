@@ -261,6 +261,122 @@ fail:
     return NULL;
 }
 
+static PyObject *fold_read(Row *rs, Py_ssize_t n, PyObject *grids, PyObject *slots, PyObject *hours,
+                           PyObject *grid_fn, PyObject *grid_end_fn);
+
+/* Read the fold's nine columns (agent, check, t, dur, ok, deg, kind, off, sync: lists, or for the
+ * integer ones also array('q')) into a C array, as read_rows reads rows. */
+static Row *read_columns(PyObject *columns, Py_ssize_t *n_out) {
+    PyObject *fast[9] = {NULL};
+    Py_buffer views[9];
+    int viewed[9] = {0};
+    Row *out = NULL;
+    Py_ssize_t n = -1;
+    if (!PyList_Check(columns) || PyList_GET_SIZE(columns) != 9) {
+        PyErr_SetString(PyExc_TypeError, "fold_columns: nine columns expected");
+        return NULL;
+    }
+    for (int j = 0; j < 9; j++) {
+        PyObject *col = PyList_GET_ITEM(columns, j);
+        Py_ssize_t len;
+        if (j != 6 && PyObject_CheckBuffer(col) && !PyBytes_Check(col) && !PyByteArray_Check(col)) {
+            if (PyObject_GetBuffer(col, &views[j], PyBUF_FORMAT | PyBUF_ND) < 0) goto fail;
+            viewed[j] = 1;
+            if (views[j].itemsize != 8 || views[j].ndim != 1 || views[j].format == NULL ||
+                (strcmp(views[j].format, "q") != 0 && strcmp(views[j].format, "l") != 0)) {
+                PyErr_SetString(PyExc_TypeError, "fold_columns: an array that is not of int64");
+                goto fail;
+            }
+            len = views[j].shape[0];
+        } else if (PyList_Check(col) || PyTuple_Check(col)) {
+            Py_INCREF(col);
+            fast[j] = col;
+            len = PySequence_Fast_GET_SIZE(col);
+        } else {
+            PyErr_SetString(PyExc_TypeError, "fold_columns: a column is not a list or an int64 array");
+            goto fail;
+        }
+        if (n >= 0 && len != n) {
+            PyErr_SetString(PyExc_IndexError, "fold_columns: columns of different lengths");
+            goto fail;
+        }
+        n = len;
+    }
+    out = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(Row));
+    if (out == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t v[9];
+        int truth[9];
+        for (int j = 0; j < 9; j++) {
+            if (j == 6) continue; /* the error kind, compared below */
+            if (viewed[j]) {
+                v[j] = ((const int64_t *)views[j].buf)[i];
+                truth[j] = v[j] != 0;
+                continue;
+            }
+            PyObject *item = PySequence_Fast_ITEMS(fast[j])[i];
+            if (j == 4 || j == 5 || j == 8) {
+                if ((truth[j] = PyObject_IsTrue(item)) < 0) goto fail;
+            } else if (j == 3) {
+                v[j] = 0; /* read below, only where the Python fold reads it */
+            } else if (as_i64(item, &v[j]) < 0) {
+                goto fail;
+            }
+        }
+        Row *w = &out[i];
+        w->agent = v[0];
+        w->check = v[1];
+        w->t = v[2];
+        w->off = v[7];
+        if (w->t > TIME_BOUND || w->t < -TIME_BOUND) {
+            PyErr_SetString(PyExc_OverflowError, "fold: a time past 2**62 ns");
+            goto fail;
+        }
+        w->ok = (char)truth[4];
+        w->deg = (char)truth[5];
+        w->sync = (char)truth[8];
+        int b = PyObject_RichCompareBool(PySequence_Fast_ITEMS(fast[6])[i], internal_kind, Py_EQ);
+        if (b < 0) goto fail;
+        w->internal = (char)b;
+        w->dur = 0;
+        if (w->ok && !w->internal) {
+            if (viewed[3]) w->dur = v[3];
+            else if (as_i64(PySequence_Fast_ITEMS(fast[3])[i], &w->dur) < 0) goto fail;
+        }
+    }
+    *n_out = n;
+    for (int j = 0; j < 9; j++) {
+        if (viewed[j]) PyBuffer_Release(&views[j]);
+        Py_XDECREF(fast[j]);
+    }
+    return out;
+fail:
+    PyMem_Free(out);
+    for (int j = 0; j < 9; j++) {
+        if (viewed[j]) PyBuffer_Release(&views[j]);
+        Py_XDECREF(fast[j]);
+    }
+    return NULL;
+}
+
+static PyObject *fold_columns(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *columns, *grids, *slots, *hours, *grid_fn, *grid_end_fn;
+    if (!PyArg_ParseTuple(args, "OO!O!O!OO", &columns, &PyDict_Type, &grids, &PyDict_Type, &slots, &PyDict_Type,
+                          &hours, &grid_fn, &grid_end_fn))
+        return NULL;
+    if (edges == NULL || internal_kind == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "fold: configure() was not called");
+        return NULL;
+    }
+    Py_ssize_t n = 0;
+    Row *rs = read_columns(columns, &n);
+    return fold_read(rs, n, grids, slots, hours, grid_fn, grid_end_fn);
+}
+
 static PyObject *fold(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *rows, *pick_obj, *grids, *slots, *hours, *grid_fn, *grid_end_fn;
@@ -290,9 +406,14 @@ static PyObject *fold(PyObject *self, PyObject *args) {
 
     Py_ssize_t n = 0;
     Row *rs = read_rows(rows, pick, &n);
+    return fold_read(rs, n, grids, slots, hours, grid_fn, grid_end_fn);
+}
+
+/* Rows this code does not take (rs NULL, nothing has changed yet): NotImplemented, and the caller
+ * folds in Python, which gives its own answer or error for them. Else the fold of rs (freed). */
+static PyObject *fold_read(Row *rs, Py_ssize_t n, PyObject *grids, PyObject *slots, PyObject *hours,
+                           PyObject *grid_fn, PyObject *grid_end_fn) {
     if (rs == NULL) {
-        /* Rows this code does not take (nothing has changed yet): the caller folds in Python,
-         * which gives its own answer or error for them. */
         if (PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_OverflowError) ||
             PyErr_ExceptionMatches(PyExc_IndexError)) {
             PyErr_Clear();
@@ -714,6 +835,9 @@ static PyMethodDef methods[] = {
      "merged_blob(stored, hist): collector.rollups._merged, compiled (NotImplemented: run the Python one)."},
     {"fold", fold, METH_VARARGS,
      "fold(rows, pick, grids, slots, hours, grid, grid_end): collector.rollups.fold, compiled."},
+    {"fold_columns", fold_columns, METH_VARARGS,
+     "fold_columns(columns, grids, slots, hours, grid, grid_end): the fold of rows given as the nine "
+     "picked columns (agent, check, t, dur, ok, deg, kind, off, sync)."},
     {NULL, NULL, 0, NULL},
 };
 
