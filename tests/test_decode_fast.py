@@ -221,11 +221,24 @@ def test_the_decode_worker_packs_the_same_batch(monkeypatch: pytest.MonkeyPatch)
     pick = rollups.Rollups(RESULT_COLUMNS).pick
     grids = {7: [(0, 30_000_000_000, 5)], 9: [(0, 60_000_000_000, 0)]}
     job = service._WorkerJob(1, "a1", 2, NOW, SKEW, dict(CHECKS), None, ((1, 1), grids), pick)
-    fast = service._decode_packed(raw, job).unpack()
+    fast = service._decode_packed(raw, job).unpack(raw)
     monkeypatch.setattr(service, "decode_batch", decode_batch_exact)
-    exact = service._decode_packed(raw, job).unpack()
+    exact = service._decode_packed(raw, job).unpack(raw)
     assert plain(fast) == plain(exact)
     assert fast.folded is not None
+    # The records' bytes: split off the batch again by the collector (compiled insert), or sent
+    # back by the worker as bytearrays (Python's sqlite3 binds those without an adapter lookup).
+    _, records = split_batch(raw)
+    for compiled in (rollups.compiled_store, None):
+        monkeypatch.setattr(rollups, "compiled_store", compiled)
+        packed = service._decode_packed(raw, job)
+        assert (packed.log_raws is None) == (compiled is not None)
+        log_raws = list(packed.unpack(raw).log_rows.columns[5])  # type: ignore[attr-defined]
+        assert [bytes(r) for r in log_raws] == records
+        assert all(type(r) is (bytes if compiled else bytearray) for r in log_raws)
+        if compiled is not None:  # given another batch than the one decoded: refused, loudly
+            with pytest.raises(RuntimeError):
+                packed.unpack(batch([with_seq(shapes()[0], 1)]))
 
 
 def reference_split(raw: bytes) -> tuple[pb.RecordBatch, list[bytes]]:
