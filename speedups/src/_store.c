@@ -11,7 +11,8 @@
  * connection and inside its open transaction.
  *
  * The connection's `sqlite3 *` is the first field after PyObject_HEAD of Python's
- * `sqlite3.Connection` (the same from CPython 2.5 to 3.13: Modules/_sqlite/connection.h); the
+ * `sqlite3.Connection` (so from CPython 2.5 to 3.13, Modules/_sqlite/connection.h; this code reads
+ * it on 3.11 to 3.13 only); the
  * SQLite functions are looked up in the library Python's `_sqlite3` module is linked with (the
  * same instance, the same connection mutex), so no SQLite headers or library are needed to
  * build. Each call cross-checks the handle against what Python's sqlite3 reports (the
@@ -80,6 +81,11 @@ typedef struct {
 static int load_api(void) {
     if (api_state != 0) return api_state;
     api_state = -1;
+#if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030E0000
+    /* The Connection layout is read only on the CPython versions it was checked against (3.11 to
+     * 3.13); elsewhere every call answers NotImplemented and the Python path runs. */
+    return api_state;
+#endif
     PyObject *module = PyImport_ImportModule("sqlite3");
     if (module == NULL) return -1;
     PyObject *c_module = PyImport_ImportModule("_sqlite3");
