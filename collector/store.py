@@ -42,7 +42,7 @@ from typing import Any, Generic, TypeVar
 
 import sqlite_utils
 
-from collector import rollups
+from collector import record_log, rollups
 from collector.catalogue import Catalogue
 from collector.hub import CheckRef
 from collector.wire import fields_json, phases_json
@@ -340,6 +340,28 @@ def _install_hosts(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration("0009_record_batches")
+def _record_batches(db: sqlite_utils.Database) -> None:
+    # A batch's records as one row (collector/record_log.py): their bytes one after another, each
+    # record's seq and end offset (int64 little-endian) and kind (a byte). A rowid table: rows are
+    # ~180 kB, kept out of the key's b-tree. A stream's batch rows never overlap.
+    db.execute(
+        """
+        CREATE TABLE record_batches (
+            agent_id INTEGER NOT NULL,
+            epoch INTEGER NOT NULL,
+            first_seq INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL,
+            seqs BLOB NOT NULL,
+            ends BLOB NOT NULL,
+            kinds BLOB NOT NULL,
+            raw BLOB NOT NULL,
+            UNIQUE (agent_id, epoch, first_seq)
+        )
+        """
+    )
+
+
 # Checkpoint the WAL into the database once it holds this many pages (SQLite's default: 1,000).
 WAL_AUTOCHECKPOINT_PAGES = 1000
 
@@ -440,7 +462,6 @@ def clock_row(agent_id: int, epoch: int, seq: int, c: ClockSample, received_ns: 
 
 # ---- the writer -------------------------------------------------------------------
 
-_LOG_SQL = "INSERT OR IGNORE INTO record_log VALUES (?, ?, ?, ?, ?, ?)"
 BULK_JOB_ROWS = 500  # an ingest job this large is part of a backlog: its group may wait for more
 
 
@@ -783,7 +804,7 @@ class Writer:
             state = self._stream(db, agent_id, epoch)
             new_head = _join_chain(state, links, agent_name, epoch)
             if raw:
-                rollups.insert_many(conn, _LOG_SQL, "INSERT OR IGNORE INTO record_log VALUES ", 6, raw)
+                record_log.store(conn, agent_id, epoch, raw)
             stored = self._rollups.insert(conn, rows)  # the rows not already stored
             inserted = len(stored)
             if gaps:

@@ -132,6 +132,14 @@ def start_agent(
     )
 
 
+def stored_records(db: Path) -> list[tuple[int, int, int, int, bytes]]:
+    """(agent, epoch, seq, kind, bytes) of every record the collector stored, whichever table holds it."""
+    from collector.record_log import every_record
+
+    with sqlite3.connect(db) as conn:
+        return list(every_record(conn))
+
+
 def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:

@@ -24,6 +24,7 @@ from protos import slaprobe_v1_pb2 as pb
 from protos import slaprobe_v1_pb2_grpc as pb_grpc
 from slaprobe import chain
 from slaprobe.model import Measurement
+from tests.procs import stored_records
 
 CAT = """
 sites:
@@ -279,7 +280,7 @@ async def test_sealed_batches_are_stored_with_their_bytes_and_the_head_advances(
         )
     assert err is None and acks[-1].acked_seq == records[-1].seq
     db = tmp_path / "c.db"
-    stored = {int(str(s)): bytes(r) for s, r in q(db, "SELECT seq, raw FROM record_log")}  # type: ignore[call-overload]
+    stored = {s: r for _a, _e, s, _k, r in stored_records(db)}
     assert stored == {r.seq: r.data for r in records}  # byte for byte
     head = q(db, "SELECT head FROM streams")[0][0]
     last = chain.parse_link(records[-1].seq, pb.Record.FromString(records[-1].data).seal)
@@ -329,7 +330,7 @@ async def test_a_bad_batch_is_refused_whole_and_loudly_with_the_agent_named(
     assert f"agent {name!r}" in (err.details() or "")
     assert any(f"agent {name!r}" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
     db = tmp_path / "c.db"
-    held = {s for (s,) in q(db, "SELECT seq FROM record_log")}
+    held = {s for _a, _e, s, _k, _r in stored_records(db)}
     if name == "a2":
         assert held == set()
     else:

@@ -26,6 +26,7 @@ from collector.server import Collector, CollectorSettings
 from collector.sla.histogram import merge_blobs
 from collector.store import RESULT_COLUMNS
 from protos import slaprobe_v1_pb2 as pb
+from tests.procs import stored_records
 from tests.test_chain import (  # noqa: F401 - collected here too, with the worker on
     CAT,
     as_batch,
@@ -81,9 +82,7 @@ async def test_the_worker_decodes_and_a_bad_record_is_rejected_alone(
     assert collector.service is not None and collector.service._pool is not None  # the worker ran
     db = tmp_path / "c.db"
     assert q(db, "SELECT seq FROM results ORDER BY seq") == [(1,), (4,)]
-    assert q(db, "SELECT seq, raw FROM record_log ORDER BY seq") == [
-        (i + 1, r) for i, r in enumerate(records)
-    ]
+    assert [(s, r) for _a, _e, s, _k, r in stored_records(db)] == [(i + 1, r) for i, r in enumerate(records)]
 
 
 def rollup_tables(db: Path) -> dict[str, list[tuple[object, ...]]]:
@@ -181,7 +180,7 @@ async def test_batches_written_ahead_are_stored_in_order_and_none_after_a_refuse
             await read_all(call, acks)
     assert err.value.code() == grpc.StatusCode.DATA_LOSS
     assert [a.acked_seq for a in acks] == [6, 12, 18]  # in order, each after its commit
-    held = {s for (s,) in q(tmp_path / "c.db", "SELECT seq FROM record_log")}
+    held = {s for _a, _e, s, _k, _r in stored_records(tmp_path / "c.db")}
     assert held == set(range(1, 19)), "nothing of the refused batch nor of those after it"
 
 

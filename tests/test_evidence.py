@@ -38,6 +38,7 @@ from slaprobe.cli import main
 from slaprobe.model import ClockSample, Measurement
 from slaprobe.pki import SIGNING_KEY, CollectorPki
 from slaprobe.schedule import NS_PER_S, next_slot_at_or_after, offset_ns
+from tests.procs import stored_records
 from tests.sla_world import HOUR, MINUTE, utc
 from tests.speedups_build import NOT_BUILT
 
@@ -493,11 +494,11 @@ def test_a_truncated_archive_is_caught_by_verify_and_by_tar(lab: Lab, tmp_path: 
 
 
 def test_pruning_keeps_what_remains_verifiable(lab: Lab) -> None:
-    before = q(lab.db, "SELECT count(*) FROM record_log")
+    before = len(stored_records(lab.db))
     res = CliRunner().invoke(main, ["db", "prune", "--db", str(lab.db), "--now", "2026-12-30T03:00Z"])
     assert res.exit_code == 0, res.output
     assert "signed records" in res.output
-    after = q(lab.db, "SELECT count(*) FROM record_log")
+    after = len(stored_records(lab.db))
     assert 0 < after < before  # raw retention is 90 days: results before 2026-10-01T03:00 are gone
     out = lab.tmp / "late.tar.gz"
     res = CliRunner().invoke(

@@ -28,12 +28,14 @@ import time
 from collections.abc import Callable, Container, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from collector import record_log
 from collector.catalogue import Catalogue, parse_catalogue
 from collector.evidence import layout
 from collector.evidence.archive import Archiver
@@ -584,10 +586,7 @@ def _chain_span(
     if anchor is None:
         # Nothing sealed before lo: the stream's first record kept, which after `db prune` is
         # the seal retention left as an anchor, and otherwise seq 1 (the chain's genesis).
-        start = conn.execute(
-            "SELECT seq, kind FROM record_log WHERE agent_id = ? AND epoch = ? ORDER BY seq LIMIT 1",
-            (agent_id, epoch),
-        ).fetchone()
+        start = record_log.first_record(conn, agent_id, epoch)
         if start is not None and start[1] == 5 and start[0] > 1:
             anchor = start
     first = int(anchor[0]) if anchor else 1
@@ -628,12 +627,8 @@ def _write_chain(
     records = links = 0
     add, agent = tables.add_raw, chain.agent
     with open(path, "wb") as f:
-        cur = conn.execute(
-            "SELECT seq, kind, raw FROM record_log WHERE agent_id = ? AND epoch = ? AND seq >= ? AND seq <= ?"
-            " ORDER BY seq",
-            (agent_id, epoch, first, last),
-        )
-        while rows := cur.fetchmany(4096):
+        stored = record_log.records(conn, agent_id, epoch, first, last)
+        while rows := list(islice(stored, 4096)):
             f.write(b"".join([_LEN.pack(len(raw)) + raw for _seq, _kind, raw in rows]))
             for seq, kind, raw in rows:
                 if seq in listed and found is not None:
@@ -670,13 +665,9 @@ def _render_job(
             tables = TableWriter(start, end, rcsv, gcsv, jsonl, set(check_keys), header=False)
             add = tables.add_raw
             for i, (agent_id, epoch, name, first, last) in enumerate(spans):
-                cur = reader.db.conn.execute(
-                    "SELECT raw FROM record_log WHERE agent_id = ? AND epoch = ? AND seq >= ? AND seq <= ?"
-                    " AND kind != 5 ORDER BY seq",
-                    (agent_id, epoch, from_seq if i == 0 else first, last),
-                )
-                while rows := cur.fetchmany(4096):
-                    for (raw,) in rows:
+                lo = from_seq if i == 0 else first
+                for _seq, kind, raw in record_log.records(reader.db.conn, agent_id, epoch, lo, last):
+                    if kind != record_log.SEAL:
                         add(name, epoch, raw)
             tables.flush()
     finally:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from collector import record_log
+
 SEAL = 5  # record_log.kind of a seal (the Record oneof field number)
 
 
@@ -23,11 +25,10 @@ def prune_record_log(conn: sqlite3.Connection) -> int:
             "SELECT min(seq) FROM results WHERE agent_id = ? AND epoch = ?", (agent, epoch)
         ).fetchone()
         if oldest is None:  # nothing of this stream retained: keep only its last seal
-            (oldest,) = conn.execute(
-                "SELECT max(seq) + 1 FROM record_log WHERE agent_id = ? AND epoch = ?", (agent, epoch)
-            ).fetchone()
-            if oldest is None:
+            last = record_log.last_seq(conn, agent, epoch)
+            if last is None:
                 continue
+            oldest = last + 1
         anchor = conn.execute(
             "SELECT seq FROM record_log WHERE agent_id = ? AND epoch = ? AND seq < ? AND kind = ?"
             " ORDER BY seq DESC LIMIT 1",
@@ -35,7 +36,5 @@ def prune_record_log(conn: sqlite3.Connection) -> int:
         ).fetchone()
         if anchor is None:
             continue
-        deleted += conn.execute(
-            "DELETE FROM record_log WHERE agent_id = ? AND epoch = ? AND seq < ?", (agent, epoch, anchor[0])
-        ).rowcount
+        deleted += record_log.delete_before(conn, agent, epoch, anchor[0])
     return deleted
