@@ -23,6 +23,7 @@ import sys
 from array import array
 from collections.abc import Iterator, Sequence
 from itertools import accumulate, pairwise
+from operator import itemgetter
 from typing import Any
 
 SEAL = 5  # the Record oneof field number of a seal (record_log.kind)
@@ -134,10 +135,9 @@ def _held_by_batches(conn: sqlite3.Connection, agent_id: int, epoch: int, lo: in
     return held
 
 
-def _from_batches(
-    conn: sqlite3.Connection, agent_id: int, epoch: int, lo: int, hi: int
-) -> Iterator[tuple[int, int, bytes]]:
-    for _first, _last, seqs_blob, ends_blob, kinds, raw in _batch_rows(conn, agent_id, epoch, lo, hi):
+def _from_batches(batch_rows: list[tuple[Any, ...]], lo: int, hi: int) -> Iterator[tuple[int, int, bytes]]:
+    """The records with ``lo <= seq <= hi`` of batch rows (:func:`_batch_rows`), in seq order."""
+    for _first, _last, seqs_blob, ends_blob, kinds, raw in batch_rows:
         seqs, ends = _unpacked(seqs_blob), _unpacked(ends_blob)
         start = 0
         for seq, end, kind in zip(seqs, ends, kinds, strict=True):
@@ -156,13 +156,17 @@ def records(
         " ORDER BY seq",
         (agent_id, epoch, lo, hi),
     )
+    batch_rows = _batch_rows(conn, agent_id, epoch, lo, hi)
+    if not batch_rows:  # the rows as they come (an export reads millions)
+        while rows := singles.fetchmany(4096):
+            yield from rows
+        return
     last = None
-    for seq, kind, raw in heapq.merge(
-        singles, _from_batches(conn, agent_id, epoch, lo, hi), key=lambda r: r[0]
-    ):
+    merged = heapq.merge(singles, _from_batches(batch_rows, lo, hi), key=itemgetter(0))
+    for seq, kind, raw in merged:
         if seq != last:
             last = seq
-            yield int(seq), int(kind), bytes(raw)
+            yield seq, kind, raw
 
 
 def first_record(conn: sqlite3.Connection, agent_id: int, epoch: int) -> tuple[int, int] | None:
@@ -196,21 +200,23 @@ def last_seq(conn: sqlite3.Connection, agent_id: int, epoch: int) -> int | None:
 
 def delete_before(conn: sqlite3.Connection, agent_id: int, epoch: int, seq: int) -> int:
     """Delete the stream's records before ``seq``; return how many. A batch row that straddles
-    ``seq`` is replaced by its records from ``seq`` on, one row each, unchanged."""
+    ``seq`` is replaced by a batch row of its records from ``seq`` on, their bytes unchanged."""
     deleted = conn.execute(
         "DELETE FROM record_log WHERE agent_id = ? AND epoch = ? AND seq < ?", (agent_id, epoch, seq)
     ).rowcount
     for _first, _last, seqs_blob in conn.execute(
-        "SELECT first_seq, last_seq, seqs FROM record_batches WHERE agent_id = ? AND epoch = ? AND last_seq < ?",
-        (agent_id, epoch, seq),
+        "SELECT first_seq, last_seq, seqs FROM record_batches"
+        " WHERE agent_id = ? AND epoch = ? AND first_seq < ? AND last_seq < ?",
+        (agent_id, epoch, seq, seq),
     ).fetchall():
         deleted += len(_unpacked(seqs_blob))
     conn.execute(
-        "DELETE FROM record_batches WHERE agent_id = ? AND epoch = ? AND last_seq < ?", (agent_id, epoch, seq)
+        "DELETE FROM record_batches WHERE agent_id = ? AND epoch = ? AND first_seq < ? AND last_seq < ?",
+        (agent_id, epoch, seq, seq),
     )
     straddling = conn.execute(_BATCH_AT, (agent_id, epoch, seq - 1)).fetchone()
     if straddling is not None and straddling[1] >= seq:
-        kept = list(_from_batches(conn, agent_id, epoch, seq, straddling[1]))
+        kept = list(_from_batches([straddling], seq, straddling[1]))
         deleted += len(_unpacked(straddling[2])) - len(kept)
         conn.execute(
             "DELETE FROM record_batches WHERE agent_id = ? AND epoch = ? AND first_seq = ?",
