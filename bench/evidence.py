@@ -13,8 +13,9 @@ What one run does:
    agent's spool seals it (``slaprobe.chain.make_seal``, Ed25519): a seal when 500 records wait
    or at the spool's sealing tick (``SpoolLimits.seal_interval_s``, 5 s; ``--seal-interval``),
    whichever comes first. At 50 checks per minute the tick comes first: a link covers ~4
-   results at 5 s (~0.5 M seals for the month), 1.4 at the former 1 s (1.55 M). Stored as the collector stores a delivered batch: ``record_log`` (kind 2 result, 4
-   clock, 5 seal), ``results`` (``collector.store.measurement_row``), ``clock_samples``,
+   results at 5 s (~0.5 M seals for the month), 1.4 at the former 1 s (1.55 M). Stored as the collector stores a delivered batch: the records
+   through ``collector.record_log.store``, each link as one batch (its results and clock samples one
+   ``record_batches`` row, its seal a ``record_log`` row), ``results`` (``collector.store.measurement_row``), ``clock_samples``,
    ``streams`` with the chain's head, ``agents``, ``agent_keys``; the catalogue persisted a
    month before (``store._persist_catalogue``), ad-hoc maintenance windows (one cancelled),
    rollups by the production ``rollups.rebuild``. The agents' records are generated in
@@ -71,7 +72,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 
 from agent.spool import SpoolLimits  # noqa: E402
 from agent.wire import encode_record  # noqa: E402
-from collector import rollups, store  # noqa: E402
+from collector import record_log, rollups, store  # noqa: E402
 from collector.catalogue import parse_catalogue  # noqa: E402
 from slaprobe import chain  # noqa: E402
 from slaprobe.model import ClockSample, Measurement  # noqa: E402
@@ -79,7 +80,7 @@ from slaprobe.schedule import NS_PER_S, next_slot_at_or_after, offset_ns  # noqa
 
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 OUT = ROOT / "bench" / "out"
-BUILD_VERSION = 1  # bump when the generated world changes: the cache key includes it
+BUILD_VERSION = 2  # bump when the generated world changes: the cache key includes it (2: record batches)
 SITE = "shop"
 MINUTE = 60 * NS_PER_S
 HOUR = 60 * MINUTE
@@ -450,7 +451,16 @@ def build(path: Path, checks: int, seed: int, workers: int, seal_interval_s: flo
     conn.execute("BEGIN")
     for s, p, got in zip(specs, parts, streams, strict=True):
         conn.execute("ATTACH DATABASE ? AS part", (str(p),))
-        conn.execute("INSERT INTO record_log SELECT * FROM part.record_log ORDER BY seq")
+        # As the collector stores them (collector/record_log.py): each link delivered as a batch,
+        # the records before a seal one record_batches row, the seal a record_log row.
+        link: list[tuple[Any, ...]] = []
+        for row in conn.execute("SELECT * FROM part.record_log ORDER BY seq").fetchall():
+            link.append(row)
+            if row[4] == record_log.SEAL:
+                record_log.store(conn, s.row, s.epoch, link)
+                link = []
+        if link:
+            record_log.store(conn, s.row, s.epoch, link)
         conn.execute(
             f"INSERT INTO results ({', '.join(store.RESULT_COLUMNS)}) SELECT * FROM part.results ORDER BY rowid"
         )
@@ -490,7 +500,9 @@ def check_bytes(path: Path, seed: int) -> None:
     """The stored records are what the agent's own code writes: one result re-encoded, one seal re-checked."""
     conn = sqlite3.connect(path)
     try:
-        (raw,) = conn.execute("SELECT raw FROM record_log WHERE kind = 2 LIMIT 1 OFFSET 1000").fetchone()
+        (epoch,) = conn.execute("SELECT epoch FROM streams WHERE agent_id = 1").fetchone()
+        stored = record_log.records(conn, 1, epoch, 0, 2**62)
+        raw = next(r for i, (_s, kind, r) in enumerate(stored) if kind == 2 and i >= 1000)
         from protos import slaprobe_v1_pb2 as pb
 
         rec = pb.Record.FromString(raw)
