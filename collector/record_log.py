@@ -31,13 +31,16 @@ LOG_SQL = "INSERT OR IGNORE INTO record_log VALUES (?, ?, ?, ?, ?, ?)"
 _BATCH_SQL = "INSERT INTO record_batches (agent_id, epoch, first_seq, last_seq, seqs, ends, kinds, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _LOG_STORED = "SELECT 1 FROM record_log WHERE agent_id = ? AND epoch = ? AND seq BETWEEN ? AND ? LIMIT 1"
 # The batch rows holding seqs lo..hi: the one starting at or before lo, and those starting after it.
+# Either with every column, or only the seqs (a row's bytes are read only when asked for).
+_ALL = "first_seq, last_seq, seqs, ends, kinds, raw"
+_SEQS = "first_seq, last_seq, seqs"
 _BATCH_AT = (
-    "SELECT first_seq, last_seq, seqs, ends, kinds, raw FROM record_batches"
-    " WHERE agent_id = ? AND epoch = ? AND first_seq <= ? ORDER BY first_seq DESC LIMIT 1"
+    "SELECT {} FROM record_batches WHERE agent_id = ? AND epoch = ? AND first_seq <= ?"
+    " ORDER BY first_seq DESC LIMIT 1"
 )
 _BATCHES_AFTER = (
-    "SELECT first_seq, last_seq, seqs, ends, kinds, raw FROM record_batches"
-    " WHERE agent_id = ? AND epoch = ? AND first_seq > ? AND first_seq <= ? ORDER BY first_seq"
+    "SELECT {} FROM record_batches WHERE agent_id = ? AND epoch = ? AND first_seq > ? AND first_seq <= ?"
+    " ORDER BY first_seq"
 )
 
 
@@ -115,19 +118,19 @@ def store(conn: sqlite3.Connection, agent_id: int, epoch: int, rows: Sequence[Se
 
 
 def _batch_rows(
-    conn: sqlite3.Connection, agent_id: int, epoch: int, lo: int, hi: int
+    conn: sqlite3.Connection, agent_id: int, epoch: int, lo: int, hi: int, columns: str = _ALL
 ) -> Iterator[tuple[Any, ...]]:
     """The stream's batch rows holding any seq in lo..hi, in seq order (read as they are used: a
     month's export walks hundreds of thousands of them)."""
-    at = conn.execute(_BATCH_AT, (agent_id, epoch, lo)).fetchone()
+    at = conn.execute(_BATCH_AT.format(columns), (agent_id, epoch, lo)).fetchone()
     if at is not None and at[1] >= lo:
         yield at
-    yield from conn.execute(_BATCHES_AFTER, (agent_id, epoch, lo, hi))
+    yield from conn.execute(_BATCHES_AFTER.format(columns), (agent_id, epoch, lo, hi))
 
 
 def _held_by_batches(conn: sqlite3.Connection, agent_id: int, epoch: int, lo: int, hi: int) -> set[int]:
     held: set[int] = set()
-    for row in _batch_rows(conn, agent_id, epoch, lo, hi):
+    for row in _batch_rows(conn, agent_id, epoch, lo, hi, _SEQS):
         held.update(_unpacked(row[2]))
     return held
 
@@ -223,7 +226,7 @@ def delete_before(conn: sqlite3.Connection, agent_id: int, epoch: int, seq: int)
         "DELETE FROM record_batches WHERE agent_id = ? AND epoch = ? AND first_seq < ? AND last_seq < ?",
         (agent_id, epoch, seq, seq),
     )
-    straddling = conn.execute(_BATCH_AT, (agent_id, epoch, seq - 1)).fetchone()
+    straddling = conn.execute(_BATCH_AT.format(_ALL), (agent_id, epoch, seq - 1)).fetchone()
     if straddling is not None and straddling[1] >= seq:
         kept = list(_from_batches([straddling], seq, straddling[1]))
         deleted += len(_unpacked(straddling[2])) - len(kept)
