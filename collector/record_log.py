@@ -92,19 +92,7 @@ def store(conn: sqlite3.Connection, agent_id: int, epoch: int, rows: Sequence[Se
                 indexed = True
             b_kinds = [kinds[i] for i in rest] if indexed else kinds
             b_raws = [raws[i] for i in rest] if indexed else raws
-            conn.execute(
-                _BATCH_SQL,
-                (
-                    agent_id,
-                    epoch,
-                    lo,
-                    hi,
-                    _packed(b_seqs),
-                    _packed(list(accumulate(map(len, b_raws)))),
-                    array("B", b_kinds).tobytes(),
-                    b"".join(b_raws),
-                ),
-            )
+            _insert_batch(conn, agent_id, epoch, b_seqs, b_kinds, b_raws)
         else:  # a resend: what no batch row holds goes record by record (OR IGNORE for the rest)
             single += [i for i in rest if seqs[i] not in held]
     if single:
@@ -115,6 +103,30 @@ def store(conn: sqlite3.Connection, agent_id: int, epoch: int, rows: Sequence[Se
             6,
             [(agents[i], epochs[i], seqs[i], throughs[i], kinds[i], raws[i]) for i in sorted(single)],
         )
+
+
+def _insert_batch(
+    conn: sqlite3.Connection,
+    agent_id: int,
+    epoch: int,
+    seqs: Sequence[int],
+    kinds: Sequence[int],
+    raws: Sequence[bytes],
+) -> None:
+    """One ``record_batches`` row of records in seq order (kinds below 256)."""
+    conn.execute(
+        _BATCH_SQL,
+        (
+            agent_id,
+            epoch,
+            seqs[0],
+            seqs[-1],
+            _packed(seqs),
+            _packed(list(accumulate(map(len, raws)))),
+            array("B", kinds).tobytes(),
+            b"".join(raws),
+        ),
+    )
 
 
 def _batch_rows(
@@ -235,19 +247,7 @@ def delete_before(conn: sqlite3.Connection, agent_id: int, epoch: int, seq: int)
             (agent_id, epoch, straddling[0]),
         )
         if kept:  # the same records' bytes, now a batch row of their own
-            conn.execute(
-                _BATCH_SQL,
-                (
-                    agent_id,
-                    epoch,
-                    kept[0][0],
-                    kept[-1][0],
-                    _packed([s for s, _, _ in kept]),
-                    _packed(list(accumulate(len(r) for _, _, r in kept))),
-                    bytes(k for _, k, _ in kept),
-                    b"".join(r for _, _, r in kept),
-                ),
-            )
+            _insert_batch(conn, agent_id, epoch, *map(list, zip(*kept, strict=True)))
     return deleted
 
 

@@ -228,7 +228,9 @@ def insert_many(
     rows: Sequence[Sequence[Any]],
     tail: str = "",
 ) -> None:
-    """``executemany(one_sql, rows)``, as statements of up to ``ROWS_PER_STATEMENT`` rows each.
+    """``executemany(one_sql, rows)``: compiled where built (``speedups/src/_store.c``, every row
+    bound and stepped with the GIL released once), else as statements of up to
+    ``ROWS_PER_STATEMENT`` rows each.
 
     Why: ``executemany`` steps the statement once per row and gives the GIL up and takes it back
     at every step; with the event loop decoding on the same GIL, the writer waited for it once

@@ -26,6 +26,8 @@ from collector import rollups
 from tests.speedups_build import NOT_BUILT, require_built
 
 store = rollups.compiled_store
+# Honest: the module is optional where it cannot be built (tests/speedups_build.py); the first test
+# below fails, never skips, wherever the build was possible, so a missing build cannot hide here.
 needs_compiled = pytest.mark.skipif(store is None, reason=NOT_BUILT)
 
 I64 = 2**63 - 1
